@@ -1,0 +1,191 @@
+"""Database URLs as users paste them, and engines configured for this store.
+
+PostgreSQL goes through asyncpg. By default no prepared statement outlives its transaction
+(statements are parsed unnamed inside the transaction), so the same engine works directly
+against PostgreSQL, behind PgBouncer in transaction pooling mode and on Neon's pooled endpoint.
+SQLite goes through aiosqlite, with foreign keys on, WAL and a busy timeout.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from chathistory.errors import ConfigurationError
+
+_PG_SCHEMES = ("postgres", "postgresql")
+# libpq parameters asyncpg does not take; it would send them to the server as settings.
+_LIBPQ_IGNORED = frozenset(
+    {
+        "channel_binding",  # asyncpg authenticates with SCRAM without channel binding
+        "gssencmode",
+        "keepalives",
+        "keepalives_idle",
+        "keepalives_interval",
+        "keepalives_count",
+        "tcp_user_timeout",
+        "client_encoding",  # asyncpg always speaks UTF-8
+    }
+)
+# SQLAlchemy-style asyncpg parameters that may arrive in a pasted URL.
+_SQLALCHEMY_ONLY = frozenset({"prepared_statement_cache_size", "statement_cache_size"})
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseTarget:
+    """A normalised database location: the SQLAlchemy URL and the driver's extra arguments."""
+
+    url: URL
+    connect_args: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def backend(self) -> str:
+        return self.url.get_backend_name()
+
+    def render(self) -> str:
+        """The location with any password hidden, for logs and messages."""
+        if self.backend == "postgresql":
+            return _hide_password(str(self.connect_args.get("dsn", "")))
+        return self.url.render_as_string(hide_password=True)
+
+
+def parse_database_url(url: str | URL) -> DatabaseTarget:
+    """Accept ``postgres://``, ``postgresql://`` (libpq parameters such as ``sslmode`` and
+    ``channel_binding`` included, as Neon hands them out), SQLAlchemy's async forms
+    (``postgresql+asyncpg://``, ``sqlite+aiosqlite://``), ``sqlite:///path`` and a bare file path.
+    """
+    raw = url.render_as_string(hide_password=False) if isinstance(url, URL) else str(url).strip()
+    if not raw:
+        raise ConfigurationError("the database URL is empty")
+    if "://" not in raw:
+        return _sqlite(raw)
+    scheme = raw.split("://", 1)[0].lower()
+    dialect, _, _driver = scheme.partition("+")
+    if dialect in _PG_SCHEMES:
+        return _postgres(raw)
+    if dialect == "sqlite":
+        try:
+            parsed = make_url(raw)
+        except ArgumentError as exc:
+            raise ConfigurationError(f"cannot read the SQLite URL: {exc}") from None
+        return _sqlite(parsed.database or ":memory:")
+    raise ConfigurationError(
+        f"unsupported database URL scheme {scheme!r}: use postgresql://..., or a SQLite path"
+    )
+
+
+def _sqlite(path: str) -> DatabaseTarget:
+    if path in ("", ":memory:"):
+        return DatabaseTarget(URL.create("sqlite+aiosqlite", database=":memory:"))
+    return DatabaseTarget(URL.create("sqlite+aiosqlite", database=os.path.expanduser(path)))
+
+
+def _postgres(raw: str) -> DatabaseTarget:
+    parts = urlsplit(raw)
+    query: list[tuple[str, str]] = []
+    connect_args: dict[str, Any] = {}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key in _LIBPQ_IGNORED or key in _SQLALCHEMY_ONLY:
+            continue
+        if key == "connect_timeout":
+            try:
+                connect_args["timeout"] = float(value)
+            except ValueError:
+                raise ConfigurationError("connect_timeout must be a number of seconds") from None
+            continue
+        if key == "ssl":  # SQLAlchemy/asyncpg spelling
+            key = "sslmode"
+        query.append((key, value))
+    dsn = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(query), ""))
+    connect_args["dsn"] = dsn
+    return DatabaseTarget(URL.create("postgresql+asyncpg"), connect_args)
+
+
+def _hide_password(dsn: str) -> str:
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def create_engine(
+    url: str | URL,
+    *,
+    pool_size: int = 10,
+    max_overflow: int = 10,
+    pool_timeout: float = 10.0,
+    connect_timeout: float = 10.0,
+    statement_timeout_ms: int | None = None,
+    prepared_statement_cache: bool = False,
+    sqlite_busy_timeout_ms: int = 30_000,
+    echo: bool = False,
+) -> AsyncEngine:
+    """An AsyncEngine for ``url`` set up as this store needs it.
+
+    ``prepared_statement_cache=True`` lets asyncpg keep named prepared statements on each
+    connection: faster on a direct connection, wrong behind PgBouncer in transaction mode
+    (before 1.21). Leave it off unless every connection goes straight to PostgreSQL.
+    """
+    target = parse_database_url(url)
+    if target.backend == "postgresql":
+        args = dict(target.connect_args)
+        args.setdefault("timeout", connect_timeout)
+        if statement_timeout_ms is not None:
+            args["command_timeout"] = statement_timeout_ms / 1000
+        if prepared_statement_cache:
+            args.update(statement_cache_size=100, prepared_statement_cache_size=100)
+        else:
+            args.update(
+                statement_cache_size=0,
+                prepared_statement_cache_size=0,
+                prepared_statement_name_func=_unnamed,
+            )
+        return create_async_engine(
+            target.url,
+            connect_args=args,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_timeout=pool_timeout,
+            pool_recycle=1800,
+            echo=echo,
+        )
+    memory = target.url.database == ":memory:"
+    engine = create_async_engine(
+        target.url,
+        connect_args={"timeout": sqlite_busy_timeout_ms / 1000},
+        echo=echo,
+        **({"poolclass": StaticPool} if memory else {"pool_timeout": pool_timeout}),
+    )
+    _configure_sqlite(engine, sqlite_busy_timeout_ms, wal=not memory)
+    return engine
+
+
+def _unnamed() -> str:
+    # asyncpg parses an unnamed statement; the next Parse on that server connection replaces
+    # it, so nothing survives the transaction and nothing collides behind a pooler.
+    return ""
+
+
+def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int, *, wal: bool) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        if wal:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.close()
+
+
+def is_sqlite(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "sqlite"

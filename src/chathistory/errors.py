@@ -1,0 +1,73 @@
+"""The package's exceptions: one hierarchy under :class:`ChatHistoryError`.
+
+They know nothing of HTTP; the HTTP face maps each class to a status code in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+class ChatHistoryError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class NotFoundError(ChatHistoryError):
+    """The row does not exist, or belongs to another user (the two are indistinguishable)."""
+
+
+class ConversationNotFoundError(NotFoundError):
+    def __init__(self, conversation_id: object) -> None:
+        super().__init__(f"conversation {conversation_id} not found")
+        self.conversation_id = conversation_id
+
+
+class MessageNotFoundError(NotFoundError):
+    def __init__(self, message_id: object) -> None:
+        super().__init__(f"message {message_id} not found")
+        self.message_id = message_id
+
+
+class ConflictError(ChatHistoryError):
+    """An id that is already stored was sent again with different content."""
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One bad field: where it is (``loc``, as pydantic spells it), what is wrong, an error code."""
+
+    loc: tuple[str | int, ...]
+    msg: str
+    type: str = "value_error"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"loc": list(self.loc), "msg": self.msg, "type": self.type}
+
+
+class ValidationError(ChatHistoryError, ValueError):
+    """Input breaks a rule of the data model; ``errors`` names each bad field."""
+
+    def __init__(self, errors: Sequence[FieldError] | str, *, loc: tuple[str | int, ...] = ()):
+        if isinstance(errors, str):
+            errors = [FieldError(loc, errors)]
+        self.errors: list[FieldError] = list(errors)
+        super().__init__("; ".join(_describe(e) for e in self.errors) or "invalid input")
+
+
+class InvalidCursorError(ValidationError):
+    """A pagination cursor (or ``after`` / ``before`` id) that this list cannot continue from."""
+
+
+class UnavailableError(ChatHistoryError):
+    """The database cannot be reached, or no connection came free in time. Safe to retry."""
+
+
+class ConfigurationError(ChatHistoryError):
+    """The store was given settings it cannot work with (for example an unusable database URL)."""
+
+
+def _describe(error: FieldError) -> str:
+    where = ".".join(str(part) for part in error.loc)
+    return f"{where}: {error.msg}" if where else error.msg

@@ -1,0 +1,116 @@
+"""The schema's Alembic migrations, shipped inside the package, and a Python API to run them.
+
+They keep their own version table (``chathistory_alembic_version``), so a host application's
+Alembic history is never touched. On PostgreSQL a transaction-scoped advisory lock makes
+concurrent upgrades (several workers starting at once) wait for each other instead of racing.
+
+    await chathistory.migrations.upgrade("postgresql://...")      # or an AsyncEngine
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.runtime.environment import EnvironmentContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+VERSION_TABLE = "chathistory_alembic_version"
+_LOCK_KEY = 0x63686174686973  # "chathis": the advisory lock taken while migrating
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", "chathistory:migrations")
+    return config
+
+
+def configure_context(context: EnvironmentContext, connection: Connection) -> None:
+    from chathistory.models import metadata
+
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        version_table=VERSION_TABLE,
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+        compare_server_default=True,
+    )
+
+
+async def upgrade(target: str | AsyncEngine, revision: str = "head") -> None:
+    """Migrate the database up to ``revision`` (default: the newest)."""
+    await _run(target, lambda config: command.upgrade(config, revision))
+
+
+async def downgrade(target: str | AsyncEngine, revision: str) -> None:
+    """Migrate the database down to ``revision`` (``"base"`` removes every table)."""
+    await _run(target, lambda config: command.downgrade(config, revision))
+
+
+async def current(target: str | AsyncEngine) -> str | None:
+    """The revision the database is at, or ``None`` when it was never migrated."""
+
+    def read(connection: Connection) -> str | None:
+        context = MigrationContext.configure(
+            connection, opts={"version_table": VERSION_TABLE}
+        )
+        return context.get_current_revision()
+
+    return await _with_connection(target, read)
+
+
+def head() -> str:
+    """The newest revision the package ships."""
+    revision = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert revision is not None
+    return revision
+
+
+async def drift(target: str | AsyncEngine) -> list[Any]:
+    """Differences between the migrated schema and the models (empty when they agree)."""
+    from alembic.autogenerate import compare_metadata
+
+    from chathistory.models import metadata
+
+    def compare(connection: Connection) -> list[Any]:
+        context = MigrationContext.configure(
+            connection,
+            opts={
+                "version_table": VERSION_TABLE,
+                "compare_type": True,
+                "compare_server_default": True,
+                "target_metadata": metadata,
+            },
+        )
+        return list(compare_metadata(context, metadata))
+
+    return await _with_connection(target, compare)
+
+
+async def _run(target: str | AsyncEngine, action: Any) -> None:
+    def run(connection: Connection) -> None:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        action(config)
+
+    await _with_connection(target, run)
+
+
+async def _with_connection(target: str | AsyncEngine, fn: Any) -> Any:
+    from chathistory.db import create_engine
+
+    engine = create_engine(target, pool_size=1) if isinstance(target, str) else target
+    try:
+        async with engine.begin() as connection:
+            return await connection.run_sync(fn)
+    finally:
+        if isinstance(target, str):
+            await engine.dispose()

@@ -1,0 +1,182 @@
+"""Table models: ``conversations`` and ``messages`` on the package's own MetaData.
+
+Both tables carry ``user_id``; every primary, unique and foreign key includes it, so the schema
+can be distributed by ``user_id`` on Citus unchanged (and one user's ids never collide with, or
+reveal, another user's).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import registry
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+ROLES = ("system", "user", "assistant", "tool")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def uuid7() -> uuid.UUID:
+    """A time-ordered UUID (RFC 9562 version 7): 48 bits of Unix milliseconds, then randomness."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10))
+    value = (ms & ((1 << 48) - 1)) << 80 | (0x7 << 76) | (rand >> 68 << 64)
+    value |= (0b10 << 62) | (rand & ((1 << 62) - 1))
+    return uuid.UUID(int=value)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """``timestamptz`` on PostgreSQL; on SQLite a sortable UTC text. Always returns aware UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; use an aware datetime (UTC)")
+        value = value.astimezone(UTC)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def json_type() -> Any:
+    """JSON on SQLite, JSONB on PostgreSQL; Python ``None`` is SQL NULL (not JSON ``null``)."""
+    return JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+
+
+class Base(SQLModel, registry=registry(metadata=metadata)):
+    pass
+
+
+class Conversation(Base, table=True):
+    __tablename__ = "conversations"
+    __table_args__ = (
+        CheckConstraint("message_count >= 0", name="message_count_nonnegative"),
+    )
+
+    id: uuid.UUID = Field(primary_key=True)
+    user_id: str = Field(sa_column_kwargs={"primary_key": True}, max_length=255)
+    title: str | None = Field(default=None, sa_type=String(255), nullable=True)
+    metadata_: dict[str, str] = Field(
+        default_factory=dict, sa_column=Column("metadata", json_type(), nullable=False)
+    )
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    message_count: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+
+
+class Message(Base, table=True):
+    __tablename__ = "messages"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["conversation_id", "user_id"],
+            ["conversations.id", "conversations.user_id"],
+            ondelete="CASCADE",
+        ),
+        # (conversation_id, seq) is unique; user_id rides along because Citus wants the
+        # distribution column in every unique key. conversation_id fixes user_id, so the
+        # constraint is the same, and the index serves every per-conversation range scan.
+        UniqueConstraint("conversation_id", "seq", "user_id"),
+        CheckConstraint("role IN ('system', 'user', 'assistant', 'tool')", name="role"),
+        CheckConstraint("seq >= 1", name="seq_positive"),
+        CheckConstraint(
+            "(role = 'tool') = (tool_call_id IS NOT NULL)", name="tool_call_id_iff_tool"
+        ),
+        CheckConstraint(
+            "tool_calls IS NULL OR role = 'assistant'", name="tool_calls_only_assistant"
+        ),
+        CheckConstraint(
+            "content IS NOT NULL OR (role = 'assistant' AND tool_calls IS NOT NULL)",
+            name="content_present",
+        ),
+        # Serves "has this tool call been answered yet?" when a tool result is appended.
+        Index(
+            "ix_messages_conversation_id_tool_call_id",
+            "conversation_id",
+            "tool_call_id",
+            postgresql_where=text("tool_call_id IS NOT NULL"),
+            sqlite_where=text("tool_call_id IS NOT NULL"),
+        ),
+    )
+
+    id: uuid.UUID = Field(primary_key=True)
+    user_id: str = Field(sa_column_kwargs={"primary_key": True}, max_length=255)
+    conversation_id: uuid.UUID = Field(nullable=False)
+    seq: int = Field(sa_column=Column(Integer, nullable=False))
+    role: str = Field(sa_type=String(16), nullable=False)
+    content: Any = Field(default=None, sa_column=Column(json_type(), nullable=True))
+    name: str | None = Field(default=None, sa_type=String(64), nullable=True)
+    tool_calls: list[dict[str, Any]] | None = Field(
+        default=None, sa_column=Column(json_type(), nullable=True)
+    )
+    tool_call_id: str | None = Field(default=None, sa_type=Text, nullable=True)
+    metadata_: dict[str, str] = Field(
+        default_factory=dict, sa_column=Column("metadata", json_type(), nullable=False)
+    )
+    token_count: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+conversations = Conversation.__table__  # type: ignore[attr-defined]
+
+# The listing order: a user's conversations, most recently updated first (keyset pagination).
+Index(
+    "ix_conversations_user_id_updated_at_id",
+    conversations.c.user_id,
+    conversations.c.updated_at.desc(),
+    conversations.c.id.desc(),
+)
+messages = Message.__table__  # type: ignore[attr-defined]
+
+__all__ = [
+    "ROLES",
+    "Conversation",
+    "Message",
+    "conversations",
+    "messages",
+    "metadata",
+    "utcnow",
+    "uuid7",
+]

@@ -1,0 +1,330 @@
+"""Input and output models, and the validation rules of the data model (SPEC section 1).
+
+Static rules live on the models; the store applies them (and its configurable size limits) to
+every write, whichever face the write came from.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+import pydantic
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from chathistory.errors import FieldError, ValidationError
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+MAX_USER_ID = 255
+MAX_TITLE = 255
+MAX_NAME = 64
+MAX_ID_CHARS = 255
+MAX_METADATA_KEYS = 16
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 512
+TITLE_FROM_MESSAGE_CHARS = 80
+
+# Characters PostgreSQL TEXT / JSONB cannot hold: NUL and UTF-16 surrogates (a str holding one
+# is not valid Unicode text and cannot be encoded as UTF-8).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+# OpenAI SDK objects dumped to dicts carry these keys, empty, on every assistant message.
+_IGNORED_WHEN_EMPTY = ("refusal", "audio", "function_call", "annotations")
+
+# Content part types each role may carry, as OpenAI's chat format defines them.
+_PART_TYPES: dict[str, frozenset[str] | None] = {
+    "system": frozenset({"text"}),
+    "tool": frozenset({"text"}),
+    "assistant": frozenset({"text", "refusal"}),
+    "user": None,  # text, image_url, input_audio, file, ... : any typed part
+}
+
+
+def find_unstorable(value: Any, loc: tuple[str | int, ...] = ()) -> FieldError | None:
+    """The first string (or key) in ``value`` that holds NUL or a lone surrogate, if any."""
+    if isinstance(value, str):
+        match = _UNSTORABLE.search(value)
+        if match is None:
+            return None
+        what = "the NUL character" if match.group() == "\x00" else "a lone surrogate"
+        return FieldError(
+            loc,
+            f"text contains {what} (U+{ord(match.group()):04X}) at index {match.start()}, "
+            "which cannot be stored",
+            "unstorable_text",
+        )
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            found = find_unstorable(key, (*loc, str(key))) or find_unstorable(
+                item, (*loc, str(key))
+            )
+            if found:
+                return found
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = find_unstorable(item, (*loc, index))
+            if found:
+                return found
+    return None
+
+
+def _storable(value: Any) -> Any:
+    found = find_unstorable(value)
+    if found is not None:
+        raise ValueError(found.msg)
+    return value
+
+
+def check_user_id(user_id: object) -> str:
+    if not isinstance(user_id, str):
+        raise ValidationError("must be a string", loc=("user_id",))
+    if not 1 <= len(user_id) <= MAX_USER_ID:
+        raise ValidationError(f"must be 1 to {MAX_USER_ID} characters", loc=("user_id",))
+    found = find_unstorable(user_id, ("user_id",))
+    if found:
+        raise ValidationError([found])
+    return user_id
+
+
+def check_metadata(value: Mapping[str, Any]) -> dict[str, str]:
+    if len(value) > MAX_METADATA_KEYS:
+        raise ValueError(f"at most {MAX_METADATA_KEYS} keys allowed, got {len(value)}")
+    for key, item in value.items():
+        if not isinstance(key, str) or not 1 <= len(key) <= MAX_METADATA_KEY:
+            raise ValueError(f"keys must be strings of 1 to {MAX_METADATA_KEY} characters")
+        if not isinstance(item, str):
+            raise ValueError(f"value of {key!r} must be a string")
+        if len(item) > MAX_METADATA_VALUE:
+            raise ValueError(f"value of {key!r} is longer than {MAX_METADATA_VALUE} characters")
+    _storable(value)
+    return dict(value)
+
+
+def from_pydantic(error: pydantic.ValidationError) -> ValidationError:
+    """Translate pydantic's error into the package's own, keeping each field's location."""
+    return ValidationError(
+        [
+            FieldError(tuple(e["loc"]), e["msg"].removeprefix("Value error, "), e["type"])
+            for e in error.errors(include_url=False)
+        ]
+    )
+
+
+Metadata = dict[str, str]
+Storable = AfterValidator(_storable)
+Text = Annotated[str, Storable]
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class FunctionCall(_Input):
+    name: Text = Field(min_length=1, max_length=MAX_ID_CHARS)
+    arguments: Text
+
+
+class ToolCall(_Input):
+    """One tool call of an assistant message, exactly OpenAI's shape."""
+
+    id: Text = Field(min_length=1, max_length=MAX_ID_CHARS)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class MessageCreate(_Input):
+    """A message to append. ``id`` makes the append idempotent; the store assigns ``seq``."""
+
+    id: uuid.UUID | None = None
+    role: Role
+    content: Annotated[str | list[dict[str, Any]] | None, Storable] = None
+    name: Text | None = Field(default=None, min_length=1, max_length=MAX_NAME)
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: Text | None = Field(default=None, min_length=1, max_length=MAX_ID_CHARS)
+    metadata: Metadata = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_empty_openai_keys(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and any(k in data for k in _IGNORED_WHEN_EMPTY):
+            data = dict(data)
+            for key in _IGNORED_WHEN_EMPTY:
+                if key in data and data[key] in (None, []):
+                    del data[key]
+        return data
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: Metadata) -> Metadata:
+        return check_metadata(value)
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _tool_calls(cls, value: list[ToolCall] | None) -> list[ToolCall] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("must hold at least one tool call, or be null")
+        ids = [call.id for call in value]
+        if len(set(ids)) != len(ids):
+            raise ValueError("tool call ids must be unique within a message")
+        return value
+
+    @model_validator(mode="after")
+    def _role_rules(self) -> MessageCreate:
+        if self.role == "tool" and self.tool_call_id is None:
+            raise _field_error("tool_call_id", "is required for a tool message")
+        if self.role != "tool" and self.tool_call_id is not None:
+            raise _field_error("tool_call_id", "is only allowed on a tool message")
+        if self.role != "assistant" and self.tool_calls is not None:
+            raise _field_error("tool_calls", "is only allowed on an assistant message")
+        if self.content is None and self.tool_calls is None:
+            raise _field_error(
+                "content", "may be null only on an assistant message that has tool_calls"
+            )
+        if isinstance(self.content, list):
+            _check_parts(self.role, self.content)
+        return self
+
+    def text(self) -> str:
+        return content_text(self.content)
+
+    def text_size(self) -> int:
+        """Characters counted against the content limit: text, and tool call arguments."""
+        size = len(self.text())
+        for call in self.tool_calls or ():
+            size += len(call.function.arguments)
+        return size
+
+    def stored_tool_calls(self) -> list[dict[str, Any]] | None:
+        if self.tool_calls is None:
+            return None
+        return [call.model_dump() for call in self.tool_calls]
+
+
+def _field_error(field: str, msg: str) -> pydantic.ValidationError:
+    return pydantic.ValidationError.from_exception_data(
+        "MessageCreate",
+        [{"type": "value_error", "loc": (field,), "input": None, "ctx": {"error": msg}}],
+    )
+
+
+def _check_parts(role: str, parts: list[dict[str, Any]]) -> None:
+    if not parts:
+        raise _field_error("content", "a list of content parts must not be empty")
+    allowed = _PART_TYPES[role]
+    for index, part in enumerate(parts):
+        kind = part.get("type")
+        if not isinstance(kind, str) or not kind:
+            raise _field_error("content", f"part {index} needs a string 'type'")
+        if allowed is not None and kind not in allowed:
+            raise _field_error(
+                "content",
+                f"part {index}: a {role} message may hold only {sorted(allowed)} parts",
+            )
+        if kind in ("text", "refusal") and not isinstance(part.get(kind), str):
+            raise _field_error("content", f"part {index}: a {kind} part needs a string {kind!r}")
+        if kind == "image_url" and not isinstance((part.get("image_url") or {}).get("url"), str):
+            raise _field_error("content", f"part {index}: image_url needs an object with 'url'")
+
+
+def content_text(content: str | list[dict[str, Any]] | None) -> str:
+    """The text that token counts, titles and search see: a string, or its text parts joined."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "\n".join(
+        part["text"] for part in content if part.get("type") == "text" and "text" in part
+    )
+
+
+class ConversationCreate(_Input):
+    id: uuid.UUID | None = None
+    title: Text | None = Field(default=None, max_length=MAX_TITLE)
+    metadata: Metadata = Field(default_factory=dict)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: Metadata) -> Metadata:
+        return check_metadata(value)
+
+
+class ConversationUpdate(_Input):
+    """Fields to change; a field left out stays as it is. ``metadata`` replaces the whole object."""
+
+    title: Text | None = Field(default=None, max_length=MAX_TITLE)
+    metadata: Metadata | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: Metadata | None) -> Metadata | None:
+        return None if value is None else check_metadata(value)
+
+
+class ConversationRead(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: uuid.UUID
+    user_id: str
+    title: str | None
+    metadata: Metadata
+    created_at: datetime
+    updated_at: datetime
+    message_count: int
+
+
+class MessageRead(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: uuid.UUID
+    conversation_id: uuid.UUID
+    user_id: str
+    seq: int
+    role: Role
+    content: str | list[dict[str, Any]] | None
+    name: str | None
+    tool_calls: list[dict[str, Any]] | None
+    tool_call_id: str | None
+    metadata: Metadata
+    token_count: int | None
+    created_at: datetime
+
+    def to_openai(self) -> dict[str, Any]:
+        """The message as OpenAI's chat API accepts it."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.name is not None:
+            out["name"] = self.name
+        if self.tool_calls is not None:
+            out["tool_calls"] = self.tool_calls
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list. ``next_cursor`` continues after the last item (``None`` if empty)."""
+
+    object: Literal["list"] = "list"
+    data: list[T]
+    has_more: bool
+    next_cursor: str | None
+
+
+class MessagePage(Page[MessageRead]):
+    """A page of messages, also carrying OpenAI's ``first_id`` / ``last_id``."""
+
+    first_id: uuid.UUID | None
+    last_id: uuid.UUID | None
+
+
+def title_from(text: str) -> str | None:
+    collapsed = " ".join(text.split())
+    return collapsed[:TITLE_FROM_MESSAGE_CHARS] or None
