@@ -92,9 +92,7 @@ class Base(SQLModel, registry=registry(metadata=metadata)):
 
 class Conversation(Base, table=True):
     __tablename__ = "conversations"
-    __table_args__ = (
-        CheckConstraint("message_count >= 0", name="message_count_nonnegative"),
-    )
+    __table_args__ = (CheckConstraint("message_count >= 0", name="message_count_nonnegative"),)
 
     id: uuid.UUID = Field(primary_key=True)
     user_id: str = Field(sa_column_kwargs={"primary_key": True}, max_length=255)

@@ -14,11 +14,13 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from alembic.runtime.environment import EnvironmentContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chathistory.errors import UnavailableError
 
 VERSION_TABLE = "chathistory_alembic_version"
 _LOCK_KEY = 0x63686174686973  # "chathis": the advisory lock taken while migrating
@@ -30,7 +32,7 @@ def alembic_config() -> Config:
     return config
 
 
-def configure_context(context: EnvironmentContext, connection: Connection) -> None:
+def configure_context(context: Any, connection: Connection) -> None:
     from chathistory.models import metadata
 
     context.configure(
@@ -57,12 +59,11 @@ async def current(target: str | AsyncEngine) -> str | None:
     """The revision the database is at, or ``None`` when it was never migrated."""
 
     def read(connection: Connection) -> str | None:
-        context = MigrationContext.configure(
-            connection, opts={"version_table": VERSION_TABLE}
-        )
+        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
         return context.get_current_revision()
 
-    return await _with_connection(target, read)
+    revision: str | None = await _with_connection(target, read)
+    return revision
 
 
 def head() -> str:
@@ -90,7 +91,8 @@ async def drift(target: str | AsyncEngine) -> list[Any]:
         )
         return list(compare_metadata(context, metadata))
 
-    return await _with_connection(target, compare)
+    differences: list[Any] = await _with_connection(target, compare)
+    return differences
 
 
 async def _run(target: str | AsyncEngine, action: Any) -> None:
@@ -111,6 +113,8 @@ async def _with_connection(target: str | AsyncEngine, fn: Any) -> Any:
     try:
         async with engine.begin() as connection:
             return await connection.run_sync(fn)
+    except (OperationalError, InterfaceError, OSError) as exc:
+        raise UnavailableError(f"cannot migrate {engine.url.render_as_string()}: {exc}") from exc
     finally:
         if isinstance(target, str):
             await engine.dispose()

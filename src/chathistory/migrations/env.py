@@ -1,4 +1,4 @@
-"""Alembic environment for chathistory's own migrations (version table: chathistory_alembic_version).
+"""Alembic environment for chathistory (its version table: chathistory_alembic_version).
 
 Normally driven by :mod:`chathistory.migrations`, which hands over an open connection. Run through
 the ``alembic`` command, it reads ``sqlalchemy.url`` (or ``CHATHISTORY_DATABASE_URL``).

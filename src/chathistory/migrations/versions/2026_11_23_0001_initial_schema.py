@@ -6,6 +6,7 @@ Create Date: 2026-11-23
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -19,7 +20,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def _json() -> sa.types.TypeEngine[object]:
+def _json() -> Any:
     return sa.JSON(none_as_null=True).with_variant(
         postgresql.JSONB(none_as_null=True), "postgresql"
     )
@@ -84,7 +85,10 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", "user_id", name=op.f("pk_messages")),
         sa.UniqueConstraint(
-            "conversation_id", "seq", "user_id", name=op.f("uq_messages_conversation_id_seq_user_id")
+            "conversation_id",
+            "seq",
+            "user_id",
+            name=op.f("uq_messages_conversation_id_seq_user_id"),
         ),
     )
     op.create_index(
