@@ -16,7 +16,8 @@ from datetime import datetime
 from typing import Any, Final, Literal
 
 import pydantic
-from sqlalchemy import case, delete, insert, literal, select, tuple_, update
+from sqlalchemy import case, delete, insert, literal, select, tuple_, type_coerce, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -535,7 +536,7 @@ class ChatHistory:
     ) -> bool:
         """Whether the newest assistant message that called ``call_id`` still awaits its result."""
         if self._is_postgres:
-            calls = _M.tool_calls.contains([{"id": call_id}])
+            calls = type_coerce(_M.tool_calls, JSONB).contains([{"id": call_id}])
         else:
             calls = text(
                 "EXISTS (SELECT 1 FROM json_each(messages.tool_calls) AS call "
