@@ -443,8 +443,8 @@ async def test_list_messages_after_before(store: ChatHistory, user: str) -> None
         await store.list_messages(user, other.id, before=m[0].id)
     with pytest.raises(InvalidCursorError):
         await store.list_messages(user, conv.id, after=m[0].id, cursor=page.next_cursor)
+    asc = await store.list_messages(user, conv.id, limit=1)
     with pytest.raises(InvalidCursorError):  # an asc cursor on a desc list
-        asc = await store.list_messages(user, conv.id, limit=1)
         await store.list_messages(user, conv.id, order="desc", cursor=asc.next_cursor)
     with pytest.raises(ValidationError):
         await store.list_messages(user, conv.id, order="sideways")  # type: ignore[arg-type]
