@@ -13,7 +13,15 @@ from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import pydantic
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    field_validator,
+    model_validator,
+)
 
 from chathistory.errors import FieldError, ValidationError
 
@@ -114,9 +122,19 @@ def from_pydantic(error: pydantic.ValidationError) -> ValidationError:
     )
 
 
+def _content(value: Any) -> Any:
+    if value is None or isinstance(value, str):
+        return _storable(value)
+    if isinstance(value, list) and all(isinstance(part, dict) for part in value):
+        return _storable(value)
+    raise ValueError("must be a string, a list of content parts (objects), or null")
+
+
 Metadata = dict[str, str]
 Storable = AfterValidator(_storable)
 Text = Annotated[str, Storable]
+ContentType = str | list[dict[str, Any]] | None
+Content = Annotated[ContentType, PlainValidator(_content, json_schema_input_type=ContentType)]
 
 
 class _Input(BaseModel):
@@ -141,7 +159,7 @@ class MessageCreate(_Input):
 
     id: uuid.UUID | None = None
     role: Role
-    content: Annotated[str | list[dict[str, Any]] | None, Storable] = None
+    content: Content = None
     name: Text | None = Field(default=None, min_length=1, max_length=MAX_NAME)
     tool_calls: list[ToolCall] | None = None
     tool_call_id: Text | None = Field(default=None, min_length=1, max_length=MAX_ID_CHARS)
@@ -228,7 +246,10 @@ def _check_parts(role: str, parts: list[dict[str, Any]]) -> None:
             )
         if kind in ("text", "refusal") and not isinstance(part.get(kind), str):
             raise _field_error("content", f"part {index}: a {kind} part needs a string {kind!r}")
-        if kind == "image_url" and not isinstance((part.get("image_url") or {}).get("url"), str):
+        image = part.get("image_url")
+        if kind == "image_url" and not (
+            isinstance(image, dict) and isinstance(image.get("url"), str)
+        ):
             raise _field_error("content", f"part {index}: image_url needs an object with 'url'")
 
 
