@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.sql import ColumnElement, text
+from sqlalchemy.sql import ColumnElement, TextClause, text
 
 from chathistory import pagination
 from chathistory.db import create_engine
@@ -535,6 +535,7 @@ class ChatHistory:
         self, conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID, call_id: str
     ) -> bool:
         """Whether the newest assistant message that called ``call_id`` still awaits its result."""
+        calls: ColumnElement[bool] | TextClause
         if self._is_postgres:
             calls = type_coerce(_M.tool_calls, JSONB).contains([{"id": call_id}])
         else:
