@@ -71,3 +71,7 @@ def db_current(database_url: DatabaseUrl = None) -> None:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

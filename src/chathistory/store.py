@@ -801,17 +801,14 @@ class _Opening:
             else create_engine(database, **engine_options)
         )
         store = cls(engine, max_content_chars=max_content_chars, owns_engine=owns)
-        try:
-            if migrate:
-                from chathistory import migrations
+        if migrate:
+            from chathistory import migrations
 
-                try:
-                    await migrations.upgrade(engine)
-                except (OperationalError, InterfaceError, OSError) as exc:
-                    raise UnavailableError(f"the database is unavailable: {_brief(exc)}") from exc
-        except BaseException:
-            await store.close()
-            raise
+            try:
+                await migrations.upgrade(engine)
+            except BaseException:
+                await store.close()
+                raise
         return store
 
     def __await__(self) -> Generator[Any, None, ChatHistory]:

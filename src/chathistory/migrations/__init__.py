@@ -9,6 +9,8 @@ concurrent upgrades (several workers starting at once) wait for each other inste
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from typing import Any
 
 from alembic import command
@@ -97,13 +99,26 @@ async def drift(target: str | AsyncEngine) -> list[Any]:
 
 async def _run(target: str | AsyncEngine, action: Any) -> None:
     def run(connection: Connection) -> None:
+        # Other processes wait here: PostgreSQL for an advisory lock held until commit,
+        # SQLite for the database's write lock.
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+        elif connection.dialect.name == "sqlite":
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
         config = alembic_config()
         config.attributes["connection"] = connection
         action(config)
 
-    await _with_connection(target, run)
+    # Alembic keeps its running context in module globals: one migration at a time per process.
+    loop = asyncio.get_running_loop()
+    lock = _locks.setdefault(loop, asyncio.Lock())
+    async with lock:
+        await _with_connection(target, run)
+
+
+_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 async def _with_connection(target: str | AsyncEngine, fn: Any) -> Any:
