@@ -346,6 +346,19 @@ class MessagePage(Page[MessageRead]):
     last_id: uuid.UUID | None
 
 
+class ContextWindow(BaseModel):
+    """What to send to an LLM: messages in OpenAI chat format, oldest first (SPEC section 4)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    messages: list[dict[str, Any]]
+    token_count: int = Field(description="tokens of the messages plus the reply's priming")
+    max_tokens: int
+    truncated: bool = Field(description="older messages were left out to fit the budget")
+    encoding: str
+    exact: bool = Field(description="counted by a BPE tokenizer (false: the byte estimate)")
+
+
 def title_from(text: str) -> str | None:
     collapsed = " ".join(text.split())
     return collapsed[:TITLE_FROM_MESSAGE_CHARS] or None

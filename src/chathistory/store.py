@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Generator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, Final, Literal
 
 import pydantic
-from sqlalchemy import case, delete, insert, literal, select, tuple_, type_coerce, update
+from sqlalchemy import case, delete, func, insert, literal, select, tuple_, type_coerce, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import ColumnElement, TextClause, text
 
-from chathistory import pagination
+from chathistory import pagination, tokens
 from chathistory.db import create_engine
 from chathistory.errors import (
     ChatHistoryError,
@@ -37,6 +37,7 @@ from chathistory.errors import (
 )
 from chathistory.models import conversations, messages, utcnow, uuid7
 from chathistory.schemas import (
+    ContextWindow,
     ConversationCreate,
     ConversationRead,
     ConversationUpdate,
@@ -65,6 +66,17 @@ UNSET: Final = _Unset()
 
 _C = conversations.c
 _M = messages.c
+_WINDOW_COLUMNS = (
+    _M.seq,
+    _M.role,
+    _M.content,
+    _M.name,
+    _M.tool_calls,
+    _M.tool_call_id,
+    _M.token_count,
+)
+_MAX_SEQ: Final = 2**31 - 1
+_CONTEXT_CHUNK: Final = 256
 _CONVERSATION_COLUMNS = (
     _C.id,
     _C.user_id,
@@ -91,10 +103,12 @@ class ChatHistory:
         engine: AsyncEngine,
         *,
         max_content_chars: int = DEFAULT_MAX_CONTENT_CHARS,
+        encoding: str = tokens.DEFAULT_ENCODING,
         owns_engine: bool = False,
     ) -> None:
         self.engine = engine
         self.max_content_chars = max_content_chars
+        self.tokens = tokens.counter(encoding)
         self._owns_engine = owns_engine
         self._is_postgres = engine.dialect.name == "postgresql"
 
@@ -107,6 +121,7 @@ class ChatHistory:
         *,
         migrate: bool = True,
         max_content_chars: int = DEFAULT_MAX_CONTENT_CHARS,
+        encoding: str = tokens.DEFAULT_ENCODING,
         **engine_options: Any,
     ) -> _Opening:
         """Open a store on a database URL (or an existing engine, which stays the caller's).
@@ -118,7 +133,8 @@ class ChatHistory:
         Use as ``async with ChatHistory.open(url) as store`` or ``store = await ...open(url)``
         (then ``await store.close()``).
         """
-        return _Opening(cls, database, migrate, max_content_chars, engine_options)
+        options = {"max_content_chars": max_content_chars, "encoding": encoding}
+        return _Opening(cls, database, migrate, options, engine_options)
 
     async def close(self) -> None:
         """Release the connection pool if this store created it."""
@@ -457,11 +473,12 @@ class ChatHistory:
                 "tool_calls": message.stored_tool_calls(),
                 "tool_call_id": message.tool_call_id,
                 "metadata": message.metadata,
-                "token_count": None,
                 "created_at": now,
             }
             for offset, message in enumerate(batch)
         ]
+        for row in rows:
+            row["token_count"] = self.tokens.count_message(row)
         await conn.execute(insert(messages), rows)
         return [_message(row) for row in rows], True
 
@@ -713,6 +730,107 @@ class ChatHistory:
             items.reverse()
         return items
 
+    async def get_context_window(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        max_tokens: int,
+        model: str | None = None,
+    ) -> ContextWindow:
+        """The messages to send to an LLM within ``max_tokens`` (SPEC section 4).
+
+        The leading system messages, then the newest contiguous run that fits, oldest first.
+        Tool calls and their results stay together: an assistant message with tool calls is
+        kept only with all its results right after it (one whose calls were never all answered
+        is left out, with the results it did get), and a tool result only with its call.
+
+        Reads from the newest message backwards in bounded chunks through the
+        ``(conversation_id, seq)`` index, so the cost follows what fits, not the history's length.
+        """
+        check_user_id(user_id)
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ValidationError("must be a positive integer", loc=("max_tokens",))
+        counter = tokens.counter(tokens.encoding_for_model(model)) if model else self.tokens
+        stored_counts = counter.encoding == self.tokens.encoding
+
+        def cost(row: Any) -> int:
+            if stored_counts and row.token_count is not None:
+                return int(row.token_count)
+            return counter.count_message(row._mapping)
+
+        owned = (_M.conversation_id == conversation_id, _M.user_id == user_id)
+        first_other = select(func.min(_M.seq)).where(*owned, _M.role != "system").scalar_subquery()
+        async with self._transaction() as conn:
+            system = (
+                await conn.execute(
+                    select(*_WINDOW_COLUMNS)
+                    .where(*owned, _M.seq < func.coalesce(first_other, _MAX_SEQ))
+                    .order_by(_M.seq.asc())
+                )
+            ).all()
+            if not system:
+                await self._require_conversation(conn, user_id, conversation_id)
+            used = tokens.REPLY_PRIMING + sum(cost(row) for row in system)
+            if used > max_tokens:
+                raise ValidationError(
+                    f"the leading system messages alone need {used} tokens", loc=("max_tokens",)
+                )
+            run, used, truncated = await self._newest_run(
+                conn, owned, system[-1].seq if system else 0, max_tokens, used, cost
+            )
+        return ContextWindow(
+            messages=[_openai(row) for row in [*system, *run]],
+            token_count=used,
+            max_tokens=max_tokens,
+            truncated=truncated,
+            encoding=counter.encoding,
+            exact=counter.exact,
+        )
+
+    async def _newest_run(
+        self,
+        conn: AsyncConnection,
+        owned: tuple[ColumnElement[bool], ...],
+        after_seq: int,
+        budget: int,
+        used: int,
+        cost: Callable[[Any], int],
+    ) -> tuple[list[Any], int, bool]:
+        """Walk back from the newest message, taking whole groups (a message, or an assistant
+        message with all of its tool results) while they fit."""
+        # Every message costs at least TOKENS_PER_MESSAGE, which bounds how many can fit.
+        chunk = min(_CONTEXT_CHUNK, (budget - used) // tokens.TOKENS_PER_MESSAGE + 1)
+        taken: list[Any] = []  # newest first
+        pending: list[Any] = []  # tool results seen since the last non-tool message
+        below: int | None = None
+        while True:
+            query = select(*_WINDOW_COLUMNS).where(*owned, _M.seq > after_seq)
+            if below is not None:
+                query = query.where(_M.seq < below)
+            rows = (await conn.execute(query.order_by(_M.seq.desc()).limit(chunk))).all()
+            for row in rows:
+                if row.role == "tool":
+                    pending.append(row)
+                    continue
+                group = [row]
+                if row.tool_calls:
+                    wanted = {call["id"] for call in row.tool_calls}
+                    results = [t for t in pending if t.tool_call_id in wanted]
+                    if {t.tool_call_id for t in results} != wanted:
+                        pending = []  # never all answered: leave it out, with its results
+                        continue
+                    group = [*results, row]  # newest first, like `taken`
+                pending = []  # results not right after their call cannot be replayed
+                group_cost = sum(cost(member) for member in group)
+                if used + group_cost > budget:
+                    return taken[::-1], used, True
+                used += group_cost
+                taken += group
+            if len(rows) < chunk:
+                return taken[::-1], used, False
+            below = rows[-1].seq
+            chunk = min(_CONTEXT_CHUNK * 4, chunk * 2)
+
     # -- helpers ---------------------------------------------------------------------------
 
     async def _find_conversation(
@@ -786,21 +904,21 @@ class _Opening:
         cls: type[ChatHistory],
         database: str | AsyncEngine,
         migrate: bool,
-        max_content_chars: int,
+        store_options: dict[str, Any],
         engine_options: dict[str, Any],
     ) -> None:
-        self._args = (cls, database, migrate, max_content_chars, engine_options)
+        self._args = (cls, database, migrate, store_options, engine_options)
         self._store: ChatHistory | None = None
 
     async def _open(self) -> ChatHistory:
-        cls, database, migrate, max_content_chars, engine_options = self._args
+        cls, database, migrate, store_options, engine_options = self._args
         owns = not isinstance(database, AsyncEngine)
         engine = (
             database
             if isinstance(database, AsyncEngine)
             else create_engine(database, **engine_options)
         )
-        store = cls(engine, max_content_chars=max_content_chars, owns_engine=owns)
+        store = cls(engine, **store_options, owns_engine=owns)
         if migrate:
             from chathistory import migrations
 
@@ -870,6 +988,17 @@ def _message(row: Mapping[Any, Any]) -> MessageRead:
         token_count=row["token_count"],
         created_at=row["created_at"],
     )
+
+
+def _openai(row: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": row.role, "content": row.content}
+    if row.name is not None:
+        out["name"] = row.name
+    if row.tool_calls is not None:
+        out["tool_calls"] = row.tool_calls
+    if row.tool_call_id is not None:
+        out["tool_call_id"] = row.tool_call_id
+    return out
 
 
 def _same_message(message: MessageCreate, stored: MessageRead, conversation_id: uuid.UUID) -> bool:

@@ -1,0 +1,137 @@
+"""Token counting: a real BPE tokenizer when installed (extra ``tokens``), an estimate otherwise.
+
+Counts follow OpenAI's chat format: every message costs its text plus a fixed overhead
+(``<|start|>role ... <|end|>``, 3 tokens, and 1 more when it carries a ``name``), and a reply is
+primed with 3 more tokens. With the ``bpe-openai`` package installed (its tables ship inside it,
+so it works offline) counts are exact for the encoding; without it, :func:`estimate` gives an
+upper estimate (ASCII letters, digits and spaces two to a token, anything else a token per byte).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+DEFAULT_ENCODING = "o200k_base"
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_NAME = 1
+REPLY_PRIMING = 3
+
+# Model name prefixes and their encodings, newest families first (for names the tokenizer
+# package does not know, and for when it is not installed).
+_MODEL_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("gpt-5", "o200k_base"),
+    ("gpt-4.1", "o200k_base"),
+    ("gpt-4.5", "o200k_base"),
+    ("gpt-4o", "o200k_base"),
+    ("chatgpt-4o", "o200k_base"),
+    ("o1", "o200k_base"),
+    ("o3", "o200k_base"),
+    ("o4", "o200k_base"),
+    ("gpt-oss", "o200k_base"),
+    ("gpt-4", "cl100k_base"),
+    ("gpt-3.5", "cl100k_base"),
+    ("text-embedding-3", "cl100k_base"),
+    ("text-embedding-ada", "cl100k_base"),
+)
+
+
+_PAIRABLE = re.compile(r"[A-Za-z0-9 ]")
+_ASCII_OTHER = re.compile(r"[\x00-\x1f!-/:-@\[-`{-\x7f]")
+
+
+class _Encoder(Protocol):
+    def encode_ordinary(self, text: str) -> list[int]: ...
+
+
+class TokenCounter:
+    """Counts tokens of texts and chat messages for one encoding."""
+
+    def __init__(self, encoding: str = DEFAULT_ENCODING) -> None:
+        self.encoding = encoding
+        self._encoder = _load(encoding)
+
+    @property
+    def exact(self) -> bool:
+        """Whether a real BPE tokenizer counts (``False``: the documented estimate)."""
+        return self._encoder is not None
+
+    @classmethod
+    def for_model(cls, model: str) -> TokenCounter:
+        return counter(encoding_for_model(model))
+
+    def count_text(self, text: str) -> int:
+        if not text:
+            return 0
+        if self._encoder is not None:
+            return len(self._encoder.encode_ordinary(text))
+        return estimate(text)
+
+    def count_message(self, message: Mapping[str, Any]) -> int:
+        """Tokens one message costs in a prompt, overhead included."""
+        from chathistory.schemas import content_text
+
+        total = TOKENS_PER_MESSAGE + self.count_text(str(message.get("role", "")))
+        total += self.count_text(content_text(message.get("content")))
+        if message.get("name"):
+            total += TOKENS_PER_NAME + self.count_text(message["name"])
+        for call in message.get("tool_calls") or ():
+            function = call.get("function", {})
+            total += TOKENS_PER_MESSAGE + self.count_text(str(call.get("id", "")))
+            total += self.count_text(str(function.get("name", "")))
+            total += self.count_text(str(function.get("arguments", "")))
+        if message.get("tool_call_id"):
+            total += self.count_text(message["tool_call_id"])
+        return total
+
+    def count_messages(self, messages: Iterable[Mapping[str, Any]]) -> int:
+        """Tokens of a whole prompt: every message, plus the reply's priming."""
+        return REPLY_PRIMING + sum(self.count_message(m) for m in messages)
+
+
+def estimate(text: str) -> int:
+    """The fallback count, an upper estimate: ASCII letters, digits and spaces two to a token,
+    every other ASCII character one token, every other character one token per UTF-8 byte
+    (a byte-level BPE token always covers at least one byte)."""
+    pairs = len(_PAIRABLE.findall(text))
+    ascii_other = len(_ASCII_OTHER.findall(text))
+    wide = len(text.encode("utf-8", "surrogatepass")) - pairs - ascii_other
+    return math.ceil(pairs / 2) + ascii_other + wide
+
+
+def encoding_for_model(model: str) -> str:
+    """The encoding of an OpenAI model name (``gpt-4o-mini`` -> ``o200k_base``)."""
+    try:
+        import bpe_openai
+
+        return str(bpe_openai.encoding_name_for_model(model))
+    except ImportError:
+        pass  # no tokenizer installed: the table below
+    except (KeyError, ValueError, LookupError):
+        pass  # a model the tokenizer package does not know: the table below
+    name = model.lower().rsplit("/", 1)[-1]
+    for prefix, encoding in _MODEL_PREFIXES:
+        if name.startswith(prefix):
+            return encoding
+    return DEFAULT_ENCODING
+
+
+@functools.cache
+def counter(encoding: str = DEFAULT_ENCODING) -> TokenCounter:
+    """A shared counter per encoding (tokenizer tables load once per process)."""
+    return TokenCounter(encoding)
+
+
+def _load(encoding: str) -> _Encoder | None:
+    try:
+        import bpe_openai
+    except ImportError:
+        return None
+    try:
+        encoder: _Encoder = bpe_openai.get_encoding(encoding)
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"unknown token encoding {encoding!r}") from exc
+    return encoder
