@@ -288,3 +288,35 @@ async def test_database_rejects_rows_that_break_the_model(backend_url: str, user
                 await conn.execute(insert(messages).values({**base, "id": uuid.uuid4()}))
     finally:
         await engine.dispose()
+
+
+async def test_values_json_cannot_hold(store: ChatHistory, user: str) -> None:
+    conv = await store.create_conversation(user)
+    deep: Any = "x"
+    for _ in range(40):
+        deep = [deep]
+    bad_contents = [
+        [{"type": "text", "text": "x", "n": float("nan")}],
+        [{"type": "text", "text": "x", "n": float("inf")}],
+        [{"type": "text", "text": "x", "deep": deep}],
+    ]
+    for content in bad_contents:
+        with pytest.raises(ValidationError) as info:
+            await store.add_message(user, conv.id, "user", content)
+        assert info.value.errors[0].loc[0] == "content"
+    ok: Any = "x"
+    for _ in range(20):
+        ok = [ok]
+    stored = await store.add_message(
+        user, conv.id, "user", [{"type": "text", "text": "y", "d": ok}]
+    )
+    assert (await store.get_message(user, conv.id, stored.id)).content == stored.content
+    assert (await store.get_conversation(user, conv.id)).message_count == 1
+
+
+@pytest.mark.parametrize("changes", [[1], "xy", 5])
+async def test_update_needs_an_object(store: ChatHistory, user: str, changes: Any) -> None:
+    conv = await store.create_conversation(user, title="t")
+    with pytest.raises(ValidationError):
+        await store.update_conversation(user, conv.id, changes)
+    assert (await store.get_conversation(user, conv.id)).title == "t"

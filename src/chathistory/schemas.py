@@ -6,6 +6,7 @@ every write, whichever face the write came from.
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from collections.abc import Mapping
@@ -35,6 +36,7 @@ MAX_METADATA_KEYS = 16
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
 TITLE_FROM_MESSAGE_CHARS = 80
+MAX_JSON_DEPTH = 32
 
 # Characters PostgreSQL TEXT / JSONB cannot hold: NUL and UTF-16 surrogates (a str holding one
 # is not valid Unicode text and cannot be encoded as UTF-8).
@@ -53,7 +55,8 @@ _PART_TYPES: dict[str, frozenset[str] | None] = {
 
 
 def find_unstorable(value: Any, loc: tuple[str | int, ...] = ()) -> FieldError | None:
-    """The first string (or key) in ``value`` that holds NUL or a lone surrogate, if any."""
+    """The first thing in a JSON value that no backend can store alike: a string (or key)
+    holding NUL or a lone surrogate, a non-finite number, or nesting deeper than the limit."""
     if isinstance(value, str):
         match = _UNSTORABLE.search(value)
         if match is None:
@@ -65,16 +68,17 @@ def find_unstorable(value: Any, loc: tuple[str | int, ...] = ()) -> FieldError |
             "which cannot be stored",
             "unstorable_text",
         )
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            found = find_unstorable(key, (*loc, str(key))) or find_unstorable(
-                item, (*loc, str(key))
+    if isinstance(value, float) and not math.isfinite(value):
+        return FieldError(loc, f"{value} is not a JSON number", "unstorable_value")
+    if isinstance(value, Mapping | list | tuple):
+        if len(loc) > MAX_JSON_DEPTH:
+            return FieldError(loc, f"nested deeper than {MAX_JSON_DEPTH} levels", "too_deep")
+        items = value.items() if isinstance(value, Mapping) else enumerate(value)
+        for key, item in items:
+            where = (*loc, key if isinstance(key, int) else str(key))
+            found = (isinstance(key, str) and find_unstorable(key, where)) or find_unstorable(
+                item, where
             )
-            if found:
-                return found
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            found = find_unstorable(item, (*loc, index))
             if found:
                 return found
     return None

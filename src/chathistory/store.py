@@ -287,8 +287,10 @@ class ChatHistory:
         data: dict[str, Any] = {}
         if isinstance(changes, ConversationUpdate):
             data = changes.model_dump(exclude_unset=True)
-        elif changes is not None:
+        elif isinstance(changes, Mapping):
             data = dict(changes)
+        elif changes is not None:
+            raise ValidationError("must be an object", loc=("body",))
         if not isinstance(title, _Unset):
             data["title"] = title
         if not isinstance(metadata, _Unset):
