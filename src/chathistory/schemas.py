@@ -350,6 +350,54 @@ class MessagePage(Page[MessageRead]):
     last_id: uuid.UUID | None
 
 
+class MessageRecord(MessageCreate):
+    """A message as export files carry it: OpenAI format plus its id, seq and timestamp."""
+
+    id: uuid.UUID
+    seq: int = Field(ge=1)
+    created_at: datetime
+
+    @field_validator("created_at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("needs a time zone")
+        return value
+
+
+class ConversationRecord(_Input):
+    """One line of an export file: a conversation with all of its messages."""
+
+    id: uuid.UUID
+    user_id: Annotated[str, Storable] = Field(min_length=1, max_length=MAX_USER_ID)
+    title: Text | None = Field(default=None, max_length=MAX_TITLE)
+    metadata: Metadata = Field(default_factory=dict)
+    created_at: datetime
+    updated_at: datetime
+    messages: list[MessageRecord] = Field(default_factory=list)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: Metadata) -> Metadata:
+        return check_metadata(value)
+
+    @field_validator("created_at", "updated_at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("needs a time zone")
+        return value
+
+    @model_validator(mode="after")
+    def _sequence(self) -> ConversationRecord:
+        for index, message in enumerate(self.messages):
+            if message.seq != index + 1:
+                raise _field_error(
+                    "messages", f"seq must run 1, 2, 3, ...; item {index} has {message.seq}"
+                )
+        return self
+
+
 class ContextWindow(BaseModel):
     """What to send to an LLM: messages in OpenAI chat format, oldest first (SPEC section 4)."""
 

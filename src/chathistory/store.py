@@ -40,6 +40,7 @@ from chathistory.schemas import (
     ContextWindow,
     ConversationCreate,
     ConversationRead,
+    ConversationRecord,
     ConversationUpdate,
     MessageCreate,
     MessagePage,
@@ -77,6 +78,7 @@ _WINDOW_COLUMNS = (
 )
 _MAX_SEQ: Final = 2**31 - 1
 _CONTEXT_CHUNK: Final = 256
+_IMPORT_CHUNK: Final = 1000
 _CONVERSATION_COLUMNS = (
     _C.id,
     _C.user_id,
@@ -406,25 +408,27 @@ class ChatHistory:
                 prefix: tuple[str | int, ...] = (index,) if len(messages) > 1 else ()
                 errors += [FieldError((*prefix, *e.loc), e.msg, e.type) for e in exc.errors]
                 continue
-            if message.text_size() > self.max_content_chars:
-                loc: tuple[str | int, ...] = (
-                    (index, "content") if len(messages) > 1 else ("content",)
-                )
-                errors.append(
-                    FieldError(
-                        loc,
-                        f"is {message.text_size()} characters; the limit is "
-                        f"{self.max_content_chars}",
-                        "too_long",
-                    )
-                )
             batch.append(message)
-        given = [m.id for m in batch if m.id is not None]
-        if len(set(given)) != len(given):
-            errors.append(FieldError(("id",), "the same id appears twice in one batch"))
         if errors:
             raise ValidationError(errors)
+        self._check_sizes(batch)
+        given = [m.id for m in batch if m.id is not None]
+        if len(set(given)) != len(given):
+            raise ValidationError("the same id appears twice in one batch", loc=("id",))
         return batch
+
+    def _check_sizes(self, batch: Sequence[MessageCreate]) -> None:
+        errors = [
+            FieldError(
+                (index, "content") if len(batch) > 1 else ("content",),
+                f"is {message.text_size()} characters; the limit is {self.max_content_chars}",
+                "too_long",
+            )
+            for index, message in enumerate(batch)
+            if message.text_size() > self.max_content_chars
+        ]
+        if errors:
+            raise ValidationError(errors)
 
     async def _append(
         self,
@@ -464,23 +468,9 @@ class ChatHistory:
             await self._maybe_title(conn, user_id, conversation_id, batch, first_seq)
 
         rows = [
-            {
-                "id": message.id or uuid7(),
-                "user_id": user_id,
-                "conversation_id": conversation_id,
-                "seq": first_seq + offset,
-                "role": message.role,
-                "content": message.content,
-                "name": message.name,
-                "tool_calls": message.stored_tool_calls(),
-                "tool_call_id": message.tool_call_id,
-                "metadata": message.metadata,
-                "created_at": now,
-            }
+            self._row(user_id, conversation_id, message, first_seq + offset, now)
             for offset, message in enumerate(batch)
         ]
-        for row in rows:
-            row["token_count"] = self.tokens.count_message(row)
         await conn.execute(insert(messages), rows)
         return [_message(row) for row in rows], True
 
@@ -833,7 +823,130 @@ class ChatHistory:
             below = rows[-1].seq
             chunk = min(_CONTEXT_CHUNK * 4, chunk * 2)
 
+    # -- export and import -------------------------------------------------------------------
+
+    async def iter_user_ids(self, *, chunk: int = 1000) -> AsyncIterator[str]:
+        """Every user that has a conversation, in order (for exports of the whole database)."""
+        after: str | None = None
+        while True:
+            query = select(_C.user_id).distinct().order_by(_C.user_id).limit(chunk)
+            if after is not None:
+                query = query.where(_C.user_id > after)
+            async with self._transaction() as conn:
+                users = list((await conn.execute(query)).scalars())
+            for user_id in users:
+                yield user_id
+            if len(users) < chunk:
+                return
+            after = users[-1]
+
+    async def iter_messages(
+        self, user_id: str, conversation_id: uuid.UUID, *, chunk: int = 1000
+    ) -> AsyncIterator[MessageRead]:
+        """Every message of a conversation in seq order, read ``chunk`` rows at a time."""
+        check_user_id(user_id)
+        after = 0
+        while True:
+            async with self._transaction() as conn:
+                rows = (
+                    await conn.execute(
+                        select(messages)
+                        .where(
+                            _M.conversation_id == conversation_id,
+                            _M.user_id == user_id,
+                            _M.seq > after,
+                        )
+                        .order_by(_M.seq.asc())
+                        .limit(chunk)
+                    )
+                ).all()
+                if not rows and after == 0:
+                    await self._require_conversation(conn, user_id, conversation_id)
+            for row in rows:
+                yield _message(row._mapping)
+            if len(rows) < chunk:
+                return
+            after = rows[-1].seq
+
+    async def import_conversation(self, record: ConversationRecord | Mapping[str, Any]) -> bool:
+        """Store an exported conversation whole, keeping its ids, seq and timestamps.
+
+        Atomic: all of it or nothing. Returns ``False`` (and writes nothing) when the
+        conversation is already stored with the same messages; ``ConflictError`` when its id is
+        stored with other messages or a message id is taken."""
+        spec: ConversationRecord = _parse(ConversationRecord, record)
+        check_user_id(spec.user_id)
+        self._check_sizes(spec.messages)
+        try:
+            async with self._transaction() as conn:
+                return await self._import(conn, spec)
+        except IntegrityError as exc:
+            raise ConflictError(
+                f"conversation {spec.id}: an id is already stored elsewhere"
+            ) from exc
+
+    async def _import(self, conn: AsyncConnection, spec: ConversationRecord) -> bool:
+        existing = await self._find_conversation(conn, spec.user_id, spec.id)
+        if existing is not None:
+            last = (
+                await conn.execute(
+                    select(_M.id)
+                    .where(_M.conversation_id == spec.id, _M.user_id == spec.user_id)
+                    .order_by(_M.seq.desc())
+                    .limit(1)
+                )
+            ).scalar()
+            same = existing.message_count == len(spec.messages) and last == (
+                spec.messages[-1].id if spec.messages else None
+            )
+            if same:
+                return False
+            raise ConflictError(f"conversation {spec.id} is already stored with other messages")
+        await conn.execute(
+            insert(conversations).values(
+                id=spec.id,
+                user_id=spec.user_id,
+                title=spec.title,
+                metadata=spec.metadata,
+                created_at=spec.created_at,
+                updated_at=spec.updated_at,
+                message_count=len(spec.messages),
+            )
+        )
+        await self._check_tool_results(conn, spec.user_id, spec.id, list(spec.messages))
+        for start in range(0, len(spec.messages), _IMPORT_CHUNK):
+            rows = [
+                self._row(spec.user_id, spec.id, message, message.seq, message.created_at)
+                for message in spec.messages[start : start + _IMPORT_CHUNK]
+            ]
+            await conn.execute(insert(messages), rows)
+        return True
+
     # -- helpers ---------------------------------------------------------------------------
+
+    def _row(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        message: MessageCreate,
+        seq: int,
+        created_at: datetime,
+    ) -> dict[str, Any]:
+        row = {
+            "id": message.id or uuid7(),
+            "user_id": user_id,
+            "conversation_id": conversation_id,
+            "seq": seq,
+            "role": message.role,
+            "content": message.content,
+            "name": message.name,
+            "tool_calls": message.stored_tool_calls(),
+            "tool_call_id": message.tool_call_id,
+            "metadata": message.metadata,
+            "created_at": created_at,
+        }
+        row["token_count"] = self.tokens.count_message(row)
+        return row
 
     async def _find_conversation(
         self, conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID
