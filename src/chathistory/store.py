@@ -327,6 +327,26 @@ class ChatHistory:
         if result.rowcount == 0:
             raise ConversationNotFoundError(conversation_id)
 
+    async def clear_conversation(self, user_id: str, conversation_id: uuid.UUID) -> int:
+        """Delete every message of a conversation but keep the conversation (its title and
+        metadata); the next message gets seq 1. Returns how many messages went."""
+        check_user_id(user_id)
+        async with self._transaction() as conn:
+            locked = (
+                await conn.execute(
+                    update(conversations)
+                    .where(_C.user_id == user_id, _C.id == conversation_id)
+                    .values(message_count=0, updated_at=_forward(utcnow()))
+                    .returning(_C.id)
+                )
+            ).first()
+            if locked is None:
+                raise ConversationNotFoundError(conversation_id)
+            result = await conn.execute(
+                delete(messages).where(_M.conversation_id == conversation_id, _M.user_id == user_id)
+            )
+        return int(result.rowcount)
+
     async def delete_user_data(self, user_id: str) -> int:
         """Erase every conversation and message of the user; returns how many conversations."""
         check_user_id(user_id)
