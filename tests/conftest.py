@@ -141,7 +141,9 @@ pidfile = {workdir / "pgbouncer.pid"}
         for child in workdir.iterdir():
             shutil.chown(child, run_as)
         command[1:1] = ["-u", run_as]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # Output goes to a file: an unread pipe fills up and blocks pgbouncer mid-run.
+    output = (workdir / "pgbouncer.out").open("wb")
+    process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     url = f"postgresql://{user}:{password}@127.0.0.1:{listen_port}/{STORE_DB}"
     try:
         _wait_until_accepting(url, process, workdir / "pgbouncer.log")
@@ -149,6 +151,7 @@ pidfile = {workdir / "pgbouncer.pid"}
     finally:
         process.terminate()
         process.wait(timeout=10)
+        output.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -165,7 +168,7 @@ def _wait_until_accepting(url: str, process: subprocess.Popen[bytes], log: Path)
     last: Exception | None = None
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            output = process.stdout.read().decode() if process.stdout else ""
+            output = (log.parent / "pgbouncer.out").read_text(errors="replace")
             pytest.fail(f"pgbouncer exited: {output}\n{log.read_text() if log.exists() else ''}")
         try:
             asyncio.run(_probe(url))
