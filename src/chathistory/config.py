@@ -5,7 +5,7 @@ The library itself never reads the environment: :class:`chathistory.ChatHistory`
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chathistory.store import DEFAULT_MAX_CONTENT_CHARS
@@ -25,6 +25,35 @@ class Settings(BaseSettings):
     )
     max_content_chars: int = Field(default=DEFAULT_MAX_CONTENT_CHARS, ge=1)
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+
+    # HTTP service (``chathistory serve``)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
+    retry_after_seconds: int = Field(
+        default=5, ge=1, description="Retry-After sent with a 503 when the database is unavailable"
+    )
+
+    # Authentication: a shared secret (HS256), a JWKS URL (EdDSA, ES256, RS256), or both.
+    jwt_secret: SecretStr | None = Field(default=None, description="HS256 secret, 32 bytes or more")
+    jwt_jwks_url: str | None = Field(default=None, description="http(s) URL of a JSON Web Key Set")
+    jwt_issuer: str | None = Field(default=None, description="required `iss` of every token")
+    jwt_audience: str | None = Field(default=None, description="required `aud` of every token")
+    jwt_leeway_seconds: float = Field(
+        default=30.0, ge=0, le=300, description="clock skew allowed on exp / nbf / iat"
+    )
+    jwt_jwks_cache_seconds: float = Field(
+        default=300.0, gt=0, description="how long a fetched key set is used before refetching"
+    )
+    insecure_no_auth: bool = Field(
+        default=False,
+        description="development only: serve without authentication (logged loudly on start)",
+    )
+
+    @field_validator("jwt_secret", "jwt_jwks_url", "jwt_issuer", "jwt_audience", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     def engine_options(self) -> dict[str, object]:
         return {
