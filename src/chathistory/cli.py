@@ -120,7 +120,8 @@ def serve(
     try:
         settings = Settings()
         authenticator_from_settings(settings)  # refuse to start without auth, before binding
-        asyncio.run(migrations.upgrade(settings.database_url))
+        if settings.migrate_on_start:
+            asyncio.run(migrations.upgrade(settings.database_url))
     except ChatHistoryError as exc:
         raise _fail(exc) from None
     log_config = dict(uvicorn.config.LOGGING_CONFIG)
@@ -142,6 +143,30 @@ def serve(
         log_config=log_config,
         access_log=False,  # the app logs each request with its request id
     )
+
+
+@app.command()
+def token(
+    user: Annotated[str, typer.Argument(help="the user id: the token's `sub`")],
+    hours: Annotated[float, typer.Option(help="lifetime in hours")] = 1.0,
+) -> None:
+    """Print an HS256 token for USER signed with CHATHISTORY_JWT_SECRET (for development and
+    scripts; production tokens come from your identity provider)."""
+    import time
+
+    import jwt
+
+    settings = Settings()
+    if settings.jwt_secret is None:
+        console.print("[red]error:[/red] set CHATHISTORY_JWT_SECRET first")
+        raise typer.Exit(1)
+    claims: dict[str, Any] = {"sub": user, "iat": int(time.time())}
+    claims["exp"] = claims["iat"] + int(hours * 3600)
+    if settings.jwt_issuer:
+        claims["iss"] = settings.jwt_issuer
+    if settings.jwt_audience:
+        claims["aud"] = settings.jwt_audience
+    typer.echo(jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256"))
 
 
 @app.command("export")

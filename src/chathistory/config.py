@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     )
     max_content_chars: int = Field(default=DEFAULT_MAX_CONTENT_CHARS, ge=1)
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    migrate_on_start: bool = Field(
+        default=True, description="bring the schema up to date when the service starts"
+    )
 
     # HTTP service (``chathistory serve``)
     host: str = "127.0.0.1"

@@ -172,7 +172,10 @@ def create_app(settings: Settings | None = None, *, store: ChatHistory | None = 
             return
         engine_options: dict[str, Any] = settings.engine_options()
         async with ChatHistory.open(
-            settings.database_url, max_content_chars=settings.max_content_chars, **engine_options
+            settings.database_url,
+            migrate=settings.migrate_on_start,
+            max_content_chars=settings.max_content_chars,
+            **engine_options,
         ) as opened:
             app.state.store = opened
             yield
