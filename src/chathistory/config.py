@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     max_overflow: int = Field(default=10, ge=0)
     pool_timeout: float = Field(default=10.0, gt=0, description="seconds to wait for a connection")
     connect_timeout: float = Field(default=10.0, gt=0)
+    statement_timeout: float = Field(
+        default=30.0, gt=0, description="seconds a statement may run before it is cancelled (503)"
+    )
     prepared_statement_cache: bool = Field(
         default=False,
         description="keep named prepared statements (only for direct PostgreSQL connections)",
@@ -65,4 +68,5 @@ class Settings(BaseSettings):
             "pool_timeout": self.pool_timeout,
             "connect_timeout": self.connect_timeout,
             "prepared_statement_cache": self.prepared_statement_cache,
+            "statement_timeout_ms": int(self.statement_timeout * 1000),
         }
