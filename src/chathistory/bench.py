@@ -441,6 +441,7 @@ class LoadPlan:
     clients: int = 64
     seconds: float = 30.0
     read_share: float = 0.8
+    workers: int = 2  # server processes: one per core of this 2-core machine
 
     @classmethod
     def quick(cls) -> LoadPlan:
@@ -480,25 +481,62 @@ async def _load_fixtures(raw: Any, prefix: str, plan: LoadPlan) -> dict[str, lis
     return users
 
 
+class _Connection:
+    """A minimal HTTP/1.1 keep-alive client: the load generator must not spend the CPU it is
+    measuring (a full client library costs more per request than the server does)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, token: str, body: bytes = b"") -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n"
+            + ("Content-Type: application/json\r\n" if body else "")
+            + "\r\n"
+        )
+        self.writer.write(head.encode() + body)
+        try:
+            status_line = await self.reader.readuntil(b"\r\n")
+            length = 0
+            while (line := await self.reader.readuntil(b"\r\n")) != b"\r\n":
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            await self.reader.readexactly(length)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.writer = None
+            raise
+        return int(status_line.split()[1])
+
+
 async def load_clients(
     base_url: str, secret: str, users: dict[str, list[str]], plan: LoadPlan, seed: int = 7
 ) -> dict[str, Any]:
-    """Run ``plan.clients`` clients for ``plan.seconds``: each one user, looping over random
-    conversations of that user, reading the newest 50 messages or appending one."""
-    import httpx
+    """Run ``plan.clients`` clients for ``plan.seconds``: each one user on its own keep-alive
+    connection, looping over random conversations of that user, reading the newest 50
+    messages or appending one."""
+    from urllib.parse import urlsplit
+
     import jwt
 
+    target = urlsplit(base_url)
     rng = random.Random(seed)
     names = sorted(users)
     latencies: dict[str, list[float]] = {"read newest 50": [], "append": []}
     errors: dict[str, int] = {}
     deadline = time.perf_counter() + plan.seconds
-    limits = httpx.Limits(max_connections=plan.clients, max_keepalive_connections=plan.clients)
+    body = json.dumps({"role": "user", "content": CONTENT}).encode()
 
-    async def client(number: int, http: httpx.AsyncClient) -> None:
+    async def client(number: int) -> None:
         user = names[number % len(names)]
         token = jwt.encode({"sub": user, "exp": int(time.time()) + 3600}, secret, "HS256")
-        headers = {"Authorization": f"Bearer {token}"}
+        connection = _Connection(target.hostname or "127.0.0.1", target.port or 80)
         mine = random.Random(rng.random())
         while time.perf_counter() < deadline:
             conversation = mine.choice(users[user])
@@ -508,25 +546,21 @@ async def load_clients(
             t0 = time.perf_counter()
             try:
                 if reading:
-                    response = await http.get(
-                        path, params={"order": "desc", "limit": 50}, headers=headers
-                    )
+                    status = await connection.request("GET", path + "?order=desc&limit=50", token)
                 else:
-                    response = await http.post(
-                        path, json={"role": "user", "content": CONTENT}, headers=headers
-                    )
-                ok = response.status_code < 300
-                key = f"{op}: HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
+                    status = await connection.request("POST", path, token, body)
+                ok, key = status < 300, f"{op}: HTTP {status}"
+            except (OSError, asyncio.IncompleteReadError) as exc:
                 ok, key = False, f"{op}: {type(exc).__name__}"
             if ok:
                 latencies[op].append((time.perf_counter() - t0) * 1000)
             else:
                 errors[key] = errors.get(key, 0) + 1
+        if connection.writer is not None:
+            connection.writer.close()
 
     started = time.perf_counter()
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30.0) as http:
-        await asyncio.gather(*(client(n, http) for n in range(plan.clients)))
+    await asyncio.gather(*(client(n) for n in range(plan.clients)))
     elapsed = time.perf_counter() - started
     return {
         "seconds": elapsed,
@@ -577,8 +611,9 @@ async def run_load(url: str, plan: LoadPlan, *, log: Callable[[str], None] = pri
             **os.environ,
             "CHATHISTORY_DATABASE_URL": url,
             "CHATHISTORY_JWT_SECRET": secret,
-            "CHATHISTORY_POOL_SIZE": "20",
+            "CHATHISTORY_POOL_SIZE": "10",
             "CHATHISTORY_MAX_OVERFLOW": "0",
+            "CHATHISTORY_WORKERS": str(plan.workers),
         }
         server = subprocess.Popen(  # noqa: ASYNC220 - the server outlives this call
             [
@@ -630,7 +665,10 @@ async def run_load(url: str, plan: LoadPlan, *, log: Callable[[str], None] = pri
         async with raw.acquire() as conn:
             await conn.execute("DELETE FROM conversations WHERE user_id LIKE $1 || '-%'", prefix)
         await raw.close()
-    note = f"{plan.clients} clients, {plan.conversations:,} conversations, {plan.users:,} users"
+    note = (
+        f"{plan.clients} clients, {plan.workers} server workers, "
+        f"{plan.conversations:,} conversations, {plan.users:,} users"
+    )
     for op, figures in result["latencies"].items():
         report.add(
             Figure(
