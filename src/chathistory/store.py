@@ -77,7 +77,8 @@ _WINDOW_COLUMNS = (
     _M.token_count,
 )
 _MAX_SEQ: Final = 2**31 - 1
-_CONTEXT_CHUNK: Final = 256
+_CONTEXT_FIRST_CHUNK: Final = 32
+_CONTEXT_MAX_CHUNK: Final = 1024
 _IMPORT_CHUNK: Final = 1000
 _CONVERSATION_COLUMNS = (
     _C.id,
@@ -810,8 +811,11 @@ class ChatHistory:
     ) -> tuple[list[Any], int, bool]:
         """Walk back from the newest message, taking whole groups (a message, or an assistant
         message with all of its tool results) while they fit."""
-        # Every message costs at least TOKENS_PER_MESSAGE, which bounds how many can fit.
-        chunk = min(_CONTEXT_CHUNK, (budget - used) // tokens.TOKENS_PER_MESSAGE + 1)
+        # Start small and grow fourfold: few statements, and rows read stay within four times
+        # what fits (plus the first chunk). Every message costs
+        # at least TOKENS_PER_MESSAGE, which bounds how many can fit at all.
+        most = (budget - used) // tokens.TOKENS_PER_MESSAGE + 1
+        chunk = min(_CONTEXT_FIRST_CHUNK, most)
         taken: list[Any] = []  # newest first
         pending: list[Any] = []  # tool results seen since the last non-tool message
         below: int | None = None
@@ -841,7 +845,7 @@ class ChatHistory:
             if len(rows) < chunk:
                 return taken[::-1], used, False
             below = rows[-1].seq
-            chunk = min(_CONTEXT_CHUNK * 4, chunk * 2)
+            chunk = min(_CONTEXT_MAX_CHUNK, chunk * 4, most)
 
     # -- export and import -------------------------------------------------------------------
 
