@@ -321,14 +321,19 @@ class MessageRead(BaseModel):
 
     def to_openai(self) -> dict[str, Any]:
         """The message as OpenAI's chat API accepts it."""
-        out: dict[str, Any] = {"role": self.role, "content": self.content}
-        if self.name is not None:
-            out["name"] = self.name
-        if self.tool_calls is not None:
-            out["tool_calls"] = self.tool_calls
-        if self.tool_call_id is not None:
-            out["tool_call_id"] = self.tool_call_id
-        return out
+        return openai_message(self)
+
+
+def openai_message(message: Any) -> dict[str, Any]:
+    """OpenAI's chat format of anything with a message's attributes (a read model, a row)."""
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.name is not None:
+        out["name"] = message.name
+    if message.tool_calls is not None:
+        out["tool_calls"] = message.tool_calls
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    return out
 
 
 T = TypeVar("T")

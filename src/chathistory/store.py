@@ -48,6 +48,7 @@ from chathistory.schemas import (
     Page,
     check_user_id,
     from_pydantic,
+    openai_message,
     title_from,
 )
 
@@ -792,7 +793,7 @@ class ChatHistory:
                 conn, owned, system[-1].seq if system else 0, max_tokens, used, cost
             )
         return ContextWindow(
-            messages=[_openai(row) for row in [*system, *run]],
+            messages=[openai_message(row) for row in [*system, *run]],
             token_count=used,
             max_tokens=max_tokens,
             truncated=truncated,
@@ -1127,17 +1128,6 @@ def _message(row: Mapping[Any, Any]) -> MessageRead:
         token_count=row["token_count"],
         created_at=row["created_at"],
     )
-
-
-def _openai(row: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": row.role, "content": row.content}
-    if row.name is not None:
-        out["name"] = row.name
-    if row.tool_calls is not None:
-        out["tool_calls"] = row.tool_calls
-    if row.tool_call_id is not None:
-        out["tool_call_id"] = row.tool_call_id
-    return out
 
 
 def _same_message(message: MessageCreate, stored: MessageRead, conversation_id: uuid.UUID) -> bool:
