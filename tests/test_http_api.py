@@ -803,6 +803,7 @@ async def test_openapi_document(client: httpx.AsyncClient) -> None:
         ("POST", "/api/{user_id}/conversations/{conversation_id}/messages"),
         ("GET", "/api/{user_id}/conversations/{conversation_id}/messages"),
         ("GET", "/api/{user_id}/conversations/{conversation_id}/messages/{message_id}"),
+        ("GET", "/api/{user_id}/conversations/{conversation_id}/context"),
         ("DELETE", "/api/{user_id}"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),
@@ -889,3 +890,43 @@ async def test_a_bug_is_a_500_problem_with_the_request_id(
     assert response.headers["x-request-id"] == "bug-1"
     assert "bug-1" in caplog.text
     assert "RuntimeError: a bug" in caplog.text
+
+
+async def test_context_window_endpoint(
+    client: httpx.AsyncClient, store: ChatHistory, user: str, auth: dict[str, str]
+) -> None:
+    conv = await store.create_conversation(user)
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    sent = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "old " * 200},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "result"},
+        {"role": "assistant", "content": "done"},
+    ]
+    await store.add_messages(user, conv.id, sent)
+    path = f"/api/{user}/conversations/{conv.id}/context"
+    whole = await client.get(path, params={"max_tokens": 100_000}, headers=auth)
+    assert whole.status_code == 200, whole.text
+    body = whole.json()
+    assert body["messages"] == sent
+    assert body["truncated"] is False
+    assert body["token_count"] <= 100_000
+    small = (await client.get(path, params={"max_tokens": 60}, headers=auth)).json()
+    assert small["messages"] == [sent[0], *sent[2:]]
+    assert small["truncated"] is True
+    assert small["token_count"] <= 60
+    gpt4 = await client.get(path, params={"max_tokens": 1000, "model": "gpt-4"}, headers=auth)
+    assert gpt4.json()["encoding"] == "cl100k_base"
+    for bad in ({"max_tokens": 0}, {"max_tokens": "x"}, {}, {"max_tokens": 5}):
+        answer = await client.get(path, params=bad, headers=auth)
+        assert answer.status_code == 422, (bad, answer.text)
+        assert answer.headers["content-type"].startswith(PROBLEM_JSON)
+    missing = await client.get(
+        f"/api/{user}/conversations/{uuid.uuid4()}/context",
+        params={"max_tokens": 100},
+        headers=auth,
+    )
+    assert missing.status_code == 404
+    stranger = await client.get(path, params={"max_tokens": 100}, headers=bearer("stranger"))
+    assert stranger.status_code == 403

@@ -38,6 +38,7 @@ from chathistory.http.problems import (
     status_phrase,
 )
 from chathistory.schemas import (
+    ContextWindow,
     ConversationCreate,
     ConversationRead,
     ConversationUpdate,
@@ -362,6 +363,19 @@ RESPONSE_EXAMPLES: Final[Mapping[tuple[str, str], dict[str, Any]]] = {
     },
     ("listMessages", "200"): {"example": _MESSAGE_PAGE_EXAMPLE},
     ("getMessage", "200"): {"example": MESSAGE_EXAMPLES[0]},
+    ("getContextWindow", "200"): {
+        "example": {
+            "messages": [
+                {"role": "system", "content": "You are a travel planner."},
+                {"role": "user", "content": "Plan a weekend in Lisbon"},
+            ],
+            "token_count": 22,
+            "max_tokens": 4000,
+            "truncated": False,
+            "encoding": "o200k_base",
+            "exact": True,
+        }
+    },
     ("health", "200"): {"example": {"status": "ok"}},
     ("ready", "200"): {"example": {"status": "ok"}},
 }
@@ -680,6 +694,34 @@ def build_router(
         user_id: Owner, conversation_id: ConversationId, message_id: MessageId, store: Store
     ) -> MessageRead:
         return await store.get_message(user_id, conversation_id, message_id)
+
+    @router.get(
+        "/{user_id}/conversations/{conversation_id}/context",
+        operation_id="getContextWindow",
+        summary="The messages to send to an LLM within a token budget",
+        response_model=ContextWindow,
+        responses={200: {"description": "The context window"}, **_problems(*_COMMON)},
+    )
+    async def get_context_window(
+        user_id: Owner,
+        conversation_id: ConversationId,
+        store: Store,
+        max_tokens: Annotated[
+            int, Query(ge=1, le=10_000_000, description="The token budget.", examples=[4000])
+        ],
+        model: Annotated[
+            str | None,
+            Query(
+                min_length=1,
+                max_length=128,
+                description="Count with this model's encoding (default: the store's).",
+                examples=["gpt-4o"],
+            ),
+        ] = None,
+    ) -> ContextWindow:
+        """The leading system messages, then the newest messages that fit, oldest first, in
+        OpenAI chat format; tool calls and their results are never split."""
+        return await store.get_context_window(user_id, conversation_id, max_tokens, model)
 
     # -- the user --------------------------------------------------------------------------
 
