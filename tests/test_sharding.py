@@ -11,6 +11,7 @@ from sqlalchemy import event
 from chathistory import ChatHistory
 from chathistory.db import create_engine
 from chathistory.models import metadata
+from chathistory.store import _PAGE_SQL
 
 TABLES = {table.name for table in metadata.sorted_tables}
 
@@ -100,6 +101,9 @@ async def test_every_statement_filters_by_user(backend_url: str, user: str) -> N
         s for s in touching if not s.lstrip().upper().startswith("INSERT") and not _names_user(s)
     ]
     assert unscoped == []
+    # The hot read path runs its SQL on the asyncpg connection itself, past these events.
+    for statement in _PAGE_SQL.values():
+        assert _names_user(statement)
     # Inserts carry user_id as a column, so they route to the user's shard too.
     for statement in touching:
         if statement.lstrip().upper().startswith("INSERT"):

@@ -78,6 +78,15 @@ _WINDOW_COLUMNS = (
     _M.token_count,
 )
 _MAX_SEQ: Final = 2**31 - 1
+_PAGE_SELECT: Final = (
+    "SELECT id, conversation_id, user_id, seq, role, content, name, tool_calls,"
+    " tool_call_id, metadata, token_count, created_at FROM messages"
+    " WHERE conversation_id = $1 AND user_id = $2 AND seq > $3 AND seq < $4"
+)
+_PAGE_SQL: Final = {
+    True: _PAGE_SELECT + " ORDER BY seq ASC LIMIT $5",
+    False: _PAGE_SELECT + " ORDER BY seq DESC LIMIT $5",
+}
 _CONTEXT_FIRST_CHUNK: Final = 32
 _CONTEXT_MAX_CHUNK: Final = 1024
 _IMPORT_CHUNK: Final = 1000
@@ -679,35 +688,33 @@ class ChatHistory:
             raise ValidationError("must be 'asc' or 'desc'", loc=("order",))
         if cursor is not None and (after is not None or before is not None):
             raise InvalidCursorError("give either a cursor or after/before ids, not both")
-        async with self._transaction() as conn:
-            # Bounds in seq, both exclusive: forward in list order is "past", backward "until".
-            past: int | None = None
-            until: int | None = None
-            if cursor is not None:
-                past = pagination.decode_message_cursor(cursor, order).seq
-            if after is not None:
-                past = await self._seq_of(conn, user_id, conversation_id, after, "after")
-            if before is not None:
-                until = await self._seq_of(conn, user_id, conversation_id, before, "before")
-            ascending = order == "asc"
-            low, high = (past, until) if ascending else (until, past)
-            conditions = [_M.conversation_id == conversation_id, _M.user_id == user_id]
-            if low is not None:
-                conditions.append(_M.seq > low)
-            if high is not None:
-                conditions.append(_M.seq < high)
-            # Only "before" given: take the items nearest to it, scanning away from it.
-            scan_ascending = ascending != (until is not None and past is None)
-            query = (
-                select(messages)
-                .where(*conditions)
-                .order_by(_M.seq.asc() if scan_ascending else _M.seq.desc())
-                .limit(limit + 1)
-            )
-            rows = (await conn.execute(query)).all()
-            if not rows:
+        # Bounds in seq, both exclusive: forward in list order is "past", backward "until".
+        past: int | None = None
+        until: int | None = None
+        if cursor is not None:
+            past = pagination.decode_message_cursor(cursor, order).seq
+        if after is not None or before is not None:
+            async with self._transaction() as conn:
+                if after is not None:
+                    past = await self._seq_of(conn, user_id, conversation_id, after, "after")
+                if before is not None:
+                    until = await self._seq_of(conn, user_id, conversation_id, before, "before")
+        ascending = order == "asc"
+        low, high = (past, until) if ascending else (until, past)
+        # Only "before" given: take the items nearest to it, scanning away from it.
+        scan_ascending = ascending != (until is not None and past is None)
+        rows = await self._read_messages(
+            user_id,
+            conversation_id,
+            ascending=scan_ascending,
+            limit=limit + 1,
+            past=low,
+            until=high,
+        )
+        if not rows:
+            async with self._transaction() as conn:
                 await self._require_conversation(conn, user_id, conversation_id)
-        items = [_message(row._mapping) for row in rows[:limit]]
+        items = [_message(row) for row in rows[:limit]]
         if scan_ascending != ascending:
             items.reverse()
         # After the last item; on an empty page, the position asked from (to poll again).
@@ -730,19 +737,51 @@ class ChatHistory:
         check_user_id(user_id)
         if limit is not None and (isinstance(limit, bool) or limit < 1):
             raise ValidationError("must be a positive integer or None", loc=("limit",))
-        query = select(messages).where(_M.conversation_id == conversation_id, _M.user_id == user_id)
-        if limit is None:
-            query = query.order_by(_M.seq.asc())
-        else:
-            query = query.order_by(_M.seq.desc()).limit(limit)
-        async with self._transaction() as conn:
-            rows = (await conn.execute(query)).all()
-            if not rows:
+        rows = await self._read_messages(
+            user_id, conversation_id, ascending=limit is None, limit=limit
+        )
+        if not rows:
+            async with self._transaction() as conn:
                 await self._require_conversation(conn, user_id, conversation_id)
-        items = [_message(row._mapping) for row in rows]
+        items = [_message(row) for row in rows]
         if limit is not None:
             items.reverse()
         return items
+
+    async def _read_messages(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        *,
+        ascending: bool,
+        limit: int | None,
+        past: int | None = None,
+        until: int | None = None,
+    ) -> list[Mapping[Any, Any]]:
+        """Messages of a conversation with ``past < seq < until``, by seq, at most ``limit``.
+
+        The hot read path. On PostgreSQL it is one statement on the pooled asyncpg connection,
+        in asyncpg's own implicit transaction (safe behind PgBouncer: nothing outlives it),
+        without SQLAlchemy's statement machinery."""
+        if self._is_postgres:
+            async with self._driver() as driver:
+                rows: list[Mapping[Any, Any]] = await driver.fetch(
+                    _PAGE_SQL[ascending],
+                    conversation_id,
+                    user_id,
+                    0 if past is None else past,
+                    _MAX_SEQ if until is None else until,
+                    limit,
+                )
+                return rows
+        query = select(messages).where(_M.conversation_id == conversation_id, _M.user_id == user_id)
+        if past is not None:
+            query = query.where(_M.seq > past)
+        if until is not None:
+            query = query.where(_M.seq < until)
+        query = query.order_by(_M.seq.asc() if ascending else _M.seq.desc()).limit(limit)
+        async with self._transaction() as conn:
+            return [row._mapping for row in await conn.execute(query)]
 
     async def get_context_window(
         self,
@@ -1017,11 +1056,38 @@ class ChatHistory:
         return int(seq)
 
     @asynccontextmanager
+    async def _driver(self) -> AsyncIterator[Any]:
+        """A pooled asyncpg connection used directly, with failures as for a transaction."""
+        import asyncpg
+
+        async with self._errors(), self.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            try:
+                yield raw.driver_connection
+            except (
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                OSError,
+                TimeoutError,
+            ) as exc:
+                if not isinstance(exc, asyncpg.PostgresError) or _sqlstate_unavailable(
+                    exc.sqlstate
+                ):
+                    await conn.invalidate()  # a broken connection must not go back
+                    raise UnavailableError(f"the database is unavailable: {exc}") from exc
+                raise
+
+    @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:
         """One transaction, with database failures turned into :class:`UnavailableError`."""
+        async with self._errors(), self.engine.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _errors(self) -> AsyncIterator[None]:
+        """Database failures turned into :class:`UnavailableError`."""
         try:
-            async with self.engine.begin() as conn:
-                yield conn
+            yield
         except (ChatHistoryError, IntegrityError):
             raise
         except PoolTimeoutError as exc:
@@ -1147,6 +1213,10 @@ _UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P")
 
 def _is_unavailable(exc: DBAPIError) -> bool:
     code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return _sqlstate_unavailable(code)
+
+
+def _sqlstate_unavailable(code: object) -> bool:
     return isinstance(code, str) and code.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES)
 
 
