@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, text
 
-from chathistory import ChatHistory, UnavailableError, migrations
+from chathistory import ChatHistory, ConfigurationError, UnavailableError, migrations
 from chathistory.db import create_engine
 
 
@@ -84,7 +84,7 @@ async def test_open_migrates_unless_told_not_to(tmp_path: Path) -> None:
 
 
 async def test_unreachable_database_is_unavailable(tmp_path: Path) -> None:
-    with pytest.raises(UnavailableError):
+    with pytest.raises(ConfigurationError, match="does not exist"):
         await migrations.upgrade(f"sqlite:///{tmp_path / 'missing-dir' / 'x.db'}")
     with pytest.raises(UnavailableError):
         await ChatHistory.open("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")

@@ -159,6 +159,9 @@ def create_engine(
             echo=echo,
         )
     memory = target.url.database == ":memory:"
+    folder = os.path.dirname(os.path.abspath(target.url.database or "."))
+    if not memory and not os.path.isdir(folder):
+        raise ConfigurationError(f"the folder of the SQLite database does not exist: {folder}")
     engine = create_async_engine(
         target.url,
         connect_args={"timeout": sqlite_busy_timeout_ms / 1000},
