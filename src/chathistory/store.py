@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, Final, Literal
 
 import pydantic
-from sqlalchemy import case, delete, func, insert, literal, select, tuple_, type_coerce, update
+from sqlalchemy import case, delete, insert, literal, select, tuple_, type_coerce, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -88,6 +88,7 @@ _PAGE_SQL: Final = {
     False: _PAGE_SELECT + " ORDER BY seq DESC LIMIT $5",
 }
 _CONTEXT_FIRST_CHUNK: Final = 32
+_SYSTEM_CHUNK: Final = 8
 _CONTEXT_MAX_CHUNK: Final = 1024
 _IMPORT_CHUNK: Final = 1000
 _CONVERSATION_COLUMNS = (
@@ -812,15 +813,8 @@ class ChatHistory:
             return counter.count_message(row._mapping)
 
         owned = (_M.conversation_id == conversation_id, _M.user_id == user_id)
-        first_other = select(func.min(_M.seq)).where(*owned, _M.role != "system").scalar_subquery()
         async with self._transaction() as conn:
-            system = (
-                await conn.execute(
-                    select(*_WINDOW_COLUMNS)
-                    .where(*owned, _M.seq < func.coalesce(first_other, _MAX_SEQ))
-                    .order_by(_M.seq.asc())
-                )
-            ).all()
+            system = await self._system_prefix(conn, owned)
             if not system:
                 await self._require_conversation(conn, user_id, conversation_id)
             used = tokens.REPLY_PRIMING + sum(cost(row) for row in system)
@@ -839,6 +833,30 @@ class ChatHistory:
             encoding=counter.encoding,
             exact=counter.exact,
         )
+
+    async def _system_prefix(
+        self, conn: AsyncConnection, owned: tuple[ColumnElement[bool], ...]
+    ) -> list[Any]:
+        """The conversation's leading system messages, read forwards in small LIMITed pages
+        (a LIMIT keeps the planner on the index, whatever the conversation's length)."""
+        prefix: list[Any] = []
+        after = 0
+        while True:
+            rows = (
+                await conn.execute(
+                    select(*_WINDOW_COLUMNS)
+                    .where(*owned, _M.seq > after)
+                    .order_by(_M.seq.asc())
+                    .limit(_SYSTEM_CHUNK)
+                )
+            ).all()
+            for row in rows:
+                if row.role != "system":
+                    return prefix
+                prefix.append(row)
+            if len(rows) < _SYSTEM_CHUNK:
+                return prefix
+            after = rows[-1].seq
 
     async def _newest_run(
         self,
