@@ -267,7 +267,7 @@ async def test_long_conversation_is_not_loaded(postgres_store_url: str, user: st
     # the newest run backwards): the rows read are bounded by the limits' sum.
     over_messages = [(s, p) for s, p in statements if "FROM messages" in s]
     assert all("LIMIT" in s for s, _ in over_messages), over_messages
-    limits = [p[-1] for _, p in over_messages]
+    limits = [p[-2] for _, p in over_messages]  # then the byte budget
     assert 2 <= len(limits) <= 5
     assert sum(limits) <= 2000, limits
     assert sum("ORDER BY messages.seq DESC" in s for s, _ in over_messages) == len(limits) - 1

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 import pytest
 
 from chathistory import ChatHistory, ConfigurationError, UnavailableError
@@ -146,3 +153,127 @@ def test_import_does_not_pull_in_web_frameworks() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- passwords never printed (red-team report, issue 9 item 9) ---------------------------------
+
+SECRETS = ("NETSECRET", "QUERYSECRET", "SSLSECRET")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "postgresql://alex:NETSECRET@host/db?password=QUERYSECRET&sslpassword=SSLSECRET"
+            "&sslmode=require",
+            "postgresql://alex:***@host/db?password=***&sslpassword=***&sslmode=require",
+        ),
+        (
+            "postgresql://alex@host/db?password=QUERYSECRET",
+            "postgresql://alex@host/db?password=***",
+        ),
+        (
+            "postgresql://alex@host/db?PASSWORD=QUERYSECRET",
+            "postgresql://alex@host/db?PASSWORD=***",
+        ),
+        ("postgres://u:NET%40SECRET@h:5/db", "postgresql://u:***@h:5/db"),
+        ("postgresql://u:NET@SECRET@h/db", "postgresql://u:***@h/db"),
+        (
+            "postgresql://u:@/db?host=/tmp/pg&sslpassword=SSLSECRET",
+            "postgresql://u:***@/db?host=%2Ftmp%2Fpg&sslpassword=***",
+        ),
+        ("postgresql://u@h/db?sslmode=require", "postgresql://u@h/db?sslmode=require"),
+    ],
+)
+def test_render_hides_every_password(url: str, shown: str) -> None:
+    rendered = parse_database_url(url).render()
+    assert rendered == shown
+    assert not any(secret in rendered for secret in (*SECRETS, "NET@SECRET", "NET%40SECRET"))
+
+
+def _with_secrets(url: str) -> str:
+    """``url`` with a password in the user part and in both query parameters."""
+    parts = urlsplit(url)
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    netloc = f"{userinfo.partition(':')[0] or 'postgres'}:NETSECRET@{hostport}"
+    query = "&".join(q for q in (parts.query, "password=QUERYSECRET&sslpassword=SSLSECRET") if q)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATHISTORY_")}
+    return subprocess.run(
+        [sys.executable, "-m", "chathistory.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+def _assert_no_secret(output: str) -> None:
+    unwrapped = "".join(output.split())  # rich wraps long lines: a secret could straddle one
+    assert not any(secret in unwrapped for secret in SECRETS), output
+
+
+def test_db_upgrade_never_prints_a_password(make_pg_database: Any, tmp_path: Path) -> None:
+    url = _with_secrets(make_pg_database("chathistory_render_tests"))
+    result = _cli("db", "upgrade", "--database-url", url, cwd=tmp_path)  # trust auth: accepted
+    assert result.returncode == 0, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "is at revision" in output
+    assert "password=***" in "".join(output.split())
+    _assert_no_secret(output)
+    failed = _cli("db", "upgrade", "--database-url", _with_secrets(UNREACHABLE), cwd=tmp_path)
+    assert failed.returncode == 1
+    assert "error" in failed.stderr
+    _assert_no_secret(failed.stdout + failed.stderr)
+
+
+UNREACHABLE = "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2"
+
+
+def test_serve_never_prints_a_password(make_pg_database: Any, tmp_path: Path) -> None:
+    url = _with_secrets(make_pg_database("chathistory_render_tests"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATHISTORY_")}
+    command = [sys.executable, "-m", "chathistory.cli", "serve", "--insecure-no-auth"]
+    process = subprocess.Popen(
+        [*command, "--port", str(port), "--database-url", url],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not _ready(port):
+            assert process.poll() is None, process.communicate()[0]
+            assert time.monotonic() < deadline, "serve did not become ready"
+            time.sleep(0.1)  # polling a starting process, not synchronising tests
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=30)[0]
+    assert "servingpostgresql://postgres:***@" in "".join(output.split())
+    _assert_no_secret(output)
+    failed = _cli(
+        "serve", "--insecure-no-auth", "--database-url", _with_secrets(UNREACHABLE), cwd=tmp_path
+    )
+    assert failed.returncode == 1
+    _assert_no_secret(failed.stdout + failed.stderr)
+
+
+def _ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_a_port_that_is_not_a_number_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="port"):
+        parse_database_url("postgresql://u:secret@host:abc/db")

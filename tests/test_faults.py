@@ -221,8 +221,6 @@ async def test_database_outage_is_503_and_recovers(own_postgres: Any, tmp_path: 
             assert time.monotonic() < deadline, "the server did not recover"
             await asyncio.sleep(0.2)  # polling the recovering database
         after = await http.post(path, json={"role": "user", "content": "after"})
-        if after.status_code == 503:  # one stale pooled connection may still surface
-            after = await http.post(path, json={"role": "user", "content": "after"})
         assert after.status_code == 201, after.text
         contents = [m["content"] for m in (await http.get(path)).json()["data"]]
         assert contents == ["before", "after"]
@@ -287,3 +285,126 @@ async def test_exhausted_pool_is_503_after_the_pool_timeout(
         )
         assert ok.status_code == 201
         assert ok.json()["seq"] == 1  # the cancelled appends left nothing behind
+
+
+async def test_restarted_database_fails_no_request(own_postgres: Any, tmp_path: Path) -> None:
+    """After PostgreSQL restarts, every pooled connection is stale: each is replaced at
+    checkout, so not one request (nor /readyz) fails, even the first pool-size ones."""
+    url = own_postgres.get_uri()
+    await migrations.upgrade(url)
+    user = "restart"
+    async with (
+        serving(url, tmp_path, pool_size="4", max_overflow="4") as (base, process),
+        httpx.AsyncClient(base_url=base, headers=_auth(user), timeout=30) as http,
+    ):
+        conv = (await http.post(f"/api/{user}/conversations", json={})).json()["id"]
+        path = f"/api/{user}/conversations/{conv}/messages"
+        # Open every pooled connection (and the overflow): concurrent requests.
+        warm = await asyncio.gather(*(http.get(path) for _ in range(16)))
+        assert {r.status_code for r in warm} == {200}
+        connected = await _backends(url)
+        assert connected >= 2, connected
+
+        _pg_ctl(own_postgres, "-w", "-m", "fast", "restart")
+
+        statuses = [(await http.get("/readyz")).status_code]
+        for n in range(12):
+            statuses.append((await http.get(path)).status_code)
+            sent = {"role": "user", "content": f"after {n}"}
+            statuses.append((await http.post(path, json=sent)).status_code)
+        statuses += [
+            r.status_code for r in await asyncio.gather(*(http.get(path) for _ in range(8)))
+        ]
+        assert set(statuses) <= {200, 201}, statuses
+        assert process.poll() is None
+
+
+async def _backends(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        count = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+            " AND pid <> pg_backend_pid()"
+        )
+        return int(count)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def read_only_url(make_pg_database: Any) -> str:
+    return str(make_pg_database("chathistory_read_only"))
+
+
+async def test_read_only_database_is_503_and_not_ready(
+    read_only_url: str, tmp_path: Path, user: str
+) -> None:
+    """A read-only server (a standby, or default_transaction_read_only): writes answer 503
+    with Retry-After, /readyz says 503, reads go on; the log never carries message text."""
+    url = read_only_url
+    await migrations.upgrade(url)
+    secret = f"SECRET-TEXT-{uuid.uuid4()}"
+    admin = await asyncpg.connect(url)
+    try:
+        conv = uuid.uuid4()
+        await admin.execute(
+            "INSERT INTO conversations (id, user_id, metadata, created_at, updated_at,"
+            " message_count) VALUES ($1, $2, '{}', now(), now(), 0)",
+            conv,
+            user,
+        )
+        await admin.execute(
+            "ALTER DATABASE chathistory_read_only SET default_transaction_read_only = on"
+        )
+        async with (
+            serving(url, tmp_path, retry_after_seconds="3", migrate_on_start="false") as (
+                base,
+                process,
+            ),
+            httpx.AsyncClient(base_url=base, headers=_auth(user), timeout=30) as http,
+        ):
+            path = f"/api/{user}/conversations/{conv}/messages"
+            ready = await http.get("/readyz")
+            assert ready.status_code == 503, ready.text
+            assert "read-only" in ready.json()["detail"]
+            write = await http.post(path, json={"role": "user", "content": secret})
+            assert write.status_code == 503, write.text
+            assert write.headers["retry-after"] == "3"
+            assert (await http.get(path)).status_code == 200  # reads still work
+            assert process.poll() is None
+    finally:
+        await admin.execute(
+            "ALTER DATABASE chathistory_read_only SET default_transaction_read_only = off"
+        )
+        await admin.close()
+    log = "".join(p.read_text() for p in tmp_path.glob("serve-*.log"))
+    assert secret not in log
+    assert "Traceback" not in log
+
+
+@pytest.mark.parametrize("wrong", ["database", "role"])
+async def test_missing_database_or_role_is_unavailable(
+    pg_server_url: str, tmp_path: Path, user: str, wrong: str
+) -> None:
+    """A missing database or role (or refused credentials, the same SQLSTATE class 28) is
+    "the database can't serve this now": UnavailableError, 503 over HTTP, never a 500."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from chathistory import ChatHistory, UnavailableError
+    from chathistory.db import create_engine
+
+    parts = urlsplit(pg_server_url)
+    if wrong == "database":
+        parts = parts._replace(path="/no_such_database")
+    else:
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        parts = parts._replace(netloc=f"no_such_role:pw@{netloc}")
+    url = urlunsplit(parts)
+    store = ChatHistory(create_engine(url), owns_engine=True)
+    try:
+        with pytest.raises(UnavailableError):
+            await store.ping()
+        with pytest.raises(UnavailableError):
+            await store.list_conversations(user)
+    finally:
+        await store.close()

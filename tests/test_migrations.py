@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import insert, inspect, text
 
-from chathistory import ChatHistory, ConfigurationError, UnavailableError, migrations
+from chathistory import (
+    ChatHistory,
+    ConfigurationError,
+    UnavailableError,
+    ValidationError,
+    migrations,
+)
 from chathistory.db import create_engine
+from chathistory.models import conversations, messages
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -117,3 +127,70 @@ def test_cli_db_upgrade_and_current(tmp_path: Path) -> None:
     assert failed.returncode == 1
     assert "error" in failed.stderr
     assert "Traceback" not in failed.stderr
+
+
+async def test_open_tool_calls_are_backfilled(fresh_url: str) -> None:
+    """Migration 0002 fills ``open_tool_calls`` from stored messages (for each call id the
+    newest assistant message that called it, unless a later tool message answered it) and
+    ``has_user_message``."""
+    await migrations.upgrade(fresh_url, "0001_initial")
+    engine = create_engine(fresh_url)
+    user, conv = "u", "0190c9a8-0000-7000-8000-000000000001"
+
+    def call(*ids: str) -> str:
+        function = {"name": "f", "arguments": ""}
+        return json.dumps([{"id": i, "type": "function", "function": function} for i in ids])
+
+    rows = [  # seq, role, tool_calls, tool_call_id
+        (1, "assistant", call("a", "b"), None),
+        (2, "tool", None, "a"),
+        (3, "assistant", call("a"), None),  # reuses "a": open again, at seq 3
+        (4, "assistant", call("c"), None),
+        (5, "tool", None, "c"),
+    ]
+    now = datetime.now(UTC)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(conversations).values(
+                    id=uuid.UUID(conv),
+                    user_id=user,
+                    metadata={},
+                    created_at=now,
+                    updated_at=now,
+                    message_count=5,
+                )
+            )
+            for seq, role, calls, answers in rows:
+                await conn.execute(
+                    insert(messages).values(
+                        id=uuid.uuid4(),
+                        user_id=user,
+                        conversation_id=uuid.UUID(conv),
+                        seq=seq,
+                        role=role,
+                        content="r" if role == "tool" else None,
+                        tool_calls=None if calls is None else json.loads(calls),
+                        tool_call_id=answers,
+                        metadata={},
+                        created_at=now,
+                    )
+                )
+    finally:
+        await engine.dispose()
+    await migrations.upgrade(fresh_url)
+    async with ChatHistory.open(fresh_url, migrate=False) as store:
+        async with store.engine.connect() as conn:
+            found = (
+                await conn.execute(
+                    text("SELECT call_id, seq FROM open_tool_calls ORDER BY call_id")
+                )
+            ).all()
+        assert [tuple(row) for row in found] == [("a", 3), ("b", 1)]
+        # And the store goes on from there: "b" can be answered once, "c" not again.
+        await store.add_message(user, uuid.UUID(conv), "tool", "rb", tool_call_id="b")
+        with pytest.raises(ValidationError):
+            await store.add_message(user, uuid.UUID(conv), "tool", "rc", tool_call_id="c")
+        # No user message before the migration: the first one titles the conversation.
+        await store.add_message(user, uuid.UUID(conv), "user", "first words")
+        assert (await store.get_conversation(user, uuid.UUID(conv))).title == "first words"

@@ -11,7 +11,7 @@ from sqlalchemy import event
 from chathistory import ChatHistory
 from chathistory.db import create_engine
 from chathistory.models import metadata
-from chathistory.store import _PAGE_SQL
+from chathistory.store import _PAGE_SQL, _RANGE_SQL
 
 TABLES = {table.name for table in metadata.sorted_tables}
 
@@ -52,6 +52,8 @@ async def _exercise(store: ChatHistory, user: str) -> None:
     await store.get_context_window(user, conv.id, 1000)
     await store.get_context_window(user, conv.id, 1000, model="gpt-4")
     async for _ in store.iter_messages(user, conv.id):
+        pass
+    async for _ in store.iter_export([user]):  # one snapshot, two streams per user
         pass
     fresh = await store.create_conversation(user)
     await store.add_message(user, fresh.id, "user", "x")
@@ -102,7 +104,7 @@ async def test_every_statement_filters_by_user(backend_url: str, user: str) -> N
     ]
     assert unscoped == []
     # The hot read path runs its SQL on the asyncpg connection itself, past these events.
-    for statement in _PAGE_SQL.values():
+    for statement in [*_PAGE_SQL.values(), *_RANGE_SQL.values()]:
         assert _names_user(statement)
     # Inserts carry user_id as a column, so they route to the user's shard too.
     for statement in touching:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chathistory import tokens
+from chathistory import ChatHistory, tokens
 from chathistory.tokens import TokenCounter, encoding_for_model, estimate
 
 SAMPLES = [
@@ -63,3 +63,53 @@ def test_model_encodings(model: str, encoding: str) -> None:
 def test_unknown_encoding() -> None:
     with pytest.raises(ValueError):
         TokenCounter("no_such_base")
+
+
+# Models whose encodings bpe-openai knows but ships no tables for (it needs tiktoken for them):
+# they count with the documented estimate, never an error (red-team report, issue 9 item 3).
+LEGACY_MODELS = [
+    ("gpt2", "gpt2"),
+    ("davinci", "r50k_base"),
+    ("text-davinci-003", "p50k_base"),
+    ("code-davinci-002", "p50k_base"),
+]
+
+
+@pytest.mark.parametrize(("model", "encoding"), LEGACY_MODELS)
+def test_model_without_installed_tables_counts_with_the_estimate(model: str, encoding: str) -> None:
+    legacy = TokenCounter.for_model(model)
+    assert legacy.encoding == encoding
+    assert not legacy.exact
+    assert legacy.count_text("hello world") == estimate("hello world")
+    assert TokenCounter(encoding).count_text("a, b") == 3
+
+
+def test_unknown_encoding_names_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="o200k_base"):
+        TokenCounter("no_such_base")
+
+
+@pytest.mark.parametrize(
+    "model", [m for m, _ in LEGACY_MODELS] + ["some-local-model", "claude-3-5-sonnet"]
+)
+async def test_store_context_window_for_any_model(
+    store: ChatHistory, user: str, model: str
+) -> None:
+    conv = await store.create_conversation(user)
+    await store.add_messages(
+        user,
+        conv.id,
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "hello world " * 50},
+            {"role": "assistant", "content": "hi"},
+        ],
+    )
+    window = await store.get_context_window(user, conv.id, 60, model=model)
+    counter = TokenCounter.for_model(model)
+    assert window.encoding == counter.encoding
+    assert window.exact is counter.exact
+    kept = window.messages
+    assert [m["role"] for m in kept] == ["system", "assistant"]  # the long one does not fit
+    assert window.truncated
+    assert window.token_count == counter.count_messages(kept) <= 60

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
+import random
+import re
 import subprocess
 import sys
+import threading
+import tracemalloc
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -210,17 +216,18 @@ def test_memory_stays_flat_both_ways(tmp_path: Path) -> None:
         )
 
 
+_CLI = [sys.executable, "-m", "chathistory.cli"]
+
+
 def test_cli_export_import(tmp_path: Path) -> None:
     source = f"sqlite:///{tmp_path / 'cli-src.db'}"
     target = f"sqlite:///{tmp_path / 'cli-dst.db'}"
-    cli = [sys.executable, "-m", "chathistory.cli"]
+    cli = _CLI
 
     async def populate() -> None:
         async with ChatHistory.open(source) as store:
             await _populate(store, "alice")
             await _populate(store, "bob")
-
-    import asyncio
 
     asyncio.run(populate())
     out = tmp_path / "all.jsonl"
@@ -266,3 +273,226 @@ def test_cli_export_import(tmp_path: Path) -> None:
     )
     assert missing.returncode == 1
     assert "Traceback" not in missing.stderr
+
+
+# -- export on a live database: one snapshot ----------------------------------------------------
+
+
+class _Writer:
+    """A real concurrent writer: its own store (own engine and connections) on an event loop
+    in another thread. ``append`` blocks until the messages are committed, so the export's
+    progress callback can interleave writes with the export deterministically (no sleeps)."""
+
+    def __init__(self, url: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.store: ChatHistory = self._run(self._open(url))
+        self.appended: Counter[uuid.UUID] = Counter()
+
+    async def _open(self, url: str) -> ChatHistory:
+        return await ChatHistory.open(url, migrate=False)
+
+    def _run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=60)
+
+    def append(self, user_id: str, conversation_id: uuid.UUID) -> None:
+        self._run(self.store.add_message(user_id, conversation_id, "user", "written meanwhile"))
+        self.appended[conversation_id] += 1
+
+    def close(self) -> None:
+        self._run(self.store.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
+
+
+async def test_export_is_one_snapshot_under_concurrent_writes(
+    store: ChatHistory, backend_url: str, user: str, other_user: str
+) -> None:
+    """Messages land on random conversations of the exported users all through the export: the
+    file still holds every conversation that existed when it began, exactly once, each with
+    exactly the messages it had then."""
+    before: dict[uuid.UUID, tuple[str, int]] = {}
+    for owner in (user, other_user):
+        for n in range(150):  # more than one page of list_conversations
+            record = _record(user_id=owner, updated_at=f"2026-01-01T00:{n // 60:02}:{n % 60:02}Z")
+            count = 1 + n % 4
+            record["messages"] = [
+                {**record["messages"][0], "id": str(uuid.uuid4()), "seq": i + 1}
+                for i in range(count)
+            ]
+            await store.import_conversation(record)
+            before[uuid.UUID(record["id"])] = (owner, count)
+    targets = list(before.items())
+    rng = random.Random(9)
+    writer = _Writer(backend_url)
+    exported_messages = 0
+
+    def progress(n: int) -> None:
+        # Every third message exported, two random conversations get a message (and so move
+        # to the front of their user's list), committed before the export reads on.
+        nonlocal exported_messages
+        exported_messages += n
+        if exported_messages % 3 == 0:
+            for conv_id, (owner, _count) in rng.sample(targets, 2):
+                writer.append(owner, conv_id)
+
+    out = io.StringIO()
+    try:
+        report = await export_jsonl(store, out, user_ids=[user, other_user], progress=progress)
+    finally:
+        writer.close()
+    assert sum(writer.appended.values()) >= 2 * (exported_messages // 3) > 200
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    seen = Counter(uuid.UUID(line["id"]) for line in lines)
+    missing = [conv_id for conv_id in before if seen[conv_id] == 0]
+    twice = [conv_id for conv_id, times in seen.items() if times > 1]
+    assert (len(missing), len(twice)) == (0, 0), f"{len(missing)} missing, {len(twice)} twice"
+    assert set(seen) == set(before)
+    for line in lines:
+        owner, count = before[uuid.UUID(line["id"])]
+        assert line["user_id"] == owner
+        assert [m["seq"] for m in line["messages"]] == list(range(1, count + 1))
+    assert (report.conversations, report.messages) == (
+        len(before),
+        sum(count for _owner, count in before.values()),
+    )
+    # The writes all landed, and the store writes on (no read-only connection left behind).
+    for conv_id, (owner, count) in before.items():
+        conv = await store.get_conversation(owner, conv_id)
+        assert conv.message_count == count + writer.appended[conv_id]
+    assert (await store.add_message(user, targets[0][0], "user", "after")).seq > 1
+
+
+# -- import: bad lines and long lines ------------------------------------------------------------
+
+
+def _record(**changes: Any) -> dict[str, Any]:
+    stamp = "2026-01-01T00:00:00.000000+00:00"
+    record: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "user_id": "importer",
+        "title": None,
+        "metadata": {},
+        "created_at": stamp,
+        "updated_at": stamp,
+        "messages": [
+            {
+                "id": str(uuid.uuid4()),
+                "seq": 1,
+                "created_at": stamp,
+                "role": "user",
+                "content": "SECRET text of a user",
+            }
+        ],
+    }
+    for key, value in changes.items():
+        if key.startswith("message_"):
+            record["messages"][0][key.removeprefix("message_")] = value
+        else:
+            record[key] = value
+    return record
+
+
+def _line(record: dict[str, Any]) -> bytes:
+    return json.dumps(record).encode() + b"\n"
+
+
+def _hostile_lines() -> tuple[list[bytes], list[int]]:
+    """Lines that used to kill a whole import, between good lines; the numbers of the bad."""
+    secret = _line(_record()).replace(b"SECRET", b"SECRET \xff\xfe")
+    deep = b"[" * 100_000 + b"]" * 100_000
+    lines = [
+        _line(_record()),
+        secret,  # 2: invalid UTF-8
+        b'{"title": ' + deep + b', "content": "SECRET"}\n',  # 3: nesting
+        _line(_record()).replace(b'"messages": [', b'"messages": [' + deep + b", "),  # 4
+        _line(_record()).replace(b'"seq": 1', b'"seq": ' + b"9" * 5000),  # 5: a huge int
+        _line(_record(message_created_at="0000-01-01T00:00:00")),  # 6: year 0
+        _line(_record(created_at="0001-01-01T00:00:00+05:00")),  # 7: year 0 in UTC
+        _line(_record(message_created_at="0001-01-01T00:00:00+00:30")),  # 8
+        _line(_record(updated_at="9999-12-31T23:00:00-05:00")),  # 9: year 10000 in UTC
+        b"\n",
+        _line(_record(message_created_at="0001-01-01T00:00:00-05:00")),  # 11: fine
+        b"[1, 2]\n",  # 12
+        b'{"id": 1} trailing\n',  # 13
+        _line(_record()),
+    ]
+    return lines, [2, 3, 4, 5, 6, 7, 8, 9, 12, 13]
+
+
+async def test_hostile_lines_are_reported_and_the_rest_imports(empty_url: str) -> None:
+    lines, bad = _hostile_lines()
+    async with ChatHistory.open(empty_url) as target:
+        report = await import_jsonl(target, io.BytesIO(b"".join(lines)))
+        assert [number for number, _ in report.errors] == bad, report.errors
+        assert (report.created, report.messages) == (3, 3)
+        assert all("SECRET" not in reason for _, reason in report.errors)
+        reasons = dict(report.errors)
+        assert "UTF-8" in reasons[2]
+        assert "deep" in reasons[3] and "deep" in reasons[4]
+        assert "digits" in reasons[5]
+        assert all("range" in reasons[n] or "year" in reasons[n] for n in (6, 7, 8, 9))
+        listed = await target.list_conversations("importer")
+        assert len(listed.data) == 3
+
+
+def test_cli_import_reports_hostile_lines(tmp_path: Path) -> None:
+    lines, bad = _hostile_lines()
+    source = tmp_path / "hostile.jsonl"
+    source.write_bytes(b"".join(lines))
+    done = subprocess.run(
+        [*_CLI, "import", str(source), "--database-url", f"sqlite:///{tmp_path / 'h.db'}"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and "SECRET" not in done.stderr
+    assert [int(n) for n in re.findall(r"line (\d+):", done.stderr)] == bad
+    assert "imported 3 conversations (3 messages), 0 already present, 10 failed" in done.stderr
+
+
+class _CountingReader(io.BytesIO):
+    """A binary stream that remembers the longest piece any one ``readline`` returned."""
+
+    longest = 0
+
+    def readline(self, size: int | None = -1) -> bytes:
+        piece = super().readline(size)
+        self.longest = max(self.longest, len(piece))
+        return piece
+
+
+async def test_a_line_over_the_limit_is_reported_without_being_read_whole(
+    tmp_path: Path,
+) -> None:
+    long = _record()
+    long["messages"][0]["content"] = "x" * 100_000
+    source = _CountingReader(_line(_record()) + _line(long) + _line(_record()))
+    async with ChatHistory.open(f"sqlite:///{tmp_path / 'long.db'}") as target:
+        report = await import_jsonl(target, source, max_line_bytes=10_000)
+    assert report.created == 2
+    assert [number for number, _ in report.errors] == [2]
+    assert "10000 bytes" in report.errors[0][1] or "10,000 bytes" in report.errors[0][1]
+    assert source.longest <= 10_001
+
+
+async def test_a_large_line_imports_in_bounded_memory(tmp_path: Path) -> None:
+    """One conversation of 10,000 messages on one line (4.5 MB): the import's peak allocation
+    stays under 2.5x the line (its bytes and its text; it was 4.5x, the parsed line), and every
+    message is stored."""
+    line = next(_bulk_lines("big", 1, 10_000)).replace("x" * 40, "y" * 340).encode()
+    assert len(line) > 4_000_000
+    async with ChatHistory.open(f"sqlite:///{tmp_path / 'big.db'}") as target:
+        await import_jsonl(target, io.BytesIO(next(_bulk_lines("warm", 1, 3)).encode()))
+        tracemalloc.start()
+        try:
+            report = await import_jsonl(target, io.BytesIO(line))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert (report.created, report.messages, report.errors) == (1, 10_000, [])
+        assert peak < 2.5 * len(line), f"peak {peak / len(line):.1f}x the line"
+        conv = (await target.list_conversations("big")).data[0]
+        assert conv.message_count == 10_000

@@ -106,6 +106,7 @@ def serve(
     import uvicorn
 
     from chathistory.http.auth import authenticator_from_settings
+    from chathistory.http.server import uvicorn_options
 
     # The app (in each worker process) reads its settings from the environment: put the
     # options there, so every worker sees the same configuration.
@@ -142,6 +143,7 @@ def serve(
         log_level=log_level,
         log_config=log_config,
         access_log=False,  # the app logs each request with its request id
+        **uvicorn_options(settings.max_header_bytes),  # 431 for a request head over the limit
     )
 
 
@@ -204,20 +206,34 @@ def import_command(
     user: Annotated[
         str | None, typer.Option("--user", help="import only this user's conversations")
     ] = None,
+    max_line_bytes: Annotated[
+        int,
+        typer.Option(
+            "--max-line-bytes",
+            min=1,
+            help="a longer line (one conversation) is reported as failed, without being read "
+            "whole [default: 64 MiB]",
+            show_default=False,
+        ),
+    ] = 64 * 1024 * 1024,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Import JSON Lines written by `chathistory export`. Each line is stored whole or not at
     all; bad lines are reported with their number and the rest imports. Importing the same file
     again creates nothing. Exits 1 when any line failed."""
+    from rich.markup import escape
+
     from chathistory.store import ChatHistory
     from chathistory.transfer import import_jsonl
 
     async def run(total: int | None) -> int:
         async with ChatHistory.open(_database_url(database_url)) as store:
             with _open_input(source) as lines, _progress("importing", "bytes", total=total) as tick:
-                report = await import_jsonl(store, lines, user_id=user, progress=tick)
+                report = await import_jsonl(
+                    store, lines, user_id=user, progress=tick, max_line_bytes=max_line_bytes
+                )
         for number, message in report.errors:
-            console.print(f"[red]line {number}:[/red] {message}", highlight=False)
+            console.print(f"[red]line {number}:[/red] {escape(message)}", highlight=False)
         console.print(
             f"imported {report.created:,} conversations ({report.messages:,} messages), "
             f"{report.skipped:,} already present, {len(report.errors):,} failed"
@@ -324,11 +340,12 @@ def _open_output(path: str) -> Iterator[IO[str]]:
 
 
 @contextmanager
-def _open_input(path: str) -> Iterator[IO[str]]:
+def _open_input(path: str) -> Iterator[IO[bytes]]:
+    """Bytes: the importer decodes each line itself (a line that is not UTF-8 is one bad line)."""
     if path == "-":
-        yield sys.stdin
+        yield sys.stdin.buffer
         return
-    with open(path, encoding="utf-8") as handle:
+    with open(path, "rb") as handle:
         yield handle
 
 

@@ -8,7 +8,11 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from chathistory.store import DEFAULT_MAX_CONTENT_CHARS
+from chathistory.store import (
+    DEFAULT_MAX_BATCH_MESSAGES,
+    DEFAULT_MAX_CONTENT_CHARS,
+    DEFAULT_MAX_RESPONSE_BYTES,
+)
 
 
 class Settings(BaseSettings):
@@ -28,6 +32,21 @@ class Settings(BaseSettings):
     )
     max_content_chars: int = Field(default=DEFAULT_MAX_CONTENT_CHARS, ge=1)
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    max_batch_messages: int = Field(
+        default=DEFAULT_MAX_BATCH_MESSAGES, ge=1, description="messages one append may carry"
+    )
+    max_response_bytes: int = Field(
+        default=DEFAULT_MAX_RESPONSE_BYTES,
+        ge=64 * 1024,
+        description="bytes of message content a page or context window returns at most",
+    )
+    max_header_bytes: int = Field(
+        default=32 * 1024,
+        ge=4 * 1024,
+        le=1024 * 1024,
+        description="bytes a request line plus headers may take (431 and the connection closed "
+        "beyond); room for large identity-provider tokens and proxy-added headers",
+    )
     migrate_on_start: bool = Field(
         default=True, description="bring the schema up to date when the service starts"
     )

@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
@@ -90,6 +90,10 @@ def _sqlite(path: str) -> DatabaseTarget:
 
 def _postgres(raw: str) -> DatabaseTarget:
     parts = urlsplit(raw)
+    try:
+        parts.port  # noqa: B018 - read to validate: asyncpg would fail on it later
+    except ValueError:
+        raise ConfigurationError("the port of the database URL is not a number") from None
     query: list[tuple[str, str]] = []
     connect_args: dict[str, Any] = {}
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
@@ -109,12 +113,25 @@ def _postgres(raw: str) -> DatabaseTarget:
     return DatabaseTarget(URL.create("postgresql+asyncpg"), connect_args)
 
 
+# Query parameters libpq (and asyncpg) take a secret from.
+_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+
+
 def _hide_password(dsn: str) -> str:
+    """``dsn`` with the password of the user part and of ``password`` / ``sslpassword``
+    query parameters replaced by ``***``."""
     parts = urlsplit(dsn)
-    if parts.password is None:
+    netloc, query = parts.netloc, parts.query
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(key.lower() in _SECRET_PARAMETERS for key, _ in pairs):
+        hidden = [(k, "***" if k.lower() in _SECRET_PARAMETERS else v) for k, v in pairs]
+        query = urlencode(hidden, safe="*")
+    if (netloc, query) == (parts.netloc, parts.query):
         return dsn
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def create_engine(
@@ -149,7 +166,7 @@ def create_engine(
                 prepared_statement_cache_size=0,
                 prepared_statement_name_func=_unnamed,
             )
-        return create_async_engine(
+        engine = create_async_engine(
             target.url,
             connect_args=args,
             pool_size=pool_size,
@@ -157,7 +174,10 @@ def create_engine(
             pool_timeout=pool_timeout,
             pool_recycle=1800,
             echo=echo,
+            hide_parameters=True,  # a failed statement's error never carries message text
         )
+        event.listen(engine.sync_engine.pool, "checkout", _replace_closed)
+        return engine
     memory = target.url.database == ":memory:"
     folder = os.path.dirname(os.path.abspath(target.url.database or "."))
     if not memory and not os.path.isdir(folder):
@@ -166,10 +186,19 @@ def create_engine(
         target.url,
         connect_args={"timeout": sqlite_busy_timeout_ms / 1000},
         echo=echo,
+        hide_parameters=True,
         **({"poolclass": StaticPool} if memory else {"pool_timeout": pool_timeout}),
     )
     _configure_sqlite(engine, sqlite_busy_timeout_ms, wal=not memory)
     return engine
+
+
+def _replace_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """A pooled connection whose socket the server closed (a restart, an idle timeout) is
+    replaced at checkout, before a request uses it: asyncpg notices the closed socket as soon
+    as the event loop sees it, so this costs no round trip."""
+    if dbapi_connection.driver_connection.is_closed():
+        raise DisconnectionError("the pooled connection was closed by the server")
 
 
 def _unnamed() -> str:

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -103,6 +105,10 @@ class Conversation(Base, table=True):
     created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     updated_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     message_count: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    # Whether it ever had a user message: the first one titles an untitled conversation.
+    has_user_message: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
+    )
 
 
 class Message(Base, table=True):
@@ -157,7 +163,32 @@ class Message(Base, table=True):
     created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
 
 
+class OpenToolCall(Base, table=True):
+    """A tool call still awaiting its result: the newest assistant message of the conversation
+    that called ``call_id`` (its ``seq``), until a tool message answers it.
+
+    The append path checks a batch of tool results against this table with one statement of
+    primary-key lookups, however long the history is; a result deletes its row, and an
+    assistant message that reuses an id makes the row point at it.
+    """
+
+    __tablename__ = "open_tool_calls"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["conversation_id", "user_id"],
+            ["conversations.id", "conversations.user_id"],
+            ondelete="CASCADE",
+        ),
+    )
+
+    conversation_id: uuid.UUID = Field(primary_key=True)
+    call_id: str = Field(sa_column_kwargs={"primary_key": True}, sa_type=Text)
+    user_id: str = Field(sa_column_kwargs={"primary_key": True}, max_length=255)
+    seq: int = Field(sa_column=Column(Integer, nullable=False))
+
+
 conversations = Conversation.__table__  # type: ignore[attr-defined]
+open_tool_calls = OpenToolCall.__table__  # type: ignore[attr-defined]
 
 # The listing order: a user's conversations, most recently updated first (keyset pagination).
 Index(
@@ -172,9 +203,11 @@ __all__ = [
     "ROLES",
     "Conversation",
     "Message",
+    "OpenToolCall",
     "conversations",
     "messages",
     "metadata",
+    "open_tool_calls",
     "utcnow",
     "uuid7",
 ]

@@ -10,7 +10,7 @@ import math
 import re
 import uuid
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import pydantic
@@ -365,9 +365,7 @@ class MessageRecord(MessageCreate):
     @field_validator("created_at")
     @classmethod
     def _aware(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("needs a time zone")
-        return value
+        return aware_utc_timestamp(value)
 
 
 class ConversationRecord(_Input):
@@ -389,9 +387,7 @@ class ConversationRecord(_Input):
     @field_validator("created_at", "updated_at")
     @classmethod
     def _aware(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("needs a time zone")
-        return value
+        return aware_utc_timestamp(value)
 
     @model_validator(mode="after")
     def _sequence(self) -> ConversationRecord:
@@ -414,6 +410,18 @@ class ContextWindow(BaseModel):
     truncated: bool = Field(description="older messages were left out to fit the budget")
     encoding: str
     exact: bool = Field(description="counted by a BPE tokenizer (false: the byte estimate)")
+
+
+def aware_utc_timestamp(value: datetime) -> datetime:
+    """A timestamp of an export file: it needs a time zone, and must fall in years 1 to 9999
+    once in UTC (where it is stored), so 0001-01-01T00:00:00+05:00 is out of range."""
+    if value.tzinfo is None:
+        raise ValueError("needs a time zone")
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range: it must fall in years 1 to 9999 in UTC") from None
+    return value
 
 
 def title_from(text: str) -> str | None:

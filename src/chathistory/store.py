@@ -10,20 +10,28 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, Final, Literal
 
 import pydantic
-from sqlalchemy import case, delete, insert, literal, select, tuple_, type_coerce, update
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import case, delete, insert, literal, select, tuple_, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.sql import ColumnElement, TextClause, text
+from sqlalchemy.sql import ColumnElement, text
 
-from chathistory import pagination, tokens
+from chathistory import limits, pagination, tokens, tool_pairing
 from chathistory.db import create_engine
 from chathistory.errors import (
     ChatHistoryError,
@@ -45,6 +53,7 @@ from chathistory.schemas import (
     MessageCreate,
     MessagePage,
     MessageRead,
+    MessageRecord,
     Page,
     check_user_id,
     from_pydantic,
@@ -56,6 +65,8 @@ log = logging.getLogger("chathistory")
 
 Order = Literal["asc", "desc"]
 DEFAULT_MAX_CONTENT_CHARS: Final = 100_000
+DEFAULT_MAX_BATCH_MESSAGES: Final = 1000
+DEFAULT_MAX_RESPONSE_BYTES: Final = 8 * 1024 * 1024
 MAX_PAGE: Final = 100
 
 
@@ -78,14 +89,33 @@ _WINDOW_COLUMNS = (
     _M.token_count,
 )
 _MAX_SEQ: Final = 2**31 - 1
-_PAGE_SELECT: Final = (
-    "SELECT id, conversation_id, user_id, seq, role, content, name, tool_calls,"
-    " tool_call_id, metadata, token_count, created_at FROM messages"
-    " WHERE conversation_id = $1 AND user_id = $2 AND seq > $3 AND seq < $4"
+_MESSAGE_COLUMNS: Final = (
+    "id, conversation_id, user_id, seq, role, content, name, tool_calls,"
+    " tool_call_id, metadata, token_count, created_at"
+)
+# A page stops at a byte budget ($6) inside the database: rows are numbered by the running
+# size of their content and tool calls, and only those starting within the budget come back
+# (so at most one row past it), however large the stored messages are.
+_SIZE: Final = (
+    "coalesce(octet_length(content::text), 0) + coalesce(octet_length(tool_calls::text), 0)"
 )
 _PAGE_SQL: Final = {
-    True: _PAGE_SELECT + " ORDER BY seq ASC LIMIT $5",
-    False: _PAGE_SELECT + " ORDER BY seq DESC LIMIT $5",
+    ascending: (
+        f"SELECT {_MESSAGE_COLUMNS}, size FROM (SELECT {_MESSAGE_COLUMNS}, {_SIZE} AS size,"  # noqa: S608
+        f" sum({_SIZE}) OVER (ORDER BY seq {direction}) AS running FROM messages"
+        " WHERE conversation_id = $1 AND user_id = $2 AND seq > $3 AND seq < $4"
+        f" ORDER BY seq {direction} LIMIT $5) AS page WHERE running - size <= $6"
+    )
+    for ascending, direction in ((True, "ASC"), (False, "DESC"))
+}
+# The same range without a budget (``get_chat_history``: the caller asked for that many).
+_RANGE_SQL: Final = {
+    ascending: (
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages"  # noqa: S608
+        " WHERE conversation_id = $1 AND user_id = $2 AND seq > $3 AND seq < $4"
+        f" ORDER BY seq {direction} LIMIT $5"
+    )
+    for ascending, direction in ((True, "ASC"), (False, "DESC"))
 }
 _CONTEXT_FIRST_CHUNK: Final = 32
 _SYSTEM_CHUNK: Final = 8
@@ -117,14 +147,19 @@ class ChatHistory:
         engine: AsyncEngine,
         *,
         max_content_chars: int = DEFAULT_MAX_CONTENT_CHARS,
+        max_batch_messages: int = DEFAULT_MAX_BATCH_MESSAGES,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         encoding: str = tokens.DEFAULT_ENCODING,
         owns_engine: bool = False,
     ) -> None:
         self.engine = engine
         self.max_content_chars = max_content_chars
+        self.max_batch_messages = max_batch_messages
+        self.max_response_bytes = max_response_bytes
         self.tokens = tokens.counter(encoding)
         self._owns_engine = owns_engine
         self._is_postgres = engine.dialect.name == "postgresql"
+        self._size = limits.size_of(self._is_postgres)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -135,6 +170,8 @@ class ChatHistory:
         *,
         migrate: bool = True,
         max_content_chars: int = DEFAULT_MAX_CONTENT_CHARS,
+        max_batch_messages: int = DEFAULT_MAX_BATCH_MESSAGES,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         encoding: str = tokens.DEFAULT_ENCODING,
         **engine_options: Any,
     ) -> _Opening:
@@ -147,7 +184,12 @@ class ChatHistory:
         Use as ``async with ChatHistory.open(url) as store`` or ``store = await ...open(url)``
         (then ``await store.close()``).
         """
-        options = {"max_content_chars": max_content_chars, "encoding": encoding}
+        options = {
+            "max_content_chars": max_content_chars,
+            "max_batch_messages": max_batch_messages,
+            "max_response_bytes": max_response_bytes,
+            "encoding": encoding,
+        }
         return _Opening(cls, database, migrate, options, engine_options)
 
     async def close(self) -> None:
@@ -162,9 +204,17 @@ class ChatHistory:
         await self.close()
 
     async def ping(self) -> None:
-        """Raise :class:`UnavailableError` unless the database answers."""
+        """Raise :class:`UnavailableError` unless the database answers and takes writes (a
+        read-only PostgreSQL server, such as a standby, is not ready)."""
         async with self._transaction() as conn:
-            await conn.execute(select(literal(1)))
+            if not self._is_postgres:
+                await conn.execute(select(literal(1)))
+                return
+            read_only = (
+                await conn.execute(text("SELECT current_setting('transaction_read_only')"))
+            ).scalar()
+        if read_only == "on":
+            raise UnavailableError("the database is read-only (a standby, or set read-only)")
 
     # -- conversations ---------------------------------------------------------------------
 
@@ -348,12 +398,13 @@ class ChatHistory:
                 await conn.execute(
                     update(conversations)
                     .where(_C.user_id == user_id, _C.id == conversation_id)
-                    .values(message_count=0, updated_at=_forward(utcnow()))
+                    .values(message_count=0, has_user_message=False, updated_at=_forward(utcnow()))
                     .returning(_C.id)
                 )
             ).first()
             if locked is None:
                 raise ConversationNotFoundError(conversation_id)
+            await tool_pairing.forget(conn, user_id, conversation_id)
             result = await conn.execute(
                 delete(messages).where(_M.conversation_id == conversation_id, _M.user_id == user_id)
             )
@@ -431,6 +482,11 @@ class ChatHistory:
             raise ValidationError("must be a list of messages", loc=("messages",))
         if not messages:
             raise ValidationError("must hold at least one message", loc=("messages",))
+        if len(messages) > self.max_batch_messages:
+            too_many = f"holds {len(messages)} messages; a batch holds at most "
+            raise ValidationError(
+                [FieldError(("messages",), f"{too_many}{self.max_batch_messages}", "too_long")]
+            )
         batch: list[MessageCreate] = []
         errors: list[FieldError] = []
         for index, item in enumerate(messages):
@@ -477,7 +533,7 @@ class ChatHistory:
                 update(conversations)
                 .where(_C.user_id == user_id, _C.id == conversation_id)
                 .values(message_count=_C.message_count + len(batch), updated_at=_forward(now))
-                .returning(_C.message_count, _C.title)
+                .returning(_C.message_count, _C.title, _C.has_user_message)
             )
         ).first()
         if locked is None:
@@ -493,11 +549,12 @@ class ChatHistory:
                 return replay, False
 
         # 3. Tool results must answer an open tool call of an earlier assistant message.
-        await self._check_tool_results(conn, user_id, conversation_id, batch)
+        seqs = range(first_seq, first_seq + len(batch))
+        await tool_pairing.apply(conn, user_id, conversation_id, batch, seqs)
 
-        # 4. A conversation nobody titled takes its first user message as title.
-        if locked.title is None:
-            await self._maybe_title(conn, user_id, conversation_id, batch, first_seq)
+        # 4. The first user message ever titles a conversation nobody titled.
+        if not locked.has_user_message:
+            await self._first_user_message(conn, user_id, conversation_id, batch, locked.title)
 
         rows = [
             self._row(user_id, conversation_id, message, first_seq + offset, now)
@@ -535,118 +592,25 @@ class ChatHistory:
                 )
         return stored
 
-    async def _check_tool_results(
+    async def _first_user_message(
         self,
         conn: AsyncConnection,
         user_id: str,
         conversation_id: uuid.UUID,
         batch: list[MessageCreate],
-    ) -> None:
-        open_in_batch: set[str] = set()  # called by an assistant message of this batch
-        answered: set[str] = set()  # answered by a tool message of this batch
-        errors: list[FieldError] = []
-        for index, message in enumerate(batch):
-            if message.tool_calls:
-                open_in_batch.update(call.id for call in message.tool_calls)
-                answered.difference_update(call.id for call in message.tool_calls)
-                continue
-            if message.role != "tool":
-                continue
-            call_id = message.tool_call_id
-            assert call_id is not None
-            if call_id in open_in_batch:
-                open_in_batch.discard(call_id)
-            elif call_id in answered or not await self._tool_call_is_open(
-                conn, user_id, conversation_id, call_id
-            ):
-                loc: tuple[str | int, ...] = (index,) if len(batch) > 1 else ()
-                errors.append(
-                    FieldError(
-                        (*loc, "tool_call_id"),
-                        f"{call_id!r} answers no open tool call of an earlier assistant "
-                        "message in this conversation",
-                        "tool_call_not_open",
-                    )
-                )
-            answered.add(call_id)
-        if errors:
-            raise ValidationError(errors)
-
-    async def _tool_call_is_open(
-        self, conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID, call_id: str
-    ) -> bool:
-        """Whether the newest assistant message that called ``call_id`` still awaits its result."""
-        calls: ColumnElement[bool] | TextClause
-        if self._is_postgres:
-            calls = type_coerce(_M.tool_calls, JSONB).contains([{"id": call_id}])
-        else:
-            calls = text(
-                "EXISTS (SELECT 1 FROM json_each(messages.tool_calls) AS call "
-                "WHERE json_extract(call.value, '$.id') = :call_id)"
-            ).bindparams(call_id=call_id)
-        asked = (
-            await conn.execute(
-                select(_M.seq)
-                .where(
-                    _M.conversation_id == conversation_id,
-                    _M.user_id == user_id,
-                    _M.role == "assistant",
-                    _M.tool_calls.is_not(None),
-                    calls,
-                )
-                .order_by(_M.seq.desc())
-                .limit(1)
-            )
-        ).scalar()
-        if asked is None:
-            return False
-        answered = (
-            await conn.execute(
-                select(_M.seq)
-                .where(
-                    _M.conversation_id == conversation_id,
-                    _M.user_id == user_id,
-                    _M.tool_call_id == call_id,
-                    _M.seq > asked,
-                )
-                .limit(1)
-            )
-        ).scalar()
-        return answered is None
-
-    async def _maybe_title(
-        self,
-        conn: AsyncConnection,
-        user_id: str,
-        conversation_id: uuid.UUID,
-        batch: list[MessageCreate],
-        first_seq: int,
+        title: str | None,
     ) -> None:
         first_user = next((m for m in batch if m.role == "user"), None)
         if first_user is None:
             return
-        if first_seq > 1:
-            earlier_user = (
-                await conn.execute(
-                    select(_M.seq)
-                    .where(
-                        _M.conversation_id == conversation_id,
-                        _M.user_id == user_id,
-                        _M.role == "user",
-                        _M.seq < first_seq,
-                    )
-                    .limit(1)
-                )
-            ).scalar()
-            if earlier_user is not None:
-                return
-        title = title_from(first_user.text())
-        if title is not None:
-            await conn.execute(
-                update(conversations)
-                .where(_C.user_id == user_id, _C.id == conversation_id, _C.title.is_(None))
-                .values(title=title)
-            )
+        values: dict[str, Any] = {"has_user_message": True}
+        if title is None and (text_title := title_from(first_user.text())) is not None:
+            values["title"] = text_title
+        await conn.execute(
+            update(conversations)
+            .where(_C.user_id == user_id, _C.id == conversation_id)
+            .values(values)
+        )
 
     async def get_message(
         self, user_id: str, conversation_id: uuid.UUID, message_id: uuid.UUID
@@ -711,11 +675,16 @@ class ChatHistory:
             limit=limit + 1,
             past=low,
             until=high,
+            max_bytes=self.max_response_bytes,
         )
         if not rows:
             async with self._transaction() as conn:
                 await self._require_conversation(conn, user_id, conversation_id)
-        items = [_message(row) for row in rows[:limit]]
+        fitting = limits.within_bytes(rows[:limit], self.max_response_bytes)
+        # More: a row past the limit came back, or the byte budget cut the read (the database
+        # returned the row that crossed it; whether any follow it, only the next page knows).
+        has_more = len(rows) > fitting or sum(row["size"] for row in rows) > self.max_response_bytes
+        items = [_message(row) for row in rows[:fitting]]
         if scan_ascending != ascending:
             items.reverse()
         # After the last item; on an empty page, the position asked from (to poll again).
@@ -725,7 +694,7 @@ class ChatHistory:
         )
         return MessagePage(
             data=items,
-            has_more=len(rows) > limit,
+            has_more=has_more,
             next_cursor=next_cursor,
             first_id=items[0].id if items else None,
             last_id=items[-1].id if items else None,
@@ -758,29 +727,40 @@ class ChatHistory:
         limit: int | None,
         past: int | None = None,
         until: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[Mapping[Any, Any]]:
-        """Messages of a conversation with ``past < seq < until``, by seq, at most ``limit``.
+        """Messages of a conversation with ``past < seq < until``, by seq, at most ``limit``,
+        and (with ``max_bytes``) only those that start within that many bytes of content and
+        tool calls (each row carries its ``size``; the caller cuts the one that crosses).
 
         The hot read path. On PostgreSQL it is one statement on the pooled asyncpg connection,
         in asyncpg's own implicit transaction (safe behind PgBouncer: nothing outlives it),
         without SQLAlchemy's statement machinery."""
         if self._is_postgres:
+            arguments = [
+                conversation_id,
+                user_id,
+                0 if past is None else past,
+                _MAX_SEQ if until is None else until,
+                limit,
+            ]
+            sql = _RANGE_SQL[ascending] if max_bytes is None else _PAGE_SQL[ascending]
+            if max_bytes is not None:
+                arguments.append(max_bytes)
             async with self._driver() as driver:
-                rows: list[Mapping[Any, Any]] = await driver.fetch(
-                    _PAGE_SQL[ascending],
-                    conversation_id,
-                    user_id,
-                    0 if past is None else past,
-                    _MAX_SEQ if until is None else until,
-                    limit,
-                )
+                rows: list[Mapping[Any, Any]] = await driver.fetch(sql, *arguments)
                 return rows
-        query = select(messages).where(_M.conversation_id == conversation_id, _M.user_id == user_id)
-        if past is not None:
-            query = query.where(_M.seq > past)
-        if until is not None:
-            query = query.where(_M.seq < until)
-        query = query.order_by(_M.seq.asc() if ascending else _M.seq.desc()).limit(limit)
+        owned = (_M.conversation_id == conversation_id, _M.user_id == user_id)
+        query = limits.bounded_range(
+            list(messages.c),
+            owned,
+            self._size,
+            ascending=ascending,
+            limit=limit,
+            past=past,
+            until=until,
+            max_bytes=max_bytes,
+        )
         async with self._transaction() as conn:
             return [row._mapping for row in await conn.execute(query)]
 
@@ -813,21 +793,19 @@ class ChatHistory:
             return counter.count_message(row._mapping)
 
         owned = (_M.conversation_id == conversation_id, _M.user_id == user_id)
+        budget = _Budget(max_tokens, self.max_response_bytes, cost)
         async with self._transaction() as conn:
-            system = await self._system_prefix(conn, owned)
+            system = await self._system_prefix(conn, owned, budget)
             if not system:
                 await self._require_conversation(conn, user_id, conversation_id)
-            used = tokens.REPLY_PRIMING + sum(cost(row) for row in system)
-            if used > max_tokens:
-                raise ValidationError(
-                    f"the leading system messages alone need {used} tokens", loc=("max_tokens",)
-                )
-            run, used, truncated = await self._newest_run(
-                conn, owned, system[-1].seq if system else 0, max_tokens, used, cost
+                if budget.tokens > max_tokens:  # the reply's priming alone
+                    raise ValidationError(f"must be at least {budget.tokens}", loc=("max_tokens",))
+            run, truncated = await self._newest_run(
+                conn, owned, system[-1].seq if system else 0, budget
             )
         return ContextWindow(
             messages=[openai_message(row) for row in [*system, *run]],
-            token_count=used,
+            token_count=budget.tokens,
             max_tokens=max_tokens,
             truncated=truncated,
             encoding=counter.encoding,
@@ -835,24 +813,33 @@ class ChatHistory:
         )
 
     async def _system_prefix(
-        self, conn: AsyncConnection, owned: tuple[ColumnElement[bool], ...]
+        self, conn: AsyncConnection, owned: tuple[ColumnElement[bool], ...], budget: _Budget
     ) -> list[Any]:
         """The conversation's leading system messages, read forwards in small LIMITed pages
-        (a LIMIT keeps the planner on the index, whatever the conversation's length)."""
+        (a LIMIT keeps the planner on the index, whatever the conversation's length); an error
+        as soon as they pass the token or byte budget."""
         prefix: list[Any] = []
         after = 0
         while True:
-            rows = (
-                await conn.execute(
-                    select(*_WINDOW_COLUMNS)
-                    .where(*owned, _M.seq > after)
-                    .order_by(_M.seq.asc())
-                    .limit(_SYSTEM_CHUNK)
-                )
-            ).all()
+            query = limits.bounded_range(
+                _WINDOW_COLUMNS,
+                owned,
+                self._size,
+                ascending=True,
+                limit=_SYSTEM_CHUNK,
+                past=after,
+                max_bytes=budget.bytes_left,
+            )
+            rows = (await conn.execute(query)).all()
             for row in rows:
                 if row.role != "system":
                     return prefix
+                if not budget.take([row]):
+                    raise ValidationError(
+                        "the leading system messages alone need more than "
+                        f"{budget.max_tokens} tokens or {budget.max_bytes} bytes",
+                        loc=("max_tokens",),
+                    )
                 prefix.append(row)
             if len(rows) < _SYSTEM_CHUNK:
                 return prefix
@@ -863,25 +850,31 @@ class ChatHistory:
         conn: AsyncConnection,
         owned: tuple[ColumnElement[bool], ...],
         after_seq: int,
-        budget: int,
-        used: int,
-        cost: Callable[[Any], int],
-    ) -> tuple[list[Any], int, bool]:
+        budget: _Budget,
+    ) -> tuple[list[Any], bool]:
         """Walk back from the newest message, taking whole groups (a message, or an assistant
         message with all of its tool results) while they fit."""
         # Start small and grow fourfold: few statements, and rows read stay within four times
-        # what fits (plus the first chunk). Every message costs
-        # at least TOKENS_PER_MESSAGE, which bounds how many can fit at all.
-        most = (budget - used) // tokens.TOKENS_PER_MESSAGE + 1
+        # what fits (plus the first chunk). Every message costs at least TOKENS_PER_MESSAGE,
+        # which bounds how many can fit at all; the byte budget bounds what one read returns.
+        most = (budget.max_tokens - budget.tokens) // tokens.TOKENS_PER_MESSAGE + 1
         chunk = min(_CONTEXT_FIRST_CHUNK, most)
         taken: list[Any] = []  # newest first
         pending: list[Any] = []  # tool results seen since the last non-tool message
         below: int | None = None
         while True:
-            query = select(*_WINDOW_COLUMNS).where(*owned, _M.seq > after_seq)
-            if below is not None:
-                query = query.where(_M.seq < below)
-            rows = (await conn.execute(query.order_by(_M.seq.desc()).limit(chunk))).all()
+            room = budget.bytes_left
+            query = limits.bounded_range(
+                _WINDOW_COLUMNS,
+                owned,
+                self._size,
+                ascending=False,
+                limit=chunk,
+                past=after_seq,
+                until=below,
+                max_bytes=room,
+            )
+            rows = (await conn.execute(query)).all()
             for row in rows:
                 if row.role == "tool":
                     pending.append(row)
@@ -895,32 +888,39 @@ class ChatHistory:
                         continue
                     group = [*results, row]  # newest first, like `taken`
                 pending = []  # results not right after their call cannot be replayed
-                group_cost = sum(cost(member) for member in group)
-                if used + group_cost > budget:
-                    return taken[::-1], used, True
-                used += group_cost
+                if not budget.take(group):
+                    return taken[::-1], True
                 taken += group
             if len(rows) < chunk:
-                return taken[::-1], used, False
+                # Fewer rows than asked: the history ended, or the byte budget cut the read
+                # (the row that crossed it came back; it did not fit, or was left out).
+                return taken[::-1], sum(row.size for row in rows) > room
             below = rows[-1].seq
             chunk = min(_CONTEXT_MAX_CHUNK, chunk * 4, most)
 
     # -- export and import -------------------------------------------------------------------
 
+    _IMPORT_BATCH_CHARS: Final = 4_000_000  # text per batch of an import, whatever ``chunk``
+
     async def iter_user_ids(self, *, chunk: int = 1000) -> AsyncIterator[str]:
         """Every user that has a conversation, in order (for exports of the whole database)."""
         after: str | None = None
         while True:
-            query = select(_C.user_id).distinct().order_by(_C.user_id).limit(chunk)
-            if after is not None:
-                query = query.where(_C.user_id > after)
             async with self._transaction() as conn:
-                users = list((await conn.execute(query)).scalars())
+                users = await self._user_id_page(conn, after, chunk)
             for user_id in users:
                 yield user_id
             if len(users) < chunk:
                 return
             after = users[-1]
+
+    async def _user_id_page(
+        self, conn: AsyncConnection, after: str | None, chunk: int
+    ) -> list[str]:
+        query = select(_C.user_id).distinct().order_by(_C.user_id).limit(chunk)
+        if after is not None:
+            query = query.where(_C.user_id > after)
+        return list((await conn.execute(query)).scalars())
 
     async def iter_messages(
         self, user_id: str, conversation_id: uuid.UUID, *, chunk: int = 1000
@@ -950,27 +950,151 @@ class ChatHistory:
                 return
             after = rows[-1].seq
 
-    async def import_conversation(self, record: ConversationRecord | Mapping[str, Any]) -> bool:
+    async def iter_export(
+        self, user_ids: Iterable[str] | None = None, *, chunk: int = 200
+    ) -> AsyncGenerator[ConversationRead | MessageRead, None]:
+        """Every conversation of ``user_ids`` (of every user when ``None``), each followed by
+        its messages in seq order; users in the order given (else by id), a user's
+        conversations most recently updated first.
+
+        All of it is read in ONE snapshot, as ``pg_dump`` does: exactly the conversations and
+        messages committed when the export began, each once, whatever is written meanwhile.
+        PostgreSQL: one ``REPEATABLE READ, READ ONLY`` transaction (one transaction, so fine
+        behind PgBouncer in transaction mode); SQLite: one read transaction, a snapshot in WAL
+        mode (writers carry on). Per user two statements, both naming ``user_id``, stream side
+        by side through server-side cursors, ``chunk`` rows at a time: the conversations and
+        their messages in the same order. Memory holds a chunk, never a user or a conversation.
+
+        Stopping early? Close the iterator (``contextlib.aclosing``): that ends the snapshot."""
+        given = None if user_ids is None else list(dict.fromkeys(map(check_user_id, user_ids)))
+        async with self._errors(), self.engine.connect() as conn:
+            if self._is_postgres:
+                await conn.execution_options(
+                    isolation_level="REPEATABLE READ", postgresql_readonly=True
+                )
+            async with conn.begin():
+                if not self._is_postgres:
+                    raw = (await conn.get_raw_connection()).driver_connection
+                    if not getattr(raw, "in_transaction", False):
+                        # pysqlite starts no transaction for a SELECT (unless the engine has a
+                        # "begin" hook): each statement would see the database as it is.
+                        await conn.exec_driver_sql("BEGIN")
+                async for user_id in self._export_users(conn, given):
+                    async for item in self._export_user(conn, user_id, chunk):
+                        yield item
+
+    async def _export_users(
+        self, conn: AsyncConnection, given: list[str] | None
+    ) -> AsyncIterator[str]:
+        if given is not None:
+            for user_id in given:
+                yield user_id
+            return
+        after: str | None = None
+        while True:
+            users = await self._user_id_page(conn, after, 1000)
+            for user_id in users:
+                yield user_id
+            if len(users) < 1000:
+                return
+            after = users[-1]
+
+    async def _export_user(
+        self, conn: AsyncConnection, user_id: str, chunk: int
+    ) -> AsyncIterator[ConversationRead | MessageRead]:
+        order = (_C.updated_at.desc(), _C.id.desc())
+        heads = select(*_CONVERSATION_COLUMNS).where(_C.user_id == user_id).order_by(*order)
+        bodies = (
+            select(messages)
+            .join(conversations, (_C.id == _M.conversation_id) & (_C.user_id == _M.user_id))
+            .where(_C.user_id == user_id, _M.user_id == user_id)
+            .order_by(*order, _M.seq.asc())
+        )
+        streaming = {"yield_per": chunk}
+        async with (
+            conn.stream(heads, execution_options=streaming) as head_rows,
+            conn.stream(bodies, execution_options=streaming) as message_rows,
+        ):
+            pending: MessageRead | None = None
+            bodies_left = aiter(message_rows)
+            async for head in head_rows:
+                conversation = _conversation(head._mapping)
+                yield conversation
+                while True:
+                    if pending is None:
+                        row = await anext(bodies_left, None)
+                        if row is None:
+                            break
+                        pending = _message(row._mapping)
+                    if pending.conversation_id != conversation.id:
+                        break  # the next conversation's (this one has no more)
+                    yield pending
+                    pending = None
+            if pending is not None:  # both statements read one snapshot: cannot happen
+                raise RuntimeError(f"export: message {pending.id} out of step")
+
+    async def import_conversation(
+        self,
+        record: ConversationRecord | Mapping[str, Any],
+        items: Iterable[MessageRecord | Mapping[str, Any]] | None = None,
+        *,
+        chunk: int = _IMPORT_CHUNK,
+    ) -> bool:
         """Store an exported conversation whole, keeping its ids, seq and timestamps.
 
         Atomic: all of it or nothing. Returns ``False`` (and writes nothing) when the
         conversation is already stored with the same messages; ``ConflictError`` when its id is
-        stored with other messages or a message id is taken."""
+        stored with other messages or a message id is taken.
+
+        With ``items``, ``record`` is the conversation without its messages and the messages
+        come from ``items`` (a generator, say): validated and inserted at most ``chunk`` (or
+        about 4 million characters) at a time inside the one transaction, so memory holds one
+        chunk, never the conversation. An exception from ``items`` rolls it all back."""
+        if items is None:
+            record, items = self._split_record(record)
+        elif (isinstance(record, Mapping) and "messages" in record) or (
+            isinstance(record, ConversationRecord) and record.messages
+        ):
+            raise ValidationError("given both in the record and as items", loc=("messages",))
         spec: ConversationRecord = _parse(ConversationRecord, record)
         check_user_id(spec.user_id)
-        self._check_sizes(spec.messages)
         try:
             async with self._transaction() as conn:
-                return await self._import(conn, spec)
+                return await self._import(conn, spec, items, chunk)
         except IntegrityError as exc:
             raise ConflictError(
                 f"conversation {spec.id}: an id is already stored elsewhere"
             ) from exc
 
-    async def _import(self, conn: AsyncConnection, spec: ConversationRecord) -> bool:
+    async def _import(
+        self,
+        conn: AsyncConnection,
+        spec: ConversationRecord,
+        items: Iterable[MessageRecord | Mapping[str, Any]],
+        chunk: int,
+    ) -> bool:
         existing = await self._find_conversation(conn, spec.user_id, spec.id)
+        if existing is None:
+            await conn.execute(
+                insert(conversations).values(
+                    id=spec.id,
+                    user_id=spec.user_id,
+                    title=spec.title,
+                    metadata=spec.metadata,
+                    created_at=spec.created_at,
+                    updated_at=spec.updated_at,
+                    message_count=0,  # counted as the messages go in
+                )
+            )
+        count, last, had_user = 0, None, False
+        for batch in self._import_batches(items, chunk):
+            if existing is None:
+                await self._import_batch(conn, spec, count, batch)
+            count += len(batch)
+            last = batch[-1].id
+            had_user = had_user or any(m.role == "user" for m in batch)
         if existing is not None:
-            last = (
+            stored_last = (
                 await conn.execute(
                     select(_M.id)
                     .where(_M.conversation_id == spec.id, _M.user_id == spec.user_id)
@@ -978,31 +1102,84 @@ class ChatHistory:
                     .limit(1)
                 )
             ).scalar()
-            same = existing.message_count == len(spec.messages) and last == (
-                spec.messages[-1].id if spec.messages else None
-            )
-            if same:
+            if existing.message_count == count and stored_last == last:
                 return False
             raise ConflictError(f"conversation {spec.id} is already stored with other messages")
-        await conn.execute(
-            insert(conversations).values(
-                id=spec.id,
-                user_id=spec.user_id,
-                title=spec.title,
-                metadata=spec.metadata,
-                created_at=spec.created_at,
-                updated_at=spec.updated_at,
-                message_count=len(spec.messages),
+        if count:
+            await conn.execute(
+                update(conversations)
+                .where(_C.user_id == spec.user_id, _C.id == spec.id)
+                .values(message_count=count, has_user_message=had_user)
             )
-        )
-        await self._check_tool_results(conn, spec.user_id, spec.id, list(spec.messages))
-        for start in range(0, len(spec.messages), _IMPORT_CHUNK):
-            rows = [
-                self._row(spec.user_id, spec.id, message, message.seq, message.created_at)
-                for message in spec.messages[start : start + _IMPORT_CHUNK]
-            ]
-            await conn.execute(insert(messages), rows)
         return True
+
+    def _import_batches(
+        self, items: Iterable[MessageRecord | Mapping[str, Any]], chunk: int
+    ) -> Iterator[list[MessageRecord]]:
+        """The messages validated, in batches of at most ``chunk`` messages or about
+        ``_IMPORT_BATCH_CHARS`` characters of text."""
+        if isinstance(items, str | bytes | Mapping):
+            raise ValidationError("must be a list of messages", loc=("messages",))
+        batch: list[MessageRecord] = []
+        chars = 0
+        for index, item in enumerate(items):
+            try:
+                message: MessageRecord = _parse(MessageRecord, item)
+            except ValidationError as exc:
+                raise ValidationError(
+                    [FieldError(("messages", index, *e.loc), e.msg, e.type) for e in exc.errors]
+                ) from None
+            if message.seq != index + 1:
+                raise ValidationError(
+                    f"seq must run 1, 2, 3, ...; item {index} has {message.seq}",
+                    loc=("messages",),
+                )
+            size = message.text_size()
+            if size > self.max_content_chars:
+                raise ValidationError(
+                    f"is {size} characters; the limit is {self.max_content_chars}",
+                    loc=("messages", index, "content"),
+                )
+            batch.append(message)
+            chars += size
+            if len(batch) >= chunk or chars >= self._IMPORT_BATCH_CHARS:
+                yield batch
+                batch, chars = [], 0
+        if batch:
+            yield batch
+
+    async def _import_batch(
+        self,
+        conn: AsyncConnection,
+        spec: ConversationRecord,
+        start: int,
+        batch: list[MessageRecord],
+    ) -> None:
+        try:
+            await tool_pairing.apply(conn, spec.user_id, spec.id, batch, [m.seq for m in batch])
+        except ValidationError as exc:  # its locations count from the batch's first message
+            raise ValidationError([self._shift(e, start) for e in exc.errors]) from None
+        rows = [self._row(spec.user_id, spec.id, m, m.seq, m.created_at) for m in batch]
+        await conn.execute(insert(messages), rows)
+
+    @staticmethod
+    def _shift(error: FieldError, start: int) -> FieldError:
+        first = error.loc[0] if error.loc else None
+        if isinstance(first, int):
+            return FieldError(("messages", start + first, *error.loc[1:]), error.msg, error.type)
+        return FieldError(("messages", start, *error.loc), error.msg, error.type)
+
+    @staticmethod
+    def _split_record(
+        record: ConversationRecord | Mapping[str, Any],
+    ) -> tuple[ConversationRecord | Mapping[str, Any], Iterable[Any]]:
+        """A whole record as its head and its messages (left in the head unless a list, so
+        that validation names what is wrong with them)."""
+        if isinstance(record, ConversationRecord):
+            return record, record.messages
+        if isinstance(record, Mapping) and isinstance(record.get("messages"), list):
+            return {k: v for k, v in record.items() if k != "messages"}, record["messages"]
+        return record, ()
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -1120,6 +1297,32 @@ class ChatHistory:
             raise UnavailableError(f"the database is unavailable: {exc}") from exc
 
 
+class _Budget:
+    """What a context window may still take: tokens (the caller's ``max_tokens``) and bytes
+    of content and tool calls (the store's ``max_response_bytes``)."""
+
+    def __init__(self, max_tokens: int, max_bytes: int, cost: Callable[[Any], int]) -> None:
+        self.max_tokens = max_tokens
+        self.max_bytes = max_bytes
+        self.tokens = tokens.REPLY_PRIMING
+        self.bytes = 0
+        self._cost = cost
+
+    @property
+    def bytes_left(self) -> int:
+        return self.max_bytes - self.bytes
+
+    def take(self, group: Sequence[Any]) -> bool:
+        """Count the group in if it fits in both budgets; ``False`` (and nothing taken) if not."""
+        more_tokens = sum(self._cost(row) for row in group)
+        more_bytes = sum(row.size for row in group)
+        if self.tokens + more_tokens > self.max_tokens or self.bytes + more_bytes > self.max_bytes:
+            return False
+        self.tokens += more_tokens
+        self.bytes += more_bytes
+        return True
+
+
 class _Opening:
     """What :meth:`ChatHistory.open` returns: an async context manager, or an awaitable."""
 
@@ -1226,7 +1429,10 @@ def _same_message(message: MessageCreate, stored: MessageRead, conversation_id: 
     )
 
 
-_UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P")
+# "The database can't serve this now": connection failures (08), insufficient resources (53),
+# shutdown and restart (57P), refused credentials or a missing role (28), a missing database
+# (3D000) and a read-only server, such as a standby or default_transaction_read_only (25006).
+_UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P", "28", "3D000", "25006")
 
 
 def _is_unavailable(exc: DBAPIError) -> bool:

@@ -5,15 +5,23 @@ Counts follow OpenAI's chat format: every message costs its text plus a fixed ov
 primed with 3 more tokens. With the ``bpe-openai`` package installed (its tables ship inside it,
 so it works offline) counts are exact for the encoding; without it, :func:`estimate` gives an
 upper estimate (ASCII letters, digits and spaces two to a token, anything else a token per byte).
+
+A model never makes counting fail: a name no table knows counts with :data:`DEFAULT_ENCODING`,
+and a known encoding whose tables are not installed (``gpt2``, ``r50k_base``, ``p50k_base``:
+``bpe-openai`` needs ``tiktoken`` for those) counts with the estimate (``exact`` is ``False``).
+Only an encoding name that no tokenizer knows at all is a :class:`ValueError`.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ENCODING = "o200k_base"
 TOKENS_PER_MESSAGE = 3
@@ -107,7 +115,9 @@ def encoding_for_model(model: str) -> str:
     try:
         import bpe_openai
 
-        return str(bpe_openai.encoding_name_for_model(model))
+        encoding = str(bpe_openai.encoding_name_for_model(model))
+        if encoding in bpe_openai.list_encoding_names():
+            return encoding
     except ImportError:
         pass  # no tokenizer installed: the table below
     except (KeyError, ValueError, LookupError):
@@ -126,12 +136,22 @@ def counter(encoding: str = DEFAULT_ENCODING) -> TokenCounter:
 
 
 def _load(encoding: str) -> _Encoder | None:
+    """The tokenizer of ``encoding``; ``None`` (the estimate) when its tables are not
+    installed. An encoding no tokenizer knows is a :class:`ValueError`."""
     try:
         import bpe_openai
     except ImportError:
         return None
+    known = bpe_openai.list_encoding_names()
+    if encoding not in known:
+        raise ValueError(
+            f"unknown token encoding {encoding!r}; known encodings: {', '.join(known)}"
+        )
     try:
         encoder: _Encoder = bpe_openai.get_encoding(encoding)
-    except (KeyError, ValueError) as exc:
-        raise ValueError(f"unknown token encoding {encoding!r}") from exc
+    except Exception as exc:  # any failure to load the tables means: the estimate
+        # bpe-openai knows gpt2 / r50k_base / p50k_base but ships no tables for them (it needs
+        # tiktoken): count those with the documented estimate rather than fail the request.
+        log.warning("no tokenizer tables for %s (%s): counting with the estimate", encoding, exc)
+        return None
     return encoder

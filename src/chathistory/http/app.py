@@ -175,6 +175,8 @@ def create_app(settings: Settings | None = None, *, store: ChatHistory | None = 
             settings.database_url,
             migrate=settings.migrate_on_start,
             max_content_chars=settings.max_content_chars,
+            max_batch_messages=settings.max_batch_messages,
+            max_response_bytes=settings.max_response_bytes,
             **engine_options,
         ) as opened:
             app.state.store = opened
@@ -190,6 +192,9 @@ def create_app(settings: Settings | None = None, *, store: ChatHistory | None = 
             "are RFC 9457 `application/problem+json`."
         ),
         lifespan=lifespan,
+        # Starlette would answer `/path/` with a 307 to an absolute URL built from the client's
+        # Host header (an open redirect): a path with a stray slash is a 404 instead.
+        redirect_slashes=False,
     )
     if store is not None:
         app.state.store = store  # usable at once, also by clients that run no lifespan

@@ -1,0 +1,78 @@
+"""Byte budgets for what a read returns: a message page and a context window stop at
+``max_response_bytes`` of message content and tool calls (the JSON text the database stores),
+inside the database, so neither the server nor the client holds more than the budget plus one
+message, however large the stored messages are.
+
+The database numbers the rows of a read by their running size and returns those that start
+within the budget; :func:`within_bytes` then drops the one that crosses it (a read always
+returns at least one row, so a page can always move on).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, LargeBinary, Select, Text, cast, func, select
+
+from chathistory.models import messages
+
+_M = messages.c
+
+
+def size_of(postgres: bool) -> ColumnElement[int]:
+    """Bytes of a message's content and tool calls as stored (JSON text)."""
+    if postgres:
+        content = func.octet_length(cast(_M.content, Text))
+        calls = func.octet_length(cast(_M.tool_calls, Text))
+    else:
+        content = func.length(cast(_M.content, LargeBinary))
+        calls = func.length(cast(_M.tool_calls, LargeBinary))
+    return func.coalesce(content, 0) + func.coalesce(calls, 0)
+
+
+def bounded_range(
+    columns: Sequence[ColumnElement[Any]],
+    owned: Iterable[ColumnElement[bool]],
+    size: ColumnElement[int],
+    *,
+    ascending: bool,
+    limit: int | None,
+    past: int | None = None,
+    until: int | None = None,
+    max_bytes: int | None = None,
+) -> Select[Any]:
+    """Rows of one conversation with ``past < seq < until`` in seq order, at most ``limit``;
+    with ``max_bytes``, only rows that start within that many bytes (each with its ``size``)."""
+    query = select(*columns).where(*owned)
+    if past is not None:
+        query = query.where(_M.seq > past)
+    if until is not None:
+        query = query.where(_M.seq < until)
+    order = _M.seq.asc() if ascending else _M.seq.desc()
+    if max_bytes is None:
+        return query.order_by(order).limit(limit)
+    rows = query.add_columns(size.label("size")).order_by(order).limit(limit).subquery()
+    running = func.sum(rows.c.size).over(
+        order_by=rows.c.seq.asc() if ascending else rows.c.seq.desc()
+    )
+    numbered = select(rows, running.label("running")).subquery()
+    kept = [numbered.c[column.name] for column in rows.c]
+    return (
+        select(*kept)
+        .where(numbered.c.running - numbered.c.size <= max_bytes)
+        .order_by(numbered.c.seq.asc() if ascending else numbered.c.seq.desc())
+    )
+
+
+def within_bytes(rows: Sequence[Mapping[Any, Any]], max_bytes: int) -> int:
+    """How many of ``rows`` (each with a ``size``) fit in ``max_bytes``; at least one."""
+    used = 0
+    for index, row in enumerate(rows):
+        used += row["size"]
+        if used > max_bytes and index > 0:
+            return index
+    return len(rows)
+
+
+__all__ = ["bounded_range", "size_of", "within_bytes"]
