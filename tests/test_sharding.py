@@ -11,7 +11,7 @@ from sqlalchemy import event
 from chathistory import ChatHistory
 from chathistory.db import create_engine
 from chathistory.models import metadata
-from chathistory.store import _PAGE_SQL, _RANGE_SQL
+from chathistory.store.sql import PAGE_SQL, RANGE_SQL
 
 TABLES = {table.name for table in metadata.sorted_tables}
 
@@ -104,7 +104,7 @@ async def test_every_statement_filters_by_user(backend_url: str, user: str) -> N
     ]
     assert unscoped == []
     # The hot read path runs its SQL on the asyncpg connection itself, past these events.
-    for statement in [*_PAGE_SQL.values(), *_RANGE_SQL.values()]:
+    for statement in [*PAGE_SQL.values(), *RANGE_SQL.values()]:
         assert _names_user(statement)
     # Inserts carry user_id as a column, so they route to the user's shard too.
     for statement in touching:

@@ -1,0 +1,201 @@
+"""Appending messages: parse the batch, then in one transaction lock the conversation and number
+the batch, replay or refuse ids already stored, check tool results, title, insert.
+
+``seq`` is assigned under the conversation's row lock: the transaction starts with
+``UPDATE conversations SET message_count = message_count + n ... RETURNING message_count``, so
+concurrent appenders queue on that row and take consecutive numbers, without gaps.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from chathistory.errors import (
+    ConflictError,
+    ConversationNotFoundError,
+    FieldError,
+    ValidationError,
+)
+from chathistory.models import conversations, messages, utcnow, uuid7
+from chathistory.schemas import MessageCreate, MessageRead, title_from
+from chathistory.store import rows, tool_pairing
+from chathistory.store.rows import C, M
+from chathistory.tokens import TokenCounter
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The store's limits and tokenizer, as the appending and import rooms apply them."""
+
+    max_content_chars: int
+    max_batch_messages: int
+    tokens: TokenCounter
+
+
+def parse_batch(
+    rules: Rules, batch: Sequence[MessageCreate | Mapping[str, Any]]
+) -> list[MessageCreate]:
+    """The batch validated as a whole: every bad field of every message reported at once."""
+    if isinstance(batch, str | bytes | Mapping) or not isinstance(batch, Sequence):
+        raise ValidationError("must be a list of messages", loc=("messages",))
+    if not batch:
+        raise ValidationError("must hold at least one message", loc=("messages",))
+    if len(batch) > rules.max_batch_messages:
+        too_many = f"holds {len(batch)} messages; a batch holds at most "
+        raise ValidationError(
+            [FieldError(("messages",), f"{too_many}{rules.max_batch_messages}", "too_long")]
+        )
+    parsed: list[MessageCreate] = []
+    errors: list[FieldError] = []
+    for index, item in enumerate(batch):
+        try:
+            message = item if isinstance(item, MessageCreate) else rows.parse(MessageCreate, item)
+        except ValidationError as exc:
+            prefix: tuple[str | int, ...] = (index,) if len(batch) > 1 else ()
+            errors += [FieldError((*prefix, *e.loc), e.msg, e.type) for e in exc.errors]
+            continue
+        parsed.append(message)
+    if errors:
+        raise ValidationError(errors)
+    check_sizes(rules, parsed)
+    given = [m.id for m in parsed if m.id is not None]
+    if len(set(given)) != len(given):
+        raise ValidationError("the same id appears twice in one batch", loc=("id",))
+    return parsed
+
+
+def check_sizes(rules: Rules, batch: Sequence[MessageCreate]) -> None:
+    errors = [
+        FieldError(
+            (index, "content") if len(batch) > 1 else ("content",),
+            f"is {message.text_size()} characters; the limit is {rules.max_content_chars}",
+            "too_long",
+        )
+        for index, message in enumerate(batch)
+        if message.text_size() > rules.max_content_chars
+    ]
+    if errors:
+        raise ValidationError(errors)
+
+
+async def append(
+    conn: AsyncConnection,
+    rules: Rules,
+    user_id: str,
+    conversation_id: uuid.UUID,
+    batch: list[MessageCreate],
+) -> tuple[list[MessageRead], bool]:
+    """Store the batch (``True``), or return the stored rows of a replay (``False``)."""
+    now = utcnow()
+    # 1. Lock the conversation row and reserve seq numbers: the first statement writes, so
+    #    concurrent appenders queue here (PostgreSQL row lock, SQLite write lock).
+    locked = (
+        await conn.execute(
+            update(conversations)
+            .where(C.user_id == user_id, C.id == conversation_id)
+            .values(message_count=C.message_count + len(batch), updated_at=rows.forward(now))
+            .returning(C.message_count, C.title, C.has_user_message)
+        )
+    ).first()
+    if locked is None:
+        raise ConversationNotFoundError(conversation_id)
+    first_seq = locked.message_count - len(batch) + 1
+
+    # 2. Idempotency: ids already stored make this a replay (identical) or a conflict.
+    given = [m.id for m in batch if m.id is not None]
+    if given:
+        replay = await _replay(conn, user_id, conversation_id, batch, given)
+        if replay is not None:
+            await conn.rollback()
+            return replay, False
+
+    # 3. Tool results must answer an open tool call of an earlier assistant message.
+    seqs = range(first_seq, first_seq + len(batch))
+    await tool_pairing.apply(conn, user_id, conversation_id, batch, seqs)
+
+    # 4. The first user message ever titles a conversation nobody titled.
+    if not locked.has_user_message:
+        await _first_user_message(conn, user_id, conversation_id, batch, locked.title)
+
+    stored = [
+        row(rules, user_id, conversation_id, message, first_seq + offset, now)
+        for offset, message in enumerate(batch)
+    ]
+    await conn.execute(insert(messages), stored)
+    return [rows.message(r) for r in stored], True
+
+
+async def _replay(
+    conn: AsyncConnection,
+    user_id: str,
+    conversation_id: uuid.UUID,
+    batch: list[MessageCreate],
+    given: list[uuid.UUID],
+) -> list[MessageRead] | None:
+    found = {
+        row.id: rows.message(row._mapping)
+        for row in await conn.execute(select(messages).where(M.user_id == user_id, M.id.in_(given)))
+    }
+    if not found:
+        return None
+    if len(found) != len(batch):
+        raise ConflictError(
+            "some of these message ids are already stored and others are not: "
+            "a batch is replayed whole or not at all"
+        )
+    stored = [found[message.id] for message in batch if message.id is not None]
+    for message, existing in zip(batch, stored, strict=True):
+        if not rows.same_message(message, existing, conversation_id):
+            raise ConflictError(f"message {existing.id} is already stored with different content")
+    return stored
+
+
+async def _first_user_message(
+    conn: AsyncConnection,
+    user_id: str,
+    conversation_id: uuid.UUID,
+    batch: list[MessageCreate],
+    title: str | None,
+) -> None:
+    first_user = next((m for m in batch if m.role == "user"), None)
+    if first_user is None:
+        return
+    values: dict[str, Any] = {"has_user_message": True}
+    if title is None and (text_title := title_from(first_user.text())) is not None:
+        values["title"] = text_title
+    await conn.execute(
+        update(conversations).where(C.user_id == user_id, C.id == conversation_id).values(values)
+    )
+
+
+def row(
+    rules: Rules,
+    user_id: str,
+    conversation_id: uuid.UUID,
+    message: MessageCreate,
+    seq: int,
+    created_at: datetime,
+) -> dict[str, Any]:
+    """The ``messages`` row of a message, its token count included."""
+    stored = {
+        "id": message.id or uuid7(),
+        "user_id": user_id,
+        "conversation_id": conversation_id,
+        "seq": seq,
+        "role": message.role,
+        "content": message.content,
+        "name": message.name,
+        "tool_calls": message.stored_tool_calls(),
+        "tool_call_id": message.tool_call_id,
+        "metadata": message.metadata,
+        "created_at": created_at,
+    }
+    stored["token_count"] = rules.tokens.count_message(stored)
+    return stored

@@ -1,0 +1,281 @@
+"""Export and import, the store's side: every user, a conversation's messages in chunks, the
+whole export in one snapshot, and a conversation imported whole (ids, seq and timestamps kept).
+The JSON Lines format lives in :mod:`chathistory.transfer`."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
+from typing import Any, Final
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from chathistory.errors import ConflictError, FieldError, ValidationError
+from chathistory.models import conversations, messages
+from chathistory.schemas import (
+    ConversationRead,
+    ConversationRecord,
+    MessageRead,
+    MessageRecord,
+    check_user_id,
+)
+from chathistory.store import appending, rows, tool_pairing
+from chathistory.store import conversations as rooms_conversations
+from chathistory.store.database import Database
+from chathistory.store.rows import CONVERSATION_COLUMNS, C, M
+
+IMPORT_CHUNK: Final = 1000
+IMPORT_BATCH_CHARS: Final = 4_000_000  # text per batch of an import, whatever ``chunk``
+_USERS_CHUNK: Final = 1000
+
+
+async def user_ids(db: Database, *, chunk: int = _USERS_CHUNK) -> AsyncIterator[str]:
+    """Every user that has a conversation, in order (for exports of the whole database)."""
+    after: str | None = None
+    while True:
+        async with db.transaction() as conn:
+            users = await _user_id_page(conn, after, chunk)
+        for user_id in users:
+            yield user_id
+        if len(users) < chunk:
+            return
+        after = users[-1]
+
+
+async def _user_id_page(conn: AsyncConnection, after: str | None, chunk: int) -> list[str]:
+    query = select(C.user_id).distinct().order_by(C.user_id).limit(chunk)
+    if after is not None:
+        query = query.where(C.user_id > after)
+    return list((await conn.execute(query)).scalars())
+
+
+async def conversation_messages(
+    db: Database, user_id: str, conversation_id: uuid.UUID, *, chunk: int
+) -> AsyncIterator[MessageRead]:
+    """Every message of a conversation in seq order, read ``chunk`` rows at a time."""
+    after = 0
+    while True:
+        async with db.transaction() as conn:
+            found = (
+                await conn.execute(
+                    select(messages)
+                    .where(
+                        M.conversation_id == conversation_id, M.user_id == user_id, M.seq > after
+                    )
+                    .order_by(M.seq.asc())
+                    .limit(chunk)
+                )
+            ).all()
+            if not found and after == 0:
+                await rooms_conversations.require(conn, user_id, conversation_id)
+        for row in found:
+            yield rows.message(row._mapping)
+        if len(found) < chunk:
+            return
+        after = found[-1].seq
+
+
+async def export(
+    db: Database, given: list[str] | None, *, chunk: int
+) -> AsyncGenerator[ConversationRead | MessageRead, None]:
+    """Every conversation of the ``given`` users (of every user when ``None``), each followed
+    by its messages in seq order, all read in ONE snapshot (:meth:`Database.snapshot`): exactly
+    what was committed when the export began, each once, whatever is written meanwhile. Per
+    user two statements, both naming ``user_id``, stream side by side through server-side
+    cursors, ``chunk`` rows at a time: memory holds a chunk, never a user or a conversation."""
+    async with db.snapshot() as conn:
+        async for user_id in _export_users(conn, given):
+            async for item in _export_user(conn, user_id, chunk):
+                yield item
+
+
+async def _export_users(conn: AsyncConnection, given: list[str] | None) -> AsyncIterator[str]:
+    if given is not None:
+        for user_id in given:
+            yield user_id
+        return
+    after: str | None = None
+    while True:
+        users = await _user_id_page(conn, after, _USERS_CHUNK)
+        for user_id in users:
+            yield user_id
+        if len(users) < _USERS_CHUNK:
+            return
+        after = users[-1]
+
+
+async def _export_user(
+    conn: AsyncConnection, user_id: str, chunk: int
+) -> AsyncIterator[ConversationRead | MessageRead]:
+    order = (C.updated_at.desc(), C.id.desc())
+    heads = select(*CONVERSATION_COLUMNS).where(C.user_id == user_id).order_by(*order)
+    bodies = (
+        select(messages)
+        .join(conversations, (C.id == M.conversation_id) & (C.user_id == M.user_id))
+        .where(C.user_id == user_id, M.user_id == user_id)
+        .order_by(*order, M.seq.asc())
+    )
+    streaming = {"yield_per": chunk}
+    async with (
+        conn.stream(heads, execution_options=streaming) as head_rows,
+        conn.stream(bodies, execution_options=streaming) as message_rows,
+    ):
+        pending: MessageRead | None = None
+        bodies_left = aiter(message_rows)
+        async for head in head_rows:
+            conversation = rows.conversation(head._mapping)
+            yield conversation
+            while True:
+                if pending is None:
+                    row = await anext(bodies_left, None)
+                    if row is None:
+                        break
+                    pending = rows.message(row._mapping)
+                if pending.conversation_id != conversation.id:
+                    break  # the next conversation's (this one has no more)
+                yield pending
+                pending = None
+        if pending is not None:  # both statements read one snapshot: cannot happen
+            raise RuntimeError(f"export: message {pending.id} out of step")
+
+
+async def import_conversation(
+    db: Database,
+    rules: appending.Rules,
+    record: ConversationRecord | Mapping[str, Any],
+    items: Iterable[MessageRecord | Mapping[str, Any]] | None,
+    chunk: int,
+) -> bool:
+    """Store an exported conversation whole (see :meth:`ChatHistory.import_conversation`)."""
+    if items is None:
+        record, items = _split_record(record)
+    elif (isinstance(record, Mapping) and "messages" in record) or (
+        isinstance(record, ConversationRecord) and record.messages
+    ):
+        raise ValidationError("given both in the record and as items", loc=("messages",))
+    spec: ConversationRecord = rows.parse(ConversationRecord, record)
+    check_user_id(spec.user_id)
+    try:
+        async with db.transaction() as conn:
+            return await _import(conn, rules, spec, items, chunk)
+    except IntegrityError as exc:
+        raise ConflictError(f"conversation {spec.id}: an id is already stored elsewhere") from exc
+
+
+async def _import(
+    conn: AsyncConnection,
+    rules: appending.Rules,
+    spec: ConversationRecord,
+    items: Iterable[MessageRecord | Mapping[str, Any]],
+    chunk: int,
+) -> bool:
+    existing = await rooms_conversations.find(conn, spec.user_id, spec.id)
+    if existing is None:
+        await conn.execute(
+            insert(conversations).values(
+                id=spec.id,
+                user_id=spec.user_id,
+                title=spec.title,
+                metadata=spec.metadata,
+                created_at=spec.created_at,
+                updated_at=spec.updated_at,
+                message_count=0,  # counted as the messages go in
+            )
+        )
+    count, last, had_user = 0, None, False
+    for batch in _import_batches(rules, items, chunk):
+        if existing is None:
+            await _import_batch(conn, rules, spec, count, batch)
+        count += len(batch)
+        last = batch[-1].id
+        had_user = had_user or any(m.role == "user" for m in batch)
+    if existing is not None:
+        stored_last = (
+            await conn.execute(
+                select(M.id)
+                .where(M.conversation_id == spec.id, M.user_id == spec.user_id)
+                .order_by(M.seq.desc())
+                .limit(1)
+            )
+        ).scalar()
+        if existing.message_count == count and stored_last == last:
+            return False
+        raise ConflictError(f"conversation {spec.id} is already stored with other messages")
+    if count:
+        await conn.execute(
+            update(conversations)
+            .where(C.user_id == spec.user_id, C.id == spec.id)
+            .values(message_count=count, has_user_message=had_user)
+        )
+    return True
+
+
+def _import_batches(
+    rules: appending.Rules, items: Iterable[MessageRecord | Mapping[str, Any]], chunk: int
+) -> Iterator[list[MessageRecord]]:
+    """The messages validated, in batches of at most ``chunk`` messages or about
+    ``IMPORT_BATCH_CHARS`` characters of text."""
+    if isinstance(items, str | bytes | Mapping):
+        raise ValidationError("must be a list of messages", loc=("messages",))
+    batch: list[MessageRecord] = []
+    chars = 0
+    for index, item in enumerate(items):
+        try:
+            message: MessageRecord = rows.parse(MessageRecord, item)
+        except ValidationError as exc:
+            raise ValidationError(
+                [FieldError(("messages", index, *e.loc), e.msg, e.type) for e in exc.errors]
+            ) from None
+        if message.seq != index + 1:
+            raise ValidationError(
+                f"seq must run 1, 2, 3, ...; item {index} has {message.seq}", loc=("messages",)
+            )
+        size = message.text_size()
+        if size > rules.max_content_chars:
+            raise ValidationError(
+                f"is {size} characters; the limit is {rules.max_content_chars}",
+                loc=("messages", index, "content"),
+            )
+        batch.append(message)
+        chars += size
+        if len(batch) >= chunk or chars >= IMPORT_BATCH_CHARS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+async def _import_batch(
+    conn: AsyncConnection,
+    rules: appending.Rules,
+    spec: ConversationRecord,
+    start: int,
+    batch: list[MessageRecord],
+) -> None:
+    try:
+        await tool_pairing.apply(conn, spec.user_id, spec.id, batch, [m.seq for m in batch])
+    except ValidationError as exc:  # its locations count from the batch's first message
+        raise ValidationError([_shift(e, start) for e in exc.errors]) from None
+    stored = [appending.row(rules, spec.user_id, spec.id, m, m.seq, m.created_at) for m in batch]
+    await conn.execute(insert(messages), stored)
+
+
+def _shift(error: FieldError, start: int) -> FieldError:
+    first = error.loc[0] if error.loc else None
+    if isinstance(first, int):
+        return FieldError(("messages", start + first, *error.loc[1:]), error.msg, error.type)
+    return FieldError(("messages", start, *error.loc), error.msg, error.type)
+
+
+def _split_record(
+    record: ConversationRecord | Mapping[str, Any],
+) -> tuple[ConversationRecord | Mapping[str, Any], Iterable[Any]]:
+    """A whole record as its head and its messages (left in the head unless a list, so that
+    validation names what is wrong with them)."""
+    if isinstance(record, ConversationRecord):
+        return record, record.messages
+    if isinstance(record, Mapping) and isinstance(record.get("messages"), list):
+        return {k: v for k, v in record.items() if k != "messages"}, record["messages"]
+    return record, ()

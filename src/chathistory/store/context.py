@@ -1,0 +1,192 @@
+"""The context window (SPEC section 4): the messages to send to an LLM within a token budget.
+
+The leading system messages, then the newest contiguous run that fits, oldest first. Tool
+calls and their results stay together: an assistant message with tool calls is kept only with
+all its results right after it (one whose calls were never all answered is left out, with the
+results it did get), and a tool result only with its call. Both budgets count: the caller's
+``max_tokens`` and the store's ``max_response_bytes``.
+
+The choosing is pure (:class:`Budget`, :class:`Selection`: no database); :func:`window` reads
+for it, backwards from the newest message in chunks through the ``(conversation_id, seq)``
+index, so the cost follows what fits, not the history's length.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+from sqlalchemy import ColumnElement
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from chathistory import tokens
+from chathistory.errors import ValidationError
+from chathistory.schemas import ContextWindow, openai_message
+from chathistory.store import conversations, limits
+from chathistory.store.rows import WINDOW_COLUMNS, M
+
+_FIRST_CHUNK: Final = 32
+_SYSTEM_CHUNK: Final = 8
+_MAX_CHUNK: Final = 1024
+
+
+class Budget:
+    """What a context window may still take: tokens (the caller's ``max_tokens``, the reply's
+    priming counted from the start) and bytes of content and tool calls."""
+
+    def __init__(self, max_tokens: int, max_bytes: int, cost: Callable[[Any], int]) -> None:
+        self.max_tokens = max_tokens
+        self.max_bytes = max_bytes
+        self.tokens = tokens.REPLY_PRIMING
+        self.bytes = 0
+        self._cost = cost
+
+    @property
+    def bytes_left(self) -> int:
+        return self.max_bytes - self.bytes
+
+    def take(self, group: Sequence[Any]) -> bool:
+        """Count the group in if it fits in both budgets; ``False`` (and nothing taken) if not."""
+        more_tokens = sum(self._cost(row) for row in group)
+        more_bytes = sum(row.size for row in group)
+        if self.tokens + more_tokens > self.max_tokens or self.bytes + more_bytes > self.max_bytes:
+            return False
+        self.tokens += more_tokens
+        self.bytes += more_bytes
+        return True
+
+
+class Selection:
+    """The newest run, chosen from rows fed newest first, in whole groups (a message, or an
+    assistant message with all of its tool results right after it)."""
+
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+        self._taken: list[Any] = []  # newest first
+        self._pending: list[Any] = []  # tool results seen since the last non-tool message
+
+    def feed(self, rows: Sequence[Any]) -> bool:
+        """Take what fits of ``rows``; ``True`` once a group did not fit (the run is over)."""
+        for row in rows:
+            if row.role == "tool":
+                self._pending.append(row)
+                continue
+            group = [row]
+            if row.tool_calls:
+                wanted = {call["id"] for call in row.tool_calls}
+                results = [t for t in self._pending if t.tool_call_id in wanted]
+                if {t.tool_call_id for t in results} != wanted:
+                    self._pending = []  # never all answered: leave it out, with its results
+                    continue
+                group = [*results, row]  # newest first, like `_taken`
+            self._pending = []  # results not right after their call cannot be replayed
+            if not self.budget.take(group):
+                return True
+            self._taken += group
+        return False
+
+    @property
+    def run(self) -> list[Any]:
+        """The chosen rows, oldest first."""
+        return self._taken[::-1]
+
+
+async def window(
+    conn: AsyncConnection,
+    size: ColumnElement[int],
+    user_id: str,
+    conversation_id: uuid.UUID,
+    budget: Budget,
+    counter: tokens.TokenCounter,
+) -> ContextWindow:
+    owned = (M.conversation_id == conversation_id, M.user_id == user_id)
+    system = await _system_prefix(conn, size, owned, budget)
+    if not system:
+        await conversations.require(conn, user_id, conversation_id)
+        if budget.tokens > budget.max_tokens:  # the reply's priming alone
+            raise ValidationError(f"must be at least {budget.tokens}", loc=("max_tokens",))
+    run, truncated = await _newest_run(conn, size, owned, system[-1].seq if system else 0, budget)
+    return ContextWindow(
+        messages=[openai_message(row) for row in [*system, *run]],
+        token_count=budget.tokens,
+        max_tokens=budget.max_tokens,
+        truncated=truncated,
+        encoding=counter.encoding,
+        exact=counter.exact,
+    )
+
+
+async def _system_prefix(
+    conn: AsyncConnection,
+    size: ColumnElement[int],
+    owned: tuple[ColumnElement[bool], ...],
+    budget: Budget,
+) -> list[Any]:
+    """The conversation's leading system messages, read forwards in small LIMITed pages
+    (a LIMIT keeps the planner on the index, whatever the conversation's length); an error
+    as soon as they pass the token or byte budget."""
+    prefix: list[Any] = []
+    after = 0
+    while True:
+        query = limits.bounded_range(
+            WINDOW_COLUMNS,
+            owned,
+            size,
+            ascending=True,
+            limit=_SYSTEM_CHUNK,
+            past=after,
+            max_bytes=budget.bytes_left,
+        )
+        rows = (await conn.execute(query)).all()
+        for row in rows:
+            if row.role != "system":
+                return prefix
+            if not budget.take([row]):
+                raise ValidationError(
+                    "the leading system messages alone need more than "
+                    f"{budget.max_tokens} tokens or {budget.max_bytes} bytes",
+                    loc=("max_tokens",),
+                )
+            prefix.append(row)
+        if len(rows) < _SYSTEM_CHUNK:
+            return prefix
+        after = rows[-1].seq
+
+
+async def _newest_run(
+    conn: AsyncConnection,
+    size: ColumnElement[int],
+    owned: tuple[ColumnElement[bool], ...],
+    after_seq: int,
+    budget: Budget,
+) -> tuple[list[Any], bool]:
+    """Feed the selection from the newest message backwards: chunks start small and grow
+    fourfold (few statements; rows read stay within four times what fits, plus the first
+    chunk). Every message costs at least TOKENS_PER_MESSAGE, which bounds how many can fit at
+    all; the byte budget bounds what one read returns."""
+    most = (budget.max_tokens - budget.tokens) // tokens.TOKENS_PER_MESSAGE + 1
+    chunk = min(_FIRST_CHUNK, most)
+    selection = Selection(budget)
+    below: int | None = None
+    while True:
+        room = budget.bytes_left
+        query = limits.bounded_range(
+            WINDOW_COLUMNS,
+            owned,
+            size,
+            ascending=False,
+            limit=chunk,
+            past=after_seq,
+            until=below,
+            max_bytes=room,
+        )
+        rows = (await conn.execute(query)).all()
+        if selection.feed(rows):
+            return selection.run, True
+        if len(rows) < chunk:
+            # Fewer rows than asked: the history ended, or the byte budget cut the read
+            # (the row that crossed it came back; it did not fit, or was left out).
+            return selection.run, sum(row.size for row in rows) > room
+        below = rows[-1].seq
+        chunk = min(_MAX_CHUNK, chunk * 4, most)

@@ -1,0 +1,462 @@
+"""``ChatHistory``: the one public entry, a thin facade over the rooms.
+
+Each public method checks its arguments, opens the call's one transaction (commit at the
+boundary) and hands it to the room that owns the rule; the hot reads take the database itself
+(one statement, no explicit transaction). No rule lives here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterable, Mapping, Sequence
+from typing import Any, Final
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chathistory import tokens
+from chathistory.db import create_engine
+from chathistory.errors import ConflictError, ConversationNotFoundError, ValidationError
+from chathistory.schemas import (
+    ContextWindow,
+    ConversationCreate,
+    ConversationRead,
+    ConversationRecord,
+    ConversationUpdate,
+    MessageCreate,
+    MessagePage,
+    MessageRead,
+    MessageRecord,
+    Page,
+    check_user_id,
+)
+from chathistory.store import appending, archive, context, conversations, reading, rows
+from chathistory.store.database import Database
+from chathistory.store.reading import Order
+
+DEFAULT_MAX_CONTENT_CHARS: Final = 100_000
+DEFAULT_MAX_BATCH_MESSAGES: Final = 1000
+DEFAULT_MAX_RESPONSE_BYTES: Final = 8 * 1024 * 1024
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = _Unset()
+
+
+class ChatHistory:
+    """Durable chat history on PostgreSQL or SQLite.
+
+    Build it with :meth:`open` (from a URL, owning its engine) or directly from an
+    ``AsyncEngine`` the host application already has::
+
+        async with ChatHistory.open("postgresql://...") as store:
+            conv = await store.get_or_create_conversation("user-1")
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        max_content_chars: int = DEFAULT_MAX_CONTENT_CHARS,
+        max_batch_messages: int = DEFAULT_MAX_BATCH_MESSAGES,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        encoding: str = tokens.DEFAULT_ENCODING,
+        owns_engine: bool = False,
+    ) -> None:
+        self.engine = engine
+        self.max_content_chars = max_content_chars
+        self.max_batch_messages = max_batch_messages
+        self.max_response_bytes = max_response_bytes
+        self.tokens = tokens.counter(encoding)
+        self._owns_engine = owns_engine
+        self._db = Database(engine)
+        self._rules = appending.Rules(max_content_chars, max_batch_messages, self.tokens)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        database: str | AsyncEngine,
+        *,
+        migrate: bool = True,
+        max_content_chars: int = DEFAULT_MAX_CONTENT_CHARS,
+        max_batch_messages: int = DEFAULT_MAX_BATCH_MESSAGES,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        encoding: str = tokens.DEFAULT_ENCODING,
+        **engine_options: Any,
+    ) -> _Opening:
+        """Open a store on a database URL (or an existing engine, which stays the caller's).
+
+        With ``migrate=True`` (the default) the schema is brought up to date first, which is a
+        single version check when it already is. ``engine_options`` go to
+        :func:`chathistory.db.create_engine` (pool sizes, timeouts, ...).
+
+        Use as ``async with ChatHistory.open(url) as store`` or ``store = await ...open(url)``
+        (then ``await store.close()``).
+        """
+        options = {
+            "max_content_chars": max_content_chars,
+            "max_batch_messages": max_batch_messages,
+            "max_response_bytes": max_response_bytes,
+            "encoding": encoding,
+        }
+        return _Opening(cls, database, migrate, options, engine_options)
+
+    async def close(self) -> None:
+        """Release the connection pool if this store created it."""
+        if self._owns_engine:
+            await self.engine.dispose()
+
+    async def __aenter__(self) -> ChatHistory:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def ping(self) -> None:
+        """Raise :class:`UnavailableError` unless the database answers and takes writes (a
+        read-only PostgreSQL server, such as a standby, is not ready)."""
+        await self._db.ping()
+
+    # -- conversations ---------------------------------------------------------------------
+
+    async def create_conversation(
+        self,
+        user_id: str,
+        *,
+        id: uuid.UUID | None = None,
+        title: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> ConversationRead:
+        """Create a conversation. With a client-given ``id`` the call is idempotent: the same
+        ``id`` again returns the stored conversation (``ConflictError`` if the title or metadata
+        sent differ from what is stored)."""
+        conversation, _created = await self.create_conversation_idempotent(
+            user_id, {"id": id, "title": title, "metadata": dict(metadata or {})}
+        )
+        return conversation
+
+    async def create_conversation_idempotent(
+        self, user_id: str, data: ConversationCreate | Mapping[str, Any]
+    ) -> tuple[ConversationRead, bool]:
+        """Like :meth:`create_conversation`, from a create model; also says whether it created."""
+        check_user_id(user_id)
+        spec = rows.parse(ConversationCreate, data)
+        for _attempt in range(2):
+            try:
+                async with self._db.transaction() as conn:
+                    return await conversations.create(conn, user_id, spec)
+            except IntegrityError:
+                continue  # a concurrent create of the same id won: read what it stored
+        raise ConflictError(f"conversation {spec.id} could not be created")  # pragma: no cover
+
+    async def get_or_create_conversation(
+        self, user_id: str, conversation_id: uuid.UUID | None = None
+    ) -> ConversationRead:
+        """The given conversation (created with that id if it does not exist yet), or, without
+        an id, the user's most recently updated conversation, or a new one."""
+        check_user_id(user_id)
+        if conversation_id is None:
+            async with self._db.transaction() as conn:
+                found = await conversations.newest(conn, user_id)
+            if found is not None:
+                return found
+        conversation, _ = await self.create_conversation_idempotent(
+            user_id, ConversationCreate(id=conversation_id)
+        )
+        return conversation
+
+    async def get_conversation(self, user_id: str, conversation_id: uuid.UUID) -> ConversationRead:
+        check_user_id(user_id)
+        async with self._db.transaction() as conn:
+            found = await conversations.find(conn, user_id, conversation_id)
+        if found is None:
+            raise ConversationNotFoundError(conversation_id)
+        return found
+
+    async def list_conversations(
+        self, user_id: str, *, limit: int = 20, cursor: str | None = None
+    ) -> Page[ConversationRead]:
+        """The user's conversations, most recently updated first, one keyset page at a time.
+
+        A conversation that gets a new message while a client walks the list moves to the
+        front; the walk never returns an item twice."""
+        check_user_id(user_id)
+        rows.check_limit(limit)
+        async with self._db.transaction() as conn:
+            return await conversations.page(conn, user_id, limit, cursor)
+
+    async def update_conversation(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        changes: ConversationUpdate | Mapping[str, Any] | None = None,
+        *,
+        title: str | _Unset | None = UNSET,
+        metadata: Mapping[str, str] | _Unset = UNSET,
+    ) -> ConversationRead:
+        """Change the title and/or replace the metadata; fields not given stay as they are."""
+        check_user_id(user_id)
+        data: dict[str, Any] = {}
+        if isinstance(changes, ConversationUpdate):
+            data = changes.model_dump(exclude_unset=True)
+        elif isinstance(changes, Mapping):
+            data = dict(changes)
+        elif changes is not None:
+            raise ValidationError("must be an object", loc=("body",))
+        if not isinstance(title, _Unset):
+            data["title"] = title
+        if not isinstance(metadata, _Unset):
+            data["metadata"] = metadata
+        values = conversations.changes(data)
+        if not values:
+            return await self.get_conversation(user_id, conversation_id)
+        async with self._db.transaction() as conn:
+            return await conversations.update_columns(conn, user_id, conversation_id, values)
+
+    async def delete_conversation(self, user_id: str, conversation_id: uuid.UUID) -> None:
+        """Delete a conversation and (by the foreign key's cascade) all of its messages."""
+        check_user_id(user_id)
+        async with self._db.transaction() as conn:
+            await conversations.remove(conn, user_id, conversation_id)
+
+    async def clear_conversation(self, user_id: str, conversation_id: uuid.UUID) -> int:
+        """Delete every message of a conversation but keep the conversation (its title and
+        metadata); the next message gets seq 1. Returns how many messages went."""
+        check_user_id(user_id)
+        async with self._db.transaction() as conn:
+            return await conversations.clear(conn, user_id, conversation_id)
+
+    async def delete_user_data(self, user_id: str) -> int:
+        """Erase every conversation and message of the user; returns how many conversations."""
+        check_user_id(user_id)
+        async with self._db.transaction() as conn:
+            return await conversations.erase_user(conn, user_id)
+
+    # -- messages --------------------------------------------------------------------------
+
+    async def add_message(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        role: str,
+        content: str | list[dict[str, Any]] | None = None,
+        *,
+        name: str | None = None,
+        tool_calls: list[dict[str, Any]] | None = None,
+        tool_call_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        id: uuid.UUID | None = None,
+    ) -> MessageRead:
+        """Append one message; the store assigns its ``seq``. With ``id`` it is idempotent."""
+        message = {
+            "id": id,
+            "role": role,
+            "content": content,
+            "name": name,
+            "tool_calls": tool_calls,
+            "tool_call_id": tool_call_id,
+            "metadata": dict(metadata or {}),
+        }
+        stored = await self.add_messages(user_id, conversation_id, [message])
+        return stored[0]
+
+    async def add_messages(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        messages: Sequence[MessageCreate | Mapping[str, Any]],
+    ) -> list[MessageRead]:
+        """Append messages atomically, in the order given: all are stored, or none."""
+        stored, _created = await self.add_messages_idempotent(user_id, conversation_id, messages)
+        return stored
+
+    async def add_messages_idempotent(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        messages: Sequence[MessageCreate | Mapping[str, Any]],
+    ) -> tuple[list[MessageRead], bool]:
+        """:meth:`add_messages`, also saying whether it stored anything (``False`` for a replay
+        of messages whose ids are already stored identically)."""
+        check_user_id(user_id)
+        batch = appending.parse_batch(self._rules, messages)
+        for _attempt in range(2):
+            try:
+                async with self._db.transaction() as conn:
+                    return await appending.append(
+                        conn, self._rules, user_id, conversation_id, batch
+                    )
+            except IntegrityError:
+                # Only a concurrent insert of one of these ids (into another conversation)
+                # gets here: the retry sees it and replays or reports the conflict.
+                continue
+        raise ConflictError("message ids collide with messages stored concurrently")
+
+    async def get_message(
+        self, user_id: str, conversation_id: uuid.UUID, message_id: uuid.UUID
+    ) -> MessageRead:
+        check_user_id(user_id)
+        async with self._db.transaction() as conn:
+            return await reading.one(conn, user_id, conversation_id, message_id)
+
+    async def list_messages(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        *,
+        limit: int = 100,
+        order: Order = "asc",
+        cursor: str | None = None,
+        after: uuid.UUID | None = None,
+        before: uuid.UUID | None = None,
+    ) -> MessagePage:
+        """A page of the conversation's messages by ``seq``.
+
+        Continue with ``cursor`` (the previous page's ``next_cursor``), or OpenAI-style with
+        ``after`` / ``before`` message ids: ``after`` gives the items that follow that message
+        in the list's order, ``before`` the ones just preceding it (still in list order). A page
+        stops at ``max_response_bytes`` of content (it always holds at least one message).
+        """
+        check_user_id(user_id)
+        return await reading.page(
+            self._db,
+            user_id,
+            conversation_id,
+            limit=limit,
+            order=order,
+            cursor=cursor,
+            after=after,
+            before=before,
+            max_bytes=self.max_response_bytes,
+        )
+
+    async def get_chat_history(
+        self, user_id: str, conversation_id: uuid.UUID, limit: int | None = None
+    ) -> list[MessageRead]:
+        """The newest ``limit`` messages (all when ``None``), oldest first."""
+        check_user_id(user_id)
+        return await reading.newest(self._db, user_id, conversation_id, limit)
+
+    async def get_context_window(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        max_tokens: int,
+        model: str | None = None,
+    ) -> ContextWindow:
+        """The messages to send to an LLM within ``max_tokens`` (SPEC section 4): the leading
+        system messages, then the newest contiguous run that fits, oldest first, tool calls
+        and their results never split (:mod:`chathistory.store.context`)."""
+        check_user_id(user_id)
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ValidationError("must be a positive integer", loc=("max_tokens",))
+        counter = tokens.counter(tokens.encoding_for_model(model)) if model else self.tokens
+        stored_counts = counter.encoding == self.tokens.encoding
+
+        def cost(row: Any) -> int:
+            if stored_counts and row.token_count is not None:
+                return int(row.token_count)
+            return counter.count_message(row._mapping)
+
+        budget = context.Budget(max_tokens, self.max_response_bytes, cost)
+        async with self._db.transaction() as conn:
+            return await context.window(
+                conn, self._db.size, user_id, conversation_id, budget, counter
+            )
+
+    # -- export and import -------------------------------------------------------------------
+
+    def iter_user_ids(self, *, chunk: int = 1000) -> AsyncIterator[str]:
+        """Every user that has a conversation, in order (for exports of the whole database)."""
+        return archive.user_ids(self._db, chunk=chunk)
+
+    def iter_messages(
+        self, user_id: str, conversation_id: uuid.UUID, *, chunk: int = 1000
+    ) -> AsyncIterator[MessageRead]:
+        """Every message of a conversation in seq order, read ``chunk`` rows at a time."""
+        check_user_id(user_id)
+        return archive.conversation_messages(self._db, user_id, conversation_id, chunk=chunk)
+
+    def iter_export(
+        self, user_ids: Iterable[str] | None = None, *, chunk: int = 200
+    ) -> AsyncGenerator[ConversationRead | MessageRead, None]:
+        """Every conversation of ``user_ids`` (of every user when ``None``), each followed by
+        its messages in seq order; users in the order given (else by id), a user's
+        conversations most recently updated first.
+
+        All of it is read in ONE snapshot, as ``pg_dump`` does: exactly the conversations and
+        messages committed when the export began, each once, whatever is written meanwhile.
+        Memory holds ``chunk`` rows, never a user or a conversation. Stopping early? Close the
+        iterator (``contextlib.aclosing``): that ends the snapshot."""
+        given = None if user_ids is None else list(dict.fromkeys(map(check_user_id, user_ids)))
+        return archive.export(self._db, given, chunk=chunk)
+
+    async def import_conversation(
+        self,
+        record: ConversationRecord | Mapping[str, Any],
+        items: Iterable[MessageRecord | Mapping[str, Any]] | None = None,
+        *,
+        chunk: int = archive.IMPORT_CHUNK,
+    ) -> bool:
+        """Store an exported conversation whole, keeping its ids, seq and timestamps.
+
+        Atomic: all of it or nothing. Returns ``False`` (and writes nothing) when the
+        conversation is already stored with the same messages; ``ConflictError`` when its id is
+        stored with other messages or a message id is taken.
+
+        With ``items``, ``record`` is the conversation without its messages and the messages
+        come from ``items`` (a generator, say): validated and inserted at most ``chunk`` (or
+        about 4 million characters) at a time inside the one transaction, so memory holds one
+        chunk, never the conversation. An exception from ``items`` rolls it all back."""
+        return await archive.import_conversation(self._db, self._rules, record, items, chunk)
+
+
+class _Opening:
+    """What :meth:`ChatHistory.open` returns: an async context manager, or an awaitable."""
+
+    def __init__(
+        self,
+        cls: type[ChatHistory],
+        database: str | AsyncEngine,
+        migrate: bool,
+        store_options: dict[str, Any],
+        engine_options: dict[str, Any],
+    ) -> None:
+        self._args = (cls, database, migrate, store_options, engine_options)
+        self._store: ChatHistory | None = None
+
+    async def _open(self) -> ChatHistory:
+        cls, database, migrate, store_options, engine_options = self._args
+        owns = not isinstance(database, AsyncEngine)
+        engine = (
+            database
+            if isinstance(database, AsyncEngine)
+            else create_engine(database, **engine_options)
+        )
+        store = cls(engine, **store_options, owns_engine=owns)
+        if migrate:
+            from chathistory import migrations
+
+            try:
+                await migrations.upgrade(engine)
+            except BaseException:
+                await store.close()
+                raise
+        return store
+
+    def __await__(self) -> Generator[Any, None, ChatHistory]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> ChatHistory:
+        self._store = await self._open()
+        return self._store
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._store is not None:
+            await self._store.close()

@@ -1,0 +1,184 @@
+"""Reading messages: one message, keyset pages by ``seq`` (cursor or OpenAI-style ``after`` /
+``before`` ids), and a conversation's newest messages.
+
+The hot path, :func:`read_range`, is one statement: on PostgreSQL straight on the pooled asyncpg
+connection (:mod:`chathistory.store.sql`), on SQLite a Core statement. A read that finds
+nothing checks that the conversation exists (404), so the common case costs one round trip.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from chathistory import pagination
+from chathistory.errors import InvalidCursorError, MessageNotFoundError, ValidationError
+from chathistory.models import messages
+from chathistory.schemas import MessagePage, MessageRead
+from chathistory.store import conversations, limits, rows, sql
+from chathistory.store.database import Database
+from chathistory.store.rows import M
+
+Order = Literal["asc", "desc"]
+
+
+async def one(
+    conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID, message_id: uuid.UUID
+) -> MessageRead:
+    row = (
+        await conn.execute(
+            select(messages).where(
+                M.user_id == user_id, M.conversation_id == conversation_id, M.id == message_id
+            )
+        )
+    ).first()
+    if row is None:
+        raise MessageNotFoundError(message_id)
+    return rows.message(row._mapping)
+
+
+async def page(
+    db: Database,
+    user_id: str,
+    conversation_id: uuid.UUID,
+    *,
+    limit: int,
+    order: Order,
+    cursor: str | None,
+    after: uuid.UUID | None,
+    before: uuid.UUID | None,
+    max_bytes: int,
+) -> MessagePage:
+    """A page of at most ``limit`` messages and ``max_bytes`` of content (at least one)."""
+    rows.check_limit(limit)
+    if order not in ("asc", "desc"):
+        raise ValidationError("must be 'asc' or 'desc'", loc=("order",))
+    if cursor is not None and (after is not None or before is not None):
+        raise InvalidCursorError("give either a cursor or after/before ids, not both")
+    # Bounds in seq, both exclusive: forward in list order is "past", backward "until".
+    past: int | None = None
+    until: int | None = None
+    if cursor is not None:
+        past = pagination.decode_message_cursor(cursor, order).seq
+    if after is not None or before is not None:
+        async with db.transaction() as conn:
+            if after is not None:
+                past = await _seq_of(conn, user_id, conversation_id, after, "after")
+            if before is not None:
+                until = await _seq_of(conn, user_id, conversation_id, before, "before")
+    ascending = order == "asc"
+    low, high = (past, until) if ascending else (until, past)
+    # Only "before" given: take the items nearest to it, scanning away from it.
+    scan_ascending = ascending != (until is not None and past is None)
+    found = await read_range(
+        db,
+        user_id,
+        conversation_id,
+        ascending=scan_ascending,
+        limit=limit + 1,
+        past=low,
+        until=high,
+        max_bytes=max_bytes,
+    )
+    if not found:
+        async with db.transaction() as conn:
+            await conversations.require(conn, user_id, conversation_id)
+    fitting = limits.within_bytes(found[:limit], max_bytes)
+    # More: a row past the limit came back, or the byte budget cut the read (the database
+    # returned the row that crossed it; whether any follow it, only the next page knows).
+    has_more = len(found) > fitting or sum(row["size"] for row in found) > max_bytes
+    items = [rows.message(row) for row in found[:fitting]]
+    if scan_ascending != ascending:
+        items.reverse()
+    # After the last item; on an empty page, the position asked from (to poll again).
+    position = items[-1].seq if items else past
+    next_cursor = None if position is None else pagination.encode_message_cursor(position, order)
+    return MessagePage(
+        data=items,
+        has_more=has_more,
+        next_cursor=next_cursor,
+        first_id=items[0].id if items else None,
+        last_id=items[-1].id if items else None,
+    )
+
+
+async def newest(
+    db: Database, user_id: str, conversation_id: uuid.UUID, limit: int | None
+) -> list[MessageRead]:
+    """The newest ``limit`` messages (all when ``None``), oldest first."""
+    if limit is not None and (isinstance(limit, bool) or limit < 1):
+        raise ValidationError("must be a positive integer or None", loc=("limit",))
+    found = await read_range(db, user_id, conversation_id, ascending=limit is None, limit=limit)
+    if not found:
+        async with db.transaction() as conn:
+            await conversations.require(conn, user_id, conversation_id)
+    items = [rows.message(row) for row in found]
+    if limit is not None:
+        items.reverse()
+    return items
+
+
+async def read_range(
+    db: Database,
+    user_id: str,
+    conversation_id: uuid.UUID,
+    *,
+    ascending: bool,
+    limit: int | None,
+    past: int | None = None,
+    until: int | None = None,
+    max_bytes: int | None = None,
+) -> list[Mapping[Any, Any]]:
+    """Messages of a conversation with ``past < seq < until``, by seq, at most ``limit``,
+    and (with ``max_bytes``) only those that start within that many bytes of content and
+    tool calls (each row carries its ``size``; the caller cuts the one that crosses)."""
+    if db.postgres:
+        arguments = [
+            conversation_id,
+            user_id,
+            0 if past is None else past,
+            sql.MAX_SEQ if until is None else until,
+            limit,
+        ]
+        statement = sql.RANGE_SQL[ascending] if max_bytes is None else sql.PAGE_SQL[ascending]
+        if max_bytes is not None:
+            arguments.append(max_bytes)
+        async with db.driver() as driver:
+            found: list[Mapping[Any, Any]] = await driver.fetch(statement, *arguments)
+            return found
+    query = limits.bounded_range(
+        list(messages.c),
+        (M.conversation_id == conversation_id, M.user_id == user_id),
+        db.size,
+        ascending=ascending,
+        limit=limit,
+        past=past,
+        until=until,
+        max_bytes=max_bytes,
+    )
+    async with db.transaction() as conn:
+        return [row._mapping for row in await conn.execute(query)]
+
+
+async def _seq_of(
+    conn: AsyncConnection,
+    user_id: str,
+    conversation_id: uuid.UUID,
+    message_id: uuid.UUID,
+    field: str,
+) -> int:
+    seq = (
+        await conn.execute(
+            select(M.seq).where(
+                M.user_id == user_id, M.conversation_id == conversation_id, M.id == message_id
+            )
+        )
+    ).scalar()
+    if seq is None:
+        await conversations.require(conn, user_id, conversation_id)
+        raise InvalidCursorError("is not a message of this conversation", loc=(field,))
+    return int(seq)
