@@ -59,33 +59,36 @@ def forward(now: datetime) -> ColumnElement[Any]:
     return case((C.updated_at < stamp, stamp), else_=C.updated_at)
 
 
+_CONVERSATION_FIELDS: Final = frozenset(ConversationRead.model_fields)
+_MESSAGE_FIELDS: Final = frozenset(MessageRead.model_fields)
+_new = object.__new__
+_set = object.__setattr__
+
+
 def conversation(row: Mapping[Any, Any]) -> ConversationRead:
-    return ConversationRead.model_construct(
-        id=row["id"],
-        user_id=row["user_id"],
-        title=row["title"],
-        metadata=row["metadata"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        message_count=row["message_count"],
-    )
+    """A read model of a stored row, built without validation (the row is the store's own):
+    what ``model_construct`` does, without its per-field loop (a fifth of its cost, which
+    counts on the hot reads)."""
+    model = _new(ConversationRead)
+    _set(model, "__dict__", {name: row[name] for name in _CONVERSATION_NAMES})
+    _set(model, "__pydantic_fields_set__", _CONVERSATION_FIELDS)
+    _set(model, "__pydantic_extra__", None)
+    _set(model, "__pydantic_private__", None)
+    return model
 
 
 def message(row: Mapping[Any, Any]) -> MessageRead:
-    return MessageRead.model_construct(
-        id=row["id"],
-        conversation_id=row["conversation_id"],
-        user_id=row["user_id"],
-        seq=row["seq"],
-        role=row["role"],
-        content=row["content"],
-        name=row["name"],
-        tool_calls=row["tool_calls"],
-        tool_call_id=row["tool_call_id"],
-        metadata=row["metadata"],
-        token_count=row["token_count"],
-        created_at=row["created_at"],
-    )
+    """A read model of a stored message row (see :func:`conversation`)."""
+    model = _new(MessageRead)
+    _set(model, "__dict__", {name: row[name] for name in _MESSAGE_NAMES})
+    _set(model, "__pydantic_fields_set__", _MESSAGE_FIELDS)
+    _set(model, "__pydantic_extra__", None)
+    _set(model, "__pydantic_private__", None)
+    return model
+
+
+_CONVERSATION_NAMES: Final = tuple(ConversationRead.model_fields)
+_MESSAGE_NAMES: Final = tuple(MessageRead.model_fields)
 
 
 def same_message(given: MessageCreate, stored: MessageRead, conversation_id: Any) -> bool:
