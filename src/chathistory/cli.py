@@ -261,12 +261,20 @@ def bench(
             show_default=False,
         ),
     ] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="small sizes: about a minute")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="small sizes: under a minute")] = False,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="also write the figures as JSON here")
     ] = None,
-    reads: Annotated[int | None, typer.Option(help="timed runs per read operation")] = None,
-    appends: Annotated[int | None, typer.Option(help="appends per writer scenario")] = None,
+    reads: Annotated[
+        int | None, typer.Option(help="timed runs per read operation and contender")
+    ] = None,
+    appends: Annotated[
+        int | None, typer.Option(help="appends per writer scenario and contender")
+    ] = None,
+    rounds: Annotated[
+        int | None,
+        typer.Option(help="alternating rounds of library and floor per operation", min=1),
+    ] = None,
     conversations: Annotated[
         int | None, typer.Option(help="conversations of the listing user")
     ] = None,
@@ -276,12 +284,18 @@ def bench(
     load_seconds: Annotated[float | None, typer.Option(help="seconds of HTTP load")] = None,
     clients: Annotated[int | None, typer.Option(help="concurrent HTTP clients")] = None,
     prepared_statement_cache: Annotated[
-        bool,
-        typer.Option(help="measure with asyncpg's prepared-statement cache (direct connections)"),
-    ] = False,
+        bool | None,
+        typer.Option(
+            help="measure only with asyncpg's prepared-statement cache (library "
+            "prepared_statement_cache=True, floor with asyncpg's cache), or only without it "
+            "(unnamed statements, the default); neither flag: both modes",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Measure the store against real PostgreSQL, next to raw asyncpg, and the HTTP service
-    under concurrent load. Compare the ratios: absolute figures move with the machine."""
+    """Measure the store against real PostgreSQL, next to its floors (raw asyncpg, one
+    statement, same statement handling) in alternating rounds, and the HTTP service under
+    concurrent load. Compare the ratios: absolute figures move with the machine."""
     import dataclasses
 
     from rich.console import Console as RichConsole
@@ -292,9 +306,15 @@ def bench(
     overrides: dict[str, Any] = {
         "reads": reads,
         "appends": appends,
+        "rounds": rounds,
         "conversations": conversations,
     }
     sizes = dataclasses.replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
+    try:
+        sizes.check()
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
     plan = benchmarks.LoadPlan.quick() if quick else benchmarks.LoadPlan()
     plan_overrides: dict[str, Any] = {"seconds": load_seconds, "clients": clients}
     plan = dataclasses.replace(plan, **{k: v for k, v in plan_overrides.items() if v})
@@ -321,7 +341,7 @@ def bench(
             report = asyncio.run(benchmarks.with_embedded_server(measure))
     except ChatHistoryError as exc:
         raise _fail(exc) from None
-    out = RichConsole()
+    out = RichConsole() if sys.stdout.isatty() else RichConsole(width=120)
     for table in benchmarks.render(report):
         out.print(table)
     if json_path is not None:

@@ -1,0 +1,32 @@
+"""``chathistory bench``: the store's speed against real PostgreSQL, next to its floors.
+
+Every figure comes from one run on one machine; compare the ratios, not the absolute numbers
+(they move with the machine and its load). Fixtures are written with bulk SQL (not timed); the
+library is timed through ``ChatHistory``'s public methods, each next to its floor (raw asyncpg,
+one statement, the same statement handling) in alternating rounds.
+
+- :mod:`~chathistory.bench.scenarios`: the operations, library against floor, per mode;
+- :mod:`~chathistory.bench.library` / :mod:`~chathistory.bench.floors`: the two sides;
+- :mod:`~chathistory.bench.rounds`: timing in alternating rounds;
+- :mod:`~chathistory.bench.fixtures`: bulk set-up and integrity checks;
+- :mod:`~chathistory.bench.load`: the HTTP service under load (clients in ``__main__``);
+- :mod:`~chathistory.bench.report`: figures, ratios, tables and JSON.
+"""
+
+from chathistory.bench.embedded import with_embedded_server
+from chathistory.bench.load import LoadPlan, run_load
+from chathistory.bench.report import Figure, Ratio, Report, render, write_json
+from chathistory.bench.scenarios import Sizes, run
+
+__all__ = [
+    "Figure",
+    "LoadPlan",
+    "Ratio",
+    "Report",
+    "Sizes",
+    "render",
+    "run",
+    "run_load",
+    "with_embedded_server",
+    "write_json",
+]

@@ -1,0 +1,27 @@
+"""The HTTP load clients' own process (started by :func:`chathistory.bench.run_load`):
+``python -m chathistory.bench BASE_URL SECRET USERS_JSON PLAN_JSON`` prints the result as JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from chathistory.bench.load import LoadPlan, load_clients
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 4:
+        raise SystemExit(__doc__)
+    base, secret, users, plan = argv
+    result = asyncio.run(
+        load_clients(
+            base, secret, json.loads(Path(users).read_text()), LoadPlan(**json.loads(plan))
+        )
+    )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,132 @@
+"""The floors: raw asyncpg doing each operation's work in the fewest round trips.
+
+One statement per operation, each in its implicit transaction, on a connection of its own (no
+pool). The append is one statement too: the conversation's ``UPDATE ... RETURNING`` (which
+takes the row lock and hands out the seq) in a CTE feeding the ``INSERT``. The floor writes
+the same columns the store writes, with the id (a UUIDv7) and timestamp made client side.
+
+Statement handling follows the library's mode: ``statement_cache_size=0`` (asyncpg then parses
+each statement unnamed, as the library's default engine does) or asyncpg's default statement
+cache (named prepared statements, as ``prepared_statement_cache=True``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from chathistory.bench.fixtures import CONTENT, role
+from chathistory.bench.rounds import WriterOp
+
+MESSAGE_COLUMNS = (
+    "id, user_id, conversation_id, seq, role, content, name, tool_calls, tool_call_id,"
+    " metadata, token_count, created_at"
+)
+CONVERSATION_COLUMNS = "id, user_id, title, metadata, created_at, updated_at, message_count"
+
+APPEND_SQL = (
+    "WITH c AS (UPDATE conversations SET message_count = message_count + 1,"
+    " updated_at = greatest(updated_at, $3) WHERE id = $1 AND user_id = $2"
+    " RETURNING message_count)"
+    " INSERT INTO messages (id, user_id, conversation_id, seq, role, content, name,"
+    " tool_calls, tool_call_id, metadata, token_count, created_at)"
+    " SELECT $4, $2, $1, c.message_count, $5, $6::jsonb, $7, $8::jsonb, $9, $10::jsonb,"
+    " $11, $3"
+    " FROM c RETURNING seq"
+)
+READ_NEWEST_SQL = (
+    f"SELECT {MESSAGE_COLUMNS} FROM messages"  # noqa: S608 - constant columns
+    " WHERE conversation_id = $1 AND user_id = $2 ORDER BY seq DESC LIMIT $3"
+)
+LIST_FIRST_SQL = (
+    f"SELECT {CONVERSATION_COLUMNS} FROM conversations"  # noqa: S608 - constant columns
+    " WHERE user_id = $1 ORDER BY updated_at DESC, id DESC LIMIT $2"
+)
+LIST_AFTER_SQL = (
+    f"SELECT {CONVERSATION_COLUMNS} FROM conversations"  # noqa: S608 - constant columns
+    " WHERE user_id = $1 AND (updated_at, id) < ($2, $3)"
+    " ORDER BY updated_at DESC, id DESC LIMIT $4"
+)
+TOKEN_COUNT = 90  # what a turn of CONTENT counts; the floor does not count tokens
+_CONTENT_JSON = json.dumps(CONTENT)
+
+
+def uuid7() -> uuid.UUID:
+    """A time-ordered UUID (RFC 9562 version 7), as the store makes its ids."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10))
+    value = (ms & ((1 << 48) - 1)) << 80 | (0x7 << 76) | (rand >> 68 << 64)
+    value |= (0b10 << 62) | (rand & ((1 << 62) - 1))
+    return uuid.UUID(int=value)
+
+
+@asynccontextmanager
+async def connections(dsn: str, *, cached: bool, count: int) -> AsyncIterator[list[Any]]:
+    """``count`` direct asyncpg connections, with or without asyncpg's statement cache."""
+    import asyncpg
+
+    options: dict[str, Any] = {} if cached else {"statement_cache_size": 0}
+    opened: list[Any] = []
+    try:
+        for _ in range(count):
+            opened.append(await asyncpg.connect(dsn, **options))
+        yield opened
+    finally:
+        for conn in opened:
+            await conn.close()
+
+
+def append(conns: Sequence[Any], user_id: str, conversation_ids: Sequence[uuid.UUID]) -> WriterOp:
+    """Writer w appends turn n to conversation w on connection w, in one statement."""
+
+    async def op(w: int, n: int) -> None:
+        seq = await conns[w].fetchval(
+            APPEND_SQL,
+            conversation_ids[w],
+            user_id,
+            datetime.now(UTC),
+            uuid7(),
+            role(n),
+            _CONTENT_JSON,
+            None,  # name
+            None,  # tool_calls
+            None,  # tool_call_id
+            "{}",  # metadata
+            TOKEN_COUNT,
+        )
+        if seq is None:
+            raise RuntimeError(f"conversation {conversation_ids[w]} not found")
+
+    return op
+
+
+def read_newest(conn: Any, user_id: str, conversation_id: uuid.UUID, limit: int) -> WriterOp:
+    """The newest ``limit`` messages, oldest first."""
+
+    async def op(_w: int, _n: int) -> list[Any]:
+        rows: list[Any] = await conn.fetch(READ_NEWEST_SQL, conversation_id, user_id, limit)
+        rows.reverse()
+        return rows
+
+    return op
+
+
+def list_page(
+    conn: Any, user_id: str, limit: int, after: tuple[datetime, uuid.UUID] | None
+) -> WriterOp:
+    """A page of the user's conversations: the first, or the one after the keyset ``after``."""
+
+    async def op(_w: int, _n: int) -> list[Any]:
+        if after is None:
+            rows: list[Any] = await conn.fetch(LIST_FIRST_SQL, user_id, limit)
+        else:
+            rows = await conn.fetch(LIST_AFTER_SQL, user_id, after[0], after[1], limit)
+        return rows
+
+    return op
