@@ -5,6 +5,7 @@ pool). The append is one statement too: the conversation's ``UPDATE ... RETURNIN
 takes the row lock and hands out the seq) in a CTE feeding the ``INSERT``. The floor writes
 the same columns the store writes, with the id (a UUIDv7) and timestamp made client side.
 
+JSON is encoded and decoded as the library does (a json/jsonb codec on each connection).
 Statement handling follows the library's mode: ``statement_cache_size=0`` (asyncpg then parses
 each statement unnamed, as the library's default engine does) or asyncpg's default statement
 cache (named prepared statements, as ``prepared_statement_cache=True``).
@@ -54,7 +55,6 @@ LIST_AFTER_SQL = (
     " ORDER BY updated_at DESC, id DESC LIMIT $4"
 )
 TOKEN_COUNT = 90  # what a turn of CONTENT counts; the floor does not count tokens
-_CONTENT_JSON = json.dumps(CONTENT)
 
 
 def uuid7() -> uuid.UUID:
@@ -75,7 +75,14 @@ async def connections(dsn: str, *, cached: bool, count: int) -> AsyncIterator[li
     opened: list[Any] = []
     try:
         for _ in range(count):
-            opened.append(await asyncpg.connect(dsn, **options))
+            conn = await asyncpg.connect(dsn, **options)
+            # The same work as the library: JSON goes in as Python values and comes back
+            # decoded (asyncpg alone would hand jsonb over as text).
+            for kind in ("json", "jsonb"):
+                await conn.set_type_codec(
+                    kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+                )
+            opened.append(conn)
         yield opened
     finally:
         for conn in opened:
@@ -93,11 +100,11 @@ def append(conns: Sequence[Any], user_id: str, conversation_ids: Sequence[uuid.U
             datetime.now(UTC),
             uuid7(),
             role(n),
-            _CONTENT_JSON,
+            CONTENT,
             None,  # name
             None,  # tool_calls
             None,  # tool_call_id
-            "{}",  # metadata
+            {},  # metadata
             TOKEN_COUNT,
         )
         if seq is None:

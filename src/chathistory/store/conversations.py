@@ -13,7 +13,8 @@ from chathistory import pagination
 from chathistory.errors import ConflictError, ConversationNotFoundError, ValidationError
 from chathistory.models import conversations, messages, utcnow, uuid7
 from chathistory.schemas import ConversationCreate, ConversationRead, ConversationUpdate, Page
-from chathistory.store import rows, tool_pairing
+from chathistory.store import rows, sql, tool_pairing
+from chathistory.store.database import Database
 from chathistory.store.rows import CONVERSATION_COLUMNS, C, M
 
 
@@ -80,27 +81,41 @@ async def require(conn: AsyncConnection, user_id: str, conversation_id: uuid.UUI
 
 
 async def page(
-    conn: AsyncConnection, user_id: str, limit: int, cursor: str | None
+    db: Database, user_id: str, limit: int, cursor: str | None
 ) -> Page[ConversationRead]:
-    """Most recently updated first, keyset-paged on ``(updated_at, id)``."""
-    query = select(*CONVERSATION_COLUMNS).where(C.user_id == user_id)
-    if cursor is not None:
-        position = pagination.decode_conversation_cursor(cursor)
-        query = query.where(
-            tuple_(C.updated_at, C.id)
-            < tuple_(
-                literal(position.updated_at, C.updated_at.type), literal(position.id, C.id.type)
+    """Most recently updated first, keyset-paged on ``(updated_at, id)``: one statement (on
+    PostgreSQL straight on the pooled asyncpg connection)."""
+    position = None if cursor is None else pagination.decode_conversation_cursor(cursor)
+    if db.postgres:
+        async with db.driver() as driver:
+            if position is None:
+                found = await driver.fetch(sql.LIST_FIRST_SQL, user_id, limit + 1)
+            else:
+                found = await driver.fetch(
+                    sql.LIST_AFTER_SQL, user_id, position.updated_at, position.id, limit + 1
+                )
+    else:
+        query = select(*CONVERSATION_COLUMNS).where(C.user_id == user_id)
+        if position is not None:
+            query = query.where(
+                tuple_(C.updated_at, C.id)
+                < tuple_(
+                    literal(position.updated_at, C.updated_at.type),
+                    literal(position.id, C.id.type),
+                )
             )
-        )
-    query = query.order_by(C.updated_at.desc(), C.id.desc()).limit(limit + 1)
-    found = (await conn.execute(query)).all()
-    items = [rows.conversation(row._mapping) for row in found[:limit]]
+        query = query.order_by(C.updated_at.desc(), C.id.desc()).limit(limit + 1)
+        async with db.transaction() as conn:
+            found = [row._mapping for row in await conn.execute(query)]
+    items = [rows.conversation(row) for row in found[:limit]]
     next_cursor = (
         pagination.encode_conversation_cursor(items[-1].updated_at, items[-1].id)
         if items
         else cursor
     )
-    return Page[ConversationRead](data=items, has_more=len(found) > limit, next_cursor=next_cursor)
+    return Page[ConversationRead].model_construct(
+        data=items, has_more=len(found) > limit, next_cursor=next_cursor
+    )
 
 
 def changes(data: dict[str, Any]) -> dict[str, Any]:

@@ -188,8 +188,7 @@ class ChatHistory:
         front; the walk never returns an item twice."""
         check_user_id(user_id)
         rows.check_limit(limit)
-        async with self._db.transaction() as conn:
-            return await conversations.page(conn, user_id, limit, cursor)
+        return await conversations.page(self._db, user_id, limit, cursor)
 
     async def update_conversation(
         self,

@@ -97,7 +97,7 @@ async def page(
     # After the last item; on an empty page, the position asked from (to poll again).
     position = items[-1].seq if items else past
     next_cursor = None if position is None else pagination.encode_message_cursor(position, order)
-    return MessagePage(
+    return MessagePage.model_construct(
         data=items,
         has_more=has_more,
         next_cursor=next_cursor,

@@ -37,3 +37,16 @@ RANGE_SQL: Final = {
     )
     for ascending, direction in ((True, "ASC"), (False, "DESC"))
 }
+
+CONVERSATION_COLUMNS: Final = "id, user_id, title, metadata, created_at, updated_at, message_count"
+# A page of a user's conversations, most recently updated first: the first one, and the one
+# after a keyset position ($2, $3); at most $2 / $4 rows.
+LIST_FIRST_SQL: Final = (
+    f"SELECT {CONVERSATION_COLUMNS} FROM conversations"  # noqa: S608
+    " WHERE user_id = $1 ORDER BY updated_at DESC, id DESC LIMIT $2"
+)
+LIST_AFTER_SQL: Final = (
+    f"SELECT {CONVERSATION_COLUMNS} FROM conversations"  # noqa: S608
+    " WHERE user_id = $1 AND (updated_at, id) < ($2, $3)"
+    " ORDER BY updated_at DESC, id DESC LIMIT $4"
+)
