@@ -8,6 +8,7 @@ concurrent appenders queue on that row and take consecutive numbers, without gap
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,8 @@ from chathistory.errors import (
 )
 from chathistory.models import conversations, messages, utcnow, uuid7
 from chathistory.schemas import MessageCreate, MessageRead, title_from
-from chathistory.store import rows, tool_pairing
+from chathistory.store import rows, sql, tool_pairing
+from chathistory.store.database import Database
 from chathistory.store.rows import C, M
 from chathistory.tokens import TokenCounter
 
@@ -83,6 +85,48 @@ def check_sizes(rules: Rules, batch: Sequence[MessageCreate]) -> None:
     ]
     if errors:
         raise ValidationError(errors)
+
+
+def at_once(batch: Sequence[MessageCreate]) -> bool:
+    """Whether a batch can be stored by :func:`append_at_once`: no client ids (nothing to
+    replay), no tool calls or results (nothing to pair)."""
+    return not any(m.id is not None or m.role == "tool" or m.tool_calls for m in batch)
+
+
+async def append_at_once(
+    db: Database,
+    rules: Rules,
+    user_id: str,
+    conversation_id: uuid.UUID,
+    batch: list[MessageCreate],
+) -> list[MessageRead]:
+    """:func:`append` in one statement on PostgreSQL (:data:`sql.APPEND_SQL`): the same rules,
+    one round trip, the row lock held for that one statement only."""
+    now = utcnow()
+    stored = [row(rules, user_id, conversation_id, message, 0, now) for message in batch]
+    first_user = next((m for m in batch if m.role == "user"), None)
+    async with db.driver() as driver:
+        seqs = await driver.fetch(
+            sql.APPEND_SQL,
+            conversation_id,
+            user_id,
+            len(batch),
+            now,
+            first_user is not None,
+            None if first_user is None else title_from(first_user.text()),
+            [r["id"] for r in stored],
+            [r["role"] for r in stored],
+            [json.dumps(r["content"]) for r in stored],
+            [r["name"] for r in stored],
+            [json.dumps(r["metadata"]) for r in stored],
+            [r["token_count"] for r in stored],
+        )
+    if not seqs:
+        raise ConversationNotFoundError(conversation_id)
+    first_seq = min(record["seq"] for record in seqs)
+    for offset, stored_row in enumerate(stored):
+        stored_row["seq"] = first_seq + offset
+    return [rows.message(r) for r in stored]
 
 
 async def append(

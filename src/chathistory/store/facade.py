@@ -285,6 +285,11 @@ class ChatHistory:
         of messages whose ids are already stored identically)."""
         check_user_id(user_id)
         batch = appending.parse_batch(self._rules, messages)
+        if self._db.postgres and appending.at_once(batch):
+            stored = await appending.append_at_once(
+                self._db, self._rules, user_id, conversation_id, batch
+            )
+            return stored, True
         for _attempt in range(2):
             try:
                 async with self._db.transaction() as conn:

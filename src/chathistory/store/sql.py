@@ -50,3 +50,22 @@ LIST_AFTER_SQL: Final = (
     " WHERE user_id = $1 AND (updated_at, id) < ($2, $3)"
     " ORDER BY updated_at DESC, id DESC LIMIT $4"
 )
+
+# An append in ONE statement (the common case: no client ids, no tool calls or results): the
+# conversation's UPDATE takes the row lock, hands out the seq numbers, moves updated_at
+# forward and titles it from its first user message ever; the INSERT takes its numbers.
+# $1 conversation, $2 user, $3 how many, $4 now, $5 the batch has a user message, $6 the title
+# that message gives (or NULL), then one array per column. jsonb values go in as JSON text (the
+# engine's codec). No row comes back when the conversation is not the user's.
+APPEND_SQL: Final = (
+    "WITH c AS (UPDATE conversations SET message_count = message_count + $3,"
+    " updated_at = greatest(updated_at, $4), has_user_message = has_user_message OR $5,"
+    " title = CASE WHEN title IS NULL AND NOT has_user_message THEN $6 ELSE title END"
+    " WHERE id = $1 AND user_id = $2 RETURNING message_count)"
+    " INSERT INTO messages (id, user_id, conversation_id, seq, role, content, name,"
+    " tool_calls, tool_call_id, metadata, token_count, created_at)"
+    " SELECT m.id, $2, $1, c.message_count - $3 + m.ord, m.role, m.content, m.name, NULL,"
+    " NULL, m.metadata, m.token_count, $4 FROM c, unnest($7::uuid[], $8::text[], $9::jsonb[],"
+    " $10::text[], $11::jsonb[], $12::int[]) WITH ORDINALITY"
+    " AS m(id, role, content, name, metadata, token_count, ord) RETURNING seq"
+)
