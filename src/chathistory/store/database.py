@@ -33,6 +33,7 @@ class Database:
         self.postgres = engine.dialect.name == "postgresql"
         self.size: ColumnElement[int] = limits.size_of(self.postgres)
         self._sync_engine = engine.sync_engine  # its pool is looked up per call (dispose)
+        self._dbapi: Any = engine.dialect.loaded_dbapi
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -51,7 +52,14 @@ class Database:
         import asyncpg
 
         async with errors():
-            fairy = await greenlet_spawn(self._sync_engine.pool.connect)
+            try:
+                fairy = await greenlet_spawn(self._sync_engine.pool.connect)
+            except self._dbapi.Error as exc:  # the pool raises the driver's own errors
+                if isinstance(exc, self._dbapi.OperationalError | self._dbapi.InterfaceError) or (
+                    _sqlstate_unavailable(getattr(exc, "sqlstate", None))
+                ):
+                    raise UnavailableError(f"the database is unavailable: {_brief(exc)}") from exc
+                raise
             try:
                 yield fairy.driver_connection
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
