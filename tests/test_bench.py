@@ -35,15 +35,16 @@ async def test_every_library_figure_has_its_floor_and_ratio(
     floors = [f for f in report.figures if f.contender.startswith("floor")]
     # 5 operations x 1 library call, 2 reads x 2 library calls; the same again per mode.
     assert len(library) == 2 * (4 * 1 + 2 * 2)
-    assert len(floors) == 2 * 6
-    compared = {r.numerator: r for r in report.comparisons if r.kind == "floor"}
-    for figure in library:
-        ratio = compared[figure.name]
-        floor = report.get(ratio.denominator)
-        assert floor.contender.startswith("floor")
-        assert (floor.operation, floor.mode) == (figure.operation, figure.mode)
-        assert ratio.target == 1.3
-        assert ratio.value == round(figure.p50_ms / floor.p50_ms, 2)
+    assert len(floors) == 2 * 6 * 2  # a direct connection and asyncpg's pool
+    for kind, floor_name in (("floor", "floor: "), ("pool", "floor, asyncpg pool")):
+        compared = {r.numerator: r for r in report.comparisons if r.kind == kind}
+        for figure in library:
+            ratio = compared[figure.name]
+            floor = report.get(ratio.denominator)
+            assert floor.contender.startswith(floor_name)
+            assert (floor.operation, floor.mode) == (figure.operation, figure.mode)
+            assert ratio.target == 1.3
+            assert ratio.value == round(figure.p50_ms / floor.p50_ms, 2)
     for figure in library + floors:
         assert figure.runs >= TINY.rounds and figure.p50_ms > 0 and figure.per_second > 0
     assert {r.operation for r in report.comparisons if r.kind == "scale"} == {
@@ -56,6 +57,7 @@ async def test_every_library_figure_has_its_floor_and_ratio(
         console.print(table)
     text = console.export_text()
     assert "library p50 / floor p50" in text
+    assert "through asyncpg's own pool" in text
     for ratio in report.comparisons:
         assert f"{ratio.value:.2f}" in text
     assert text.count("OVER") + text.count(" ok ") >= len(report.comparisons)
@@ -84,7 +86,7 @@ async def test_one_statement_mode_on_request(postgres_store_url: str) -> None:
         postgres_store_url, sizes=sizes, prepared_statement_cache=True, log=lambda _: None
     )
     assert {f.mode for f in report.figures} == {"cached"}
-    assert all(r.kind == "floor" for r in report.comparisons if "read" in r.operation)
+    assert all(r.kind in ("floor", "pool") for r in report.comparisons if "read" in r.operation)
 
 
 def test_cli_refuses_sizes_without_a_deep_page() -> None:

@@ -76,17 +76,35 @@ async def connections(dsn: str, *, cached: bool, count: int) -> AsyncIterator[li
     try:
         for _ in range(count):
             conn = await asyncpg.connect(dsn, **options)
-            # The same work as the library: JSON goes in as Python values and comes back
-            # decoded (asyncpg alone would hand jsonb over as text).
-            for kind in ("json", "jsonb"):
-                await conn.set_type_codec(
-                    kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
-                )
+            await _json_codecs(conn)
             opened.append(conn)
         yield opened
     finally:
         for conn in opened:
             await conn.close()
+
+
+async def _json_codecs(conn: Any) -> None:
+    # The same work as the library: JSON goes in as Python values and comes back decoded
+    # (asyncpg alone would hand jsonb over as text).
+    for kind in ("json", "jsonb"):
+        await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+@asynccontextmanager
+async def pool(dsn: str, *, cached: bool, size: int) -> AsyncIterator[Any]:
+    """asyncpg's own pool of ``size`` connections: the floor of a service, which borrows a
+    connection for each operation (``pool.fetch`` acquires and releases around the call)."""
+    import asyncpg
+
+    options: dict[str, Any] = {} if cached else {"statement_cache_size": 0}
+    opened = await asyncpg.create_pool(
+        dsn, min_size=size, max_size=size, init=_json_codecs, **options
+    )
+    try:
+        yield opened
+    finally:
+        await opened.close()
 
 
 def append(conns: Sequence[Any], user_id: str, conversation_ids: Sequence[uuid.UUID]) -> WriterOp:

@@ -40,7 +40,7 @@ class Figure:
 class Ratio:
     """``numerator`` p50 / ``denominator`` p50 (figure names), against a target."""
 
-    kind: str  # "floor": library / its floor; "scale": large / small of the same contender
+    kind: str  # "floor" / "pool": library / a floor; "scale": large / small, same contender
     operation: str
     contender: str  # the numerator's
     mode: str
@@ -122,6 +122,11 @@ def render(report: Report) -> list[Any]:
         tables.append(table)
     for kind, title in (
         ("floor", f"library p50 / floor p50 (section 6 target: at most {FLOOR_TARGET})"),
+        (
+            "pool",
+            "library p50 / the floor through asyncpg's own pool (a connection borrowed per "
+            f"operation, as a service does; target: at most {FLOOR_TARGET})",
+        ),
         ("scale", f"large / small p50, same contender (target: at most {SCALE_TARGET})"),
     ):
         rows = [r for r in report.comparisons if r.kind == kind]

@@ -103,13 +103,15 @@ async def run(
             async with (
                 library.opened(url, cached=cached) as store,
                 floors.connections(dsn, cached=cached, count=max(WRITERS)) as conns,
+                floors.pool(dsn, cached=cached, size=max(WRITERS)) as pool,
             ):
                 if world.deep_cursor is None:
                     before = (sizes.deep_page - 1) * sizes.page_size
                     world.deep_cursor = await library.cursor_after(store, world.list_user, before)
-                await _appends(store, conns, setup, world, sizes, mode, report, log)
-                await _reads(store, conns[0], world, sizes, mode, report, log)
-                await _lists(store, conns[0], world, sizes, mode, report, log)
+                direct = _Floors(conns, pool)
+                await _appends(store, direct, setup, world, sizes, mode, report, log)
+                await _reads(store, direct, world, sizes, mode, report, log)
+                await _lists(store, direct, world, sizes, mode, report, log)
     finally:
         log("cleaning up")
         await fixtures.remove(setup, prefix)
@@ -134,6 +136,17 @@ async def _prepare(conn: Any, prefix: str, sizes: Sizes, log: Log) -> _World:
     return _World(prefix, read_user, histories, list_user, position)
 
 
+@dataclass(frozen=True)
+class _Floors:
+    """The two floors: direct connections (one per writer) and asyncpg's own pool."""
+
+    conns: Sequence[Any]
+    pool: Any
+
+
+POOLED = "floor, asyncpg pool"
+
+
 def _figures(
     report: Report,
     operation: str,
@@ -142,19 +155,21 @@ def _figures(
     samples: Sequence[Any],
     note: str = "",
 ) -> list[Figure]:
-    """Add each contender's figure; the last contender is the floor of the ones before."""
+    """Add each contender's figure; the last two contenders are the floors (direct
+    connection, then asyncpg's pool) of the ones before."""
     figures = [
         report.add(s.figure(operation, c.label, mode, note))
         for c, s in zip(contenders, samples, strict=True)
     ]
-    for figure in figures[:-1]:
-        report.compare("floor", operation, figure, figures[-1], FLOOR_TARGET)
+    for figure in figures[:-2]:
+        report.compare("floor", operation, figure, figures[-2], FLOOR_TARGET)
+        report.compare("pool", operation, figure, figures[-1], FLOOR_TARGET)
     return figures
 
 
 async def _appends(
     store: ChatHistory,
-    conns: Sequence[Any],
+    floor: _Floors,
     setup: Any,
     world: _World,
     sizes: Sizes,
@@ -167,9 +182,11 @@ async def _appends(
         log(f"{mode}: append: {writers} writer(s), library and floor")
         mine = [(await store.create_conversation(user)).id for _ in range(writers)]
         theirs = [(await store.create_conversation(user)).id for _ in range(writers)]
+        pooled = [(await store.create_conversation(user)).id for _ in range(writers)]
         contenders = [
             Contender("library add_message", library.append(store, user, mine)),
-            Contender("floor: one-statement CTE", floors.append(conns, user, theirs)),
+            Contender("floor: one-statement CTE", floors.append(floor.conns, user, theirs)),
+            Contender(POOLED, floors.append([floor.pool] * writers, user, pooled)),
         ]
         samples = await alternate(
             contenders,
@@ -182,12 +199,12 @@ async def _appends(
             "append, 1 writer" if writers == 1 else f"append, {writers} writers (1 conv. each)"
         )
         _figures(report, operation, mode, contenders, samples)
-        await fixtures.check_appended(setup, user, mine + theirs)
+        await fixtures.check_appended(setup, user, mine + theirs + pooled)
 
 
 async def _reads(
     store: ChatHistory,
-    conn: Any,
+    floor: _Floors,
     world: _World,
     sizes: Sizes,
     mode: str,
@@ -206,7 +223,10 @@ async def _reads(
                 "library list_messages desc",
                 library.newest_page(store, user, conversation, limit),
             ),
-            Contender("floor: one SELECT", floors.read_newest(conn, user, conversation, limit)),
+            Contender(
+                "floor: one SELECT", floors.read_newest(floor.conns[0], user, conversation, limit)
+            ),
+            Contender(POOLED, floors.read_newest(floor.pool, user, conversation, limit)),
         ]
         await _same_messages(contenders, limit)
         samples = await alternate(contenders, runs=sizes.reads, rounds=sizes.rounds)
@@ -241,7 +261,7 @@ async def _same_messages(contenders: Sequence[Contender], limit: int) -> None:
 
 async def _lists(
     store: ChatHistory,
-    conn: Any,
+    floor: _Floors,
     world: _World,
     sizes: Sizes,
     mode: str,
@@ -258,7 +278,10 @@ async def _lists(
         contenders = [
             Contender("library list_conversations", library.list_page(store, user, size, cursor)),
             # The library reads one row past the page (has_more): so does the floor.
-            Contender("floor: keyset SELECT", floors.list_page(conn, user, size + 1, position)),
+            Contender(
+                "floor: keyset SELECT", floors.list_page(floor.conns[0], user, size + 1, position)
+            ),
+            Contender(POOLED, floors.list_page(floor.pool, user, size + 1, position)),
         ]
         mine: Any = await contenders[0].op(0, 0)
         theirs: Any = await contenders[1].op(0, 0)
