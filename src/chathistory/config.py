@@ -59,6 +59,11 @@ class Settings(BaseSettings):
         default=5, ge=1, description="Retry-After sent with a 503 when the database is unavailable"
     )
 
+    cors_origins: str = Field(
+        default="",
+        description="comma-separated origins whose browser apps may call the API (CORS)",
+    )
+
     # Authentication: a shared secret (HS256), a JWKS URL (EdDSA, ES256, RS256), or both.
     jwt_secret: SecretStr | None = Field(default=None, description="HS256 secret, 32 bytes or more")
     jwt_jwks_url: str | None = Field(default=None, description="http(s) URL of a JSON Web Key Set")
@@ -79,6 +84,10 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     def engine_options(self) -> dict[str, object]:
         return {

@@ -294,6 +294,7 @@ class ConversationUpdate(_Input):
 class ConversationRead(BaseModel):
     model_config = ConfigDict(frozen=True)
 
+    object: Literal["conversation"] = "conversation"
     id: uuid.UUID
     user_id: str
     title: str | None
@@ -306,6 +307,7 @@ class ConversationRead(BaseModel):
 class MessageRead(BaseModel):
     model_config = ConfigDict(frozen=True)
 
+    object: Literal["message"] = "message"
     id: uuid.UUID
     conversation_id: uuid.UUID
     user_id: str
@@ -404,6 +406,7 @@ class ContextWindow(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
+    object: Literal["context_window"] = "context_window"
     messages: list[dict[str, Any]]
     token_count: int = Field(description="tokens of the messages plus the reply's priming")
     max_tokens: int

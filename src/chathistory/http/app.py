@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any, Final, cast
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -40,6 +41,7 @@ from chathistory.store import ChatHistory
 log = logging.getLogger("chathistory.http")
 
 REQUEST_ID_HEADER: Final = "X-Request-ID"
+CORS_METHODS: Final = ("GET", "POST", "PATCH", "DELETE")
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 _DIGITS = re.compile(r"[0-9]{1,19}")
 
@@ -207,7 +209,16 @@ def create_app(settings: Settings | None = None, *, store: ChatHistory | None = 
     app.include_router(build_health_router(get_store=_get_store, retry_after_seconds=retry_after))
     install_problem_handlers(app, retry_after_seconds=retry_after)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestContextMiddleware)  # outermost: 413s carry a request id too
+    app.add_middleware(RequestContextMiddleware)  # 413s carry a request id too
+    if settings.cors_origin_list:  # outermost: preflights answered, every answer labelled
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=list(CORS_METHODS),
+            allow_headers=["Authorization", "Content-Type", REQUEST_ID_HEADER],
+            expose_headers=[REQUEST_ID_HEADER, "Retry-After", "Location"],
+            max_age=600,
+        )
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

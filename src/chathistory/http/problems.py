@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match
 
 from chathistory.errors import (
     ChatHistoryError,
@@ -170,6 +171,23 @@ def loggable_path(scope: Mapping[str, Any]) -> str:
     return path.encode("ascii", "backslashreplace").decode("ascii")
 
 
+def allowed_methods(request: Request) -> str:
+    """Every method some route of the app serves at this path (Starlette names only those of
+    the first route whose path matches, and a path often has one route per method)."""
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
+    return ", ".join(allowed)
+
+
+_METHODS: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
 def status_phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
@@ -215,6 +233,8 @@ def install_problem_handlers(
         problem = problem_from_exception(exc)
         if problem is None:
             return await server_error(request, exc)
+        if problem.status == 405:
+            problem.headers["Allow"] = allowed_methods(request)
         return problem_response(problem, retry_after_seconds=retry_after_seconds)
 
     async def server_error(request: Request, exc: Exception) -> Response:

@@ -210,6 +210,7 @@ _MESSAGE_IDS = (
 _CURSOR = "eyJ2IjoxLCJrIjoibSIsInMiOjIsIm8iOiJhc2MifQ"
 
 CONVERSATION_EXAMPLE: Final[dict[str, Any]] = {
+    "object": "conversation",
     "id": _CONVERSATION_ID,
     "user_id": _USER,
     "title": "Plan a weekend in Lisbon",
@@ -220,6 +221,7 @@ CONVERSATION_EXAMPLE: Final[dict[str, Any]] = {
 }
 MESSAGE_EXAMPLES: Final[list[dict[str, Any]]] = [
     {
+        "object": "message",
         "id": _MESSAGE_IDS[0],
         "conversation_id": _CONVERSATION_ID,
         "user_id": _USER,
@@ -234,6 +236,7 @@ MESSAGE_EXAMPLES: Final[list[dict[str, Any]]] = [
         "created_at": "2026-11-23T17:05:12.345678Z",
     },
     {
+        "object": "message",
         "id": _MESSAGE_IDS[1],
         "conversation_id": _CONVERSATION_ID,
         "user_id": _USER,

@@ -71,7 +71,9 @@ def conversation(row: Mapping[Any, Any]) -> ConversationRead:
     counts on the hot reads)."""
     model = _new(ConversationRead)
     width = len(row) == _CONVERSATION_WIDTH
-    _set(model, "__dict__", dict(row) if width else {n: row[n] for n in _CONVERSATION_NAMES})
+    data = dict(row) if width else {n: row[n] for n in _CONVERSATION_NAMES}
+    data["object"] = "conversation"
+    _set(model, "__dict__", data)
     _set(model, "__pydantic_fields_set__", _CONVERSATION_FIELDS)
     _set(model, "__pydantic_extra__", None)
     _set(model, "__pydantic_private__", None)
@@ -83,6 +85,7 @@ def message(row: Mapping[Any, Any]) -> MessageRead:
     model = _new(MessageRead)
     # A row of exactly the message columns (the hot reads' rows) copies in one C call.
     data = dict(row) if len(row) == _MESSAGE_WIDTH else {n: row[n] for n in _MESSAGE_NAMES}
+    data["object"] = "message"
     _set(model, "__dict__", data)
     _set(model, "__pydantic_fields_set__", _MESSAGE_FIELDS)
     _set(model, "__pydantic_extra__", None)
@@ -90,9 +93,10 @@ def message(row: Mapping[Any, Any]) -> MessageRead:
     return model
 
 
-_CONVERSATION_NAMES: Final = tuple(ConversationRead.model_fields)
+# The stored columns: every field but ``object``, which is a constant.
+_CONVERSATION_NAMES: Final = tuple(f for f in ConversationRead.model_fields if f != "object")
 _CONVERSATION_WIDTH: Final = len(_CONVERSATION_NAMES)
-_MESSAGE_NAMES: Final = tuple(MessageRead.model_fields)
+_MESSAGE_NAMES: Final = tuple(f for f in MessageRead.model_fields if f != "object")
 _MESSAGE_WIDTH: Final = len(_MESSAGE_NAMES)
 
 
