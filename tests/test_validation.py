@@ -232,8 +232,11 @@ def test_openai_sdk_dump_is_accepted() -> None:
     }
     message = MessageCreate.model_validate(dumped)
     assert message.stored_tool_calls() == [call("call_abc", '{"city":"Paris"}')]
-    with pytest.raises(Exception, match="refusal"):
-        MessageCreate.model_validate({**dumped, "refusal": "I can't"})
+    # SPEC 13: a non-empty refusal is an assistant's answer, stored whole; only an assistant
+    # message may carry one.
+    assert MessageCreate.model_validate({**dumped, "refusal": "I can't"}).refusal == "I can't"
+    with pytest.raises(Exception, match="only allowed on an assistant message"):
+        MessageCreate.model_validate({"role": "user", "content": "x", "refusal": "no"})
 
 
 async def test_database_rejects_rows_that_break_the_model(backend_url: str, user: str) -> None:

@@ -132,9 +132,11 @@ class Message(Base, table=True):
             "tool_calls IS NULL OR role = 'assistant'", name="tool_calls_only_assistant"
         ),
         CheckConstraint(
-            "content IS NOT NULL OR (role = 'assistant' AND tool_calls IS NOT NULL)",
+            "content IS NOT NULL OR (role = 'assistant' AND "
+            "(tool_calls IS NOT NULL OR extras IS NOT NULL))",
             name="content_present",
         ),
+        CheckConstraint("extras IS NULL OR role = 'assistant'", name="extras_only_assistant"),
         # Serves "has this tool call been answered yet?" when a tool result is appended.
         Index(
             "ix_messages_conversation_id_tool_call_id",
@@ -161,6 +163,11 @@ class Message(Base, table=True):
     )
     token_count: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
     created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    # An assistant message's refusal, annotations, audio and function_call, as OpenAI returns
+    # them (SPEC 13); NULL when it has none.
+    extras: dict[str, Any] | None = Field(
+        default=None, sa_column=Column(json_type(), nullable=True)
+    )
 
 
 class OpenToolCall(Base, table=True):

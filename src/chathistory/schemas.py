@@ -18,8 +18,10 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     PlainValidator,
+    Tag,
     field_validator,
     model_validator,
 )
@@ -120,10 +122,22 @@ def from_pydantic(error: pydantic.ValidationError) -> ValidationError:
     """Translate pydantic's error into the package's own, keeping each field's location."""
     return ValidationError(
         [
-            FieldError(tuple(e["loc"]), e["msg"].removeprefix("Value error, "), e["type"])
+            FieldError(
+                _untagged(tuple(e["loc"])), e["msg"].removeprefix("Value error, "), e["type"]
+            )
             for e in error.errors(include_url=False)
         ]
     )
+
+
+def _untagged(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """A location without the tag pydantic puts after a tool call's index (``function`` or
+    ``custom``): ``tool_calls.0.function.name``, not ``tool_calls.0.function.function.name``."""
+    for at in range(len(loc) - 2):
+        tagged = loc[at] == "tool_calls" and isinstance(loc[at + 1], int)
+        if tagged and loc[at + 2] in ("function", "custom"):
+            return (*loc[: at + 2], *loc[at + 3 :])
+    return loc
 
 
 def _content(value: Any) -> Any:
@@ -151,11 +165,59 @@ class FunctionCall(_Input):
 
 
 class ToolCall(_Input):
-    """One tool call of an assistant message, exactly OpenAI's shape."""
+    """A function tool call of an assistant message, exactly OpenAI's shape."""
 
     id: Text = Field(min_length=1, max_length=MAX_ID_CHARS)
     type: Literal["function"] = "function"
     function: FunctionCall
+
+
+class CustomToolInput(_Input):
+    name: Text = Field(min_length=1, max_length=MAX_ID_CHARS)
+    input: Text
+
+
+class CustomToolCall(_Input):
+    """A custom tool call (free-form input), exactly OpenAI's shape."""
+
+    id: Text = Field(min_length=1, max_length=MAX_ID_CHARS)
+    type: Literal["custom"]
+    custom: CustomToolInput
+
+
+def _tool_call_type(value: Any) -> str:
+    kind = value.get("type", "function") if isinstance(value, Mapping) else None
+    kind = getattr(value, "type", kind) if isinstance(value, BaseModel) else kind
+    # Anything else (not an object, an unknown type) fails as a function call, with its reason.
+    return "custom" if kind == "custom" else "function"
+
+
+AnyToolCall = Annotated[
+    Annotated[ToolCall, Tag("function")] | Annotated[CustomToolCall, Tag("custom")],
+    Discriminator(_tool_call_type),
+]
+
+
+class Audio(_Input):
+    """An assistant's audio answer as OpenAI returns it (``message.audio``)."""
+
+    id: Text = Field(min_length=1, max_length=MAX_ID_CHARS)
+    data: Text | None = None
+    expires_at: int | None = None
+    transcript: Text | None = None
+
+
+class Annotation(BaseModel):
+    """A citation of an assistant's answer (``url_citation`` from web search, ...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Text = Field(min_length=1, max_length=MAX_ID_CHARS)
+
+
+# The parts of an assistant message that OpenAI returns beside content and tool calls; stored
+# together (``messages.extras``) and read back whole.
+EXTRAS = ("refusal", "annotations", "audio", "function_call")
 
 
 class MessageCreate(_Input):
@@ -165,9 +227,13 @@ class MessageCreate(_Input):
     role: Role
     content: Content = None
     name: Text | None = Field(default=None, min_length=1, max_length=MAX_NAME)
-    tool_calls: list[ToolCall] | None = None
+    tool_calls: list[AnyToolCall] | None = None
     tool_call_id: Text | None = Field(default=None, min_length=1, max_length=MAX_ID_CHARS)
     metadata: Metadata = Field(default_factory=dict)
+    refusal: Text | None = None
+    annotations: list[Annotation] | None = None
+    audio: Audio | None = None
+    function_call: FunctionCall | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -184,9 +250,14 @@ class MessageCreate(_Input):
     def _metadata(cls, value: Metadata) -> Metadata:
         return check_metadata(value)
 
+    @field_validator("annotations", mode="before")
+    @classmethod
+    def _annotations(cls, value: Any) -> Any:
+        return _storable(value)
+
     @field_validator("tool_calls")
     @classmethod
-    def _tool_calls(cls, value: list[ToolCall] | None) -> list[ToolCall] | None:
+    def _tool_calls(cls, value: list[AnyToolCall] | None) -> list[AnyToolCall] | None:
         if value is None:
             return None
         if not value:
@@ -202,11 +273,14 @@ class MessageCreate(_Input):
             raise _field_error("tool_call_id", "is required for a tool message")
         if self.role != "tool" and self.tool_call_id is not None:
             raise _field_error("tool_call_id", "is only allowed on a tool message")
-        if self.role != "assistant" and self.tool_calls is not None:
-            raise _field_error("tool_calls", "is only allowed on an assistant message")
-        if self.content is None and self.tool_calls is None:
+        for field in ("tool_calls", *EXTRAS):
+            if self.role != "assistant" and getattr(self, field) is not None:
+                raise _field_error(field, "is only allowed on an assistant message")
+        if self.content is None and self.tool_calls is None and self.stored_extras() is None:
             raise _field_error(
-                "content", "may be null only on an assistant message that has tool_calls"
+                "content",
+                "may be null only on an assistant message that has tool_calls (or a refusal, "
+                "audio or a function_call)",
             )
         if isinstance(self.content, list):
             _check_parts(self.role, self.content)
@@ -216,16 +290,36 @@ class MessageCreate(_Input):
         return content_text(self.content)
 
     def text_size(self) -> int:
-        """Characters counted against the content limit: text, and tool call arguments."""
-        size = len(self.text())
+        """Characters counted against the content limit: text, tool call arguments and
+        inputs, a refusal, an audio transcript."""
+        size = len(self.text()) + len(self.refusal or "")
         for call in self.tool_calls or ():
-            size += len(call.function.arguments)
+            size += len(
+                call.function.arguments if isinstance(call, ToolCall) else call.custom.input
+            )
+        if self.function_call is not None:
+            size += len(self.function_call.arguments)
+        if self.audio is not None:
+            size += len(self.audio.transcript or "")
         return size
 
     def stored_tool_calls(self) -> list[dict[str, Any]] | None:
         if self.tool_calls is None:
             return None
         return [call.model_dump() for call in self.tool_calls]
+
+    def stored_extras(self) -> dict[str, Any] | None:
+        """Refusal, annotations, audio and function_call as given (``None`` when none is)."""
+        extras: dict[str, Any] = {}
+        if self.refusal is not None:
+            extras["refusal"] = self.refusal
+        if self.annotations is not None:
+            extras["annotations"] = [a.model_dump() for a in self.annotations]
+        if self.audio is not None:
+            extras["audio"] = self.audio.model_dump(exclude_unset=True)
+        if self.function_call is not None:
+            extras["function_call"] = self.function_call.model_dump()
+        return extras or None
 
 
 def _field_error(field: str, msg: str) -> pydantic.ValidationError:
@@ -320,14 +414,25 @@ class MessageRead(BaseModel):
     metadata: Metadata
     token_count: int | None
     created_at: datetime
+    refusal: str | None = None
+    annotations: list[dict[str, Any]] | None = None
+    audio: dict[str, Any] | None = None
+    function_call: dict[str, Any] | None = None
 
     def to_openai(self) -> dict[str, Any]:
-        """The message as OpenAI's chat API accepts it."""
-        return openai_message(self)
+        """The message in OpenAI's chat format, whole: exactly what was stored (an assistant
+        message as the SDK returned it keeps its refusal, annotations, audio, function_call)."""
+        out = openai_message(self)
+        for key in EXTRAS:
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        return out
 
 
 def openai_message(message: Any) -> dict[str, Any]:
-    """OpenAI's chat format of anything with a message's attributes (a read model, a row)."""
+    """OpenAI's chat format of anything with a message's attributes (a read model, a row),
+    without the assistant's extras."""
     out: dict[str, Any] = {"role": message.role, "content": message.content}
     if message.name is not None:
         out["name"] = message.name
@@ -335,6 +440,21 @@ def openai_message(message: Any) -> dict[str, Any]:
         out["tool_calls"] = message.tool_calls
     if message.tool_call_id is not None:
         out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def input_message(row: Any) -> dict[str, Any]:
+    """A stored message as Chat Completions accepts it as input (the context window): an
+    assistant's refusal and function_call as given, its audio reduced to ``{"id": ...}``, no
+    annotations (a response-only field)."""
+    out = openai_message(row)
+    extras = row.extras or {}
+    if "refusal" in extras:
+        out["refusal"] = extras["refusal"]
+    if "function_call" in extras:
+        out["function_call"] = extras["function_call"]
+    if "audio" in extras:
+        out["audio"] = {"id": extras["audio"]["id"]}
     return out
 
 

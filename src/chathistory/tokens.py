@@ -87,10 +87,16 @@ class TokenCounter:
         if message.get("name"):
             total += TOKENS_PER_NAME + self.count_text(message["name"])
         for call in message.get("tool_calls") or ():
-            function = call.get("function", {})
+            function = call.get("function") or call.get("custom") or {}
             total += TOKENS_PER_MESSAGE + self.count_text(str(call.get("id", "")))
             total += self.count_text(str(function.get("name", "")))
-            total += self.count_text(str(function.get("arguments", "")))
+            total += self.count_text(str(function.get("arguments", function.get("input", ""))))
+        extras = message.get("extras") or {}
+        total += self.count_text(str(extras.get("refusal") or ""))
+        total += self.count_text(str((extras.get("audio") or {}).get("transcript") or ""))
+        if extras.get("function_call"):
+            total += self.count_text(str(extras["function_call"].get("name", "")))
+            total += self.count_text(str(extras["function_call"].get("arguments", "")))
         if message.get("tool_call_id"):
             total += self.count_text(message["tool_call_id"])
         return total

@@ -7,13 +7,24 @@ used only with the algorithm its type implies), with ``exp`` and ``sub`` require
 algorithm confusion (an HMAC token "signed" with a public key) are refused because no list of
 accepted algorithms ever mixes the two families for one key.
 
-Any failure is a 401 with ``WWW-Authenticate: Bearer``; a key set that cannot be fetched is a
-503. The result is a frozen :class:`Principal`.
+Keys of a JWKS URL are cached for ``jwks_cache_seconds``; a ``kid`` not in the cached set is
+looked for at once with a refetch (key rotation: the first token signed with a new key verifies),
+unless a fetch made for that very kid just did not find it. One fetch runs at a time and every
+request that needs it waits for it; a failed fetch is retried after a growing backoff, and a
+failed refresh keeps the cached keys. A request gets a 503 (with ``Retry-After``) only when the
+key it needs cannot be had: no key set fetched yet, or a new kid while the provider is failing.
+
+Any other failure is a 401 with ``WWW-Authenticate: Bearer``; an ``iss`` or ``aud`` that is not
+the expected one says which claim and what was expected (and is logged, never the token). The
+result is a frozen :class:`Principal`.
 """
 
+import json
 import logging
+import math
 import threading
 import time
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -36,8 +47,14 @@ log = logging.getLogger("chathistory.http")
 SECRET_ALGORITHMS: Final = ("HS256",)
 JWKS_ALGORITHMS: Final = ("EdDSA", "ES256", "RS256")
 MIN_SECRET_BYTES: Final = 32  # RFC 7518 3.2: an HS256 key is at least 256 bits
-JWKS_REFRESH_COOLDOWN_SECONDS: Final = 10.0  # unknown kids refetch the set at most this often
+JWKS_KID_COOLDOWN_SECONDS: Final = 10.0  # a kid a fetch did not find is not looked for sooner
+JWKS_UNKNOWN_KID_FETCHES: Final = 5  # fetches for unknown kids per cooldown, at most (no storms)
+JWKS_RETRY_SECONDS: Final = 1.0  # wait after a failed fetch; doubles with each failure in a row
+JWKS_RETRY_MAX_SECONDS: Final = 30.0
 JWKS_TIMEOUT_SECONDS: Final = 5.0
+JWKS_REMEMBERED_MISSING_KIDS: Final = 1024
+CLAIM_SHOWN_CHARS: Final = 100  # a claim value quoted in a 401 or a log line is cut there
+NO_MATCHING_KEY: Final = "no signing key matches the token's kid"
 REALM: Final = "chathistory"
 
 Authenticate = Callable[..., Awaitable["Principal"]]
@@ -54,58 +71,182 @@ class Principal:
 def unauthorized(detail: str, *, invalid_token: bool = True) -> HTTPProblem:
     challenge = f'Bearer realm="{REALM}"'
     if invalid_token:
-        challenge += f', error="invalid_token", error_description="{detail}"'
+        # RFC 6750 3: the description is printable ASCII without '"' and '\\'.
+        description = "".join(
+            ("'" if c == '"' else "?") if c in '"\\' or not " " <= c <= "~" else c for c in detail
+        )
+        challenge += f', error="invalid_token", error_description="{description}"'
     return HTTPProblem(401, detail, code="invalid_token", headers={"WWW-Authenticate": challenge})
 
 
-class _JwksKeys:
-    """Signing keys of a JWKS URL: cached for ``lifetime`` seconds, refetched at most every
-    ``cooldown`` seconds for a kid not seen yet (key rotation), kept through a failed refetch.
+def _unavailable(seconds: float) -> HTTPProblem:
+    return HTTPProblem(
+        503,
+        "the token signing keys cannot be fetched right now",
+        headers={"Retry-After": str(max(1, math.ceil(seconds)))},
+    )
 
-    ``get`` blocks on the network: call it from a worker thread.
+
+_FETCH_ERRORS: Final = (PyJWKClientError, PyJWKError, ValueError, OSError)
+
+
+class _JwksKeys:
+    """The signing keys of a JWKS URL, by kid. ``get`` blocks on the network: call it from a
+    worker thread.
+
+    - The set is used for ``lifetime`` seconds. The request that finds it stale refreshes it;
+      requests meanwhile keep using it, and a failed refresh keeps it.
+    - One fetch at a time (single flight): a request that needs keys while a fetch is under way
+      waits for it, and a fetch begun before a request arrived is not trusted to have seen its kid.
+    - An unknown kid is fetched for at once (key rotation), unless a fetch did not find that kid
+      less than ``kid_cooldown`` seconds ago (401); at most ``JWKS_UNKNOWN_KID_FETCHES`` such
+      fetches run per ``kid_cooldown``, so made-up kids cannot hammer the identity provider (503).
+    - After a failed fetch the next one waits ``retry_initial`` seconds, doubled per failure in a
+      row up to ``retry_max``; meanwhile a request without its key gets a 503 whose
+      ``Retry-After`` is the time left.
     """
 
-    def __init__(self, url: str, *, lifetime: float, cooldown: float, timeout: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        lifetime: float,
+        kid_cooldown: float,
+        timeout: float,
+        retry_initial: float,
+        retry_max: float,
+    ) -> None:
         self._client = PyJWKClient(url, cache_jwk_set=False, timeout=timeout)  # fetching only
         self._url = url
         self._lifetime = lifetime
-        self._cooldown = cooldown
+        self._kid_cooldown = kid_cooldown
+        self._timeout = timeout
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+        self._cond = threading.Condition()
         self._keys: dict[str, PyJWK] = {}
-        self._fetched_at: float | None = None
-        self._attempted_at: float | None = None
-        self._lock = threading.Lock()
+        self._fetched_at: float | None = None  # of the last successful fetch
+        self._fetching = False
+        self._started = 0  # fetches begun; they end in the same order (one at a time)
+        self._finished = 0
+        self._last_ok = False  # whether the last fetch to end succeeded
+        self._failures = 0  # failed fetches in a row
+        self._retry_at: float | None = None  # no fetch before this, after a failure
+        self._missing: OrderedDict[str, float] = OrderedDict()  # kid -> when it was not found
+        self._kid_fetches: deque[float] = deque()  # when fetches for unknown kids began
 
     def get(self, kid: str) -> PyJWK:
-        with self._lock:
-            now = time.monotonic()
-            fresh = self._fetched_at is not None and now - self._fetched_at < self._lifetime
-            may_fetch = self._attempted_at is None or now - self._attempted_at >= self._cooldown
-            if (not fresh or kid not in self._keys) and may_fetch:
-                self._attempted_at = now
-                try:
-                    self._refresh()
-                except (PyJWKClientError, PyJWKError) as exc:
-                    log.warning("cannot fetch the JWKS from %s: %s", self._url, exc)
-                    if kid not in self._keys:
-                        raise HTTPProblem(
-                            503, "the token signing keys cannot be fetched right now"
-                        ) from exc
-            if self._fetched_at is None:
-                raise HTTPProblem(503, "the token signing keys cannot be fetched right now")
-            key = self._keys.get(kid)
-        if key is None:
-            raise unauthorized("no signing key matches the token's kid")
-        return key
+        with self._cond:
+            arrived = self._started
+            while True:
+                now = time.monotonic()
+                key = self._keys.get(kid)
+                stale = self._fetched_at is None or now - self._fetched_at >= self._lifetime
+                settled = self._finished > arrived  # a fetch begun after this lookup has ended
+                if key is not None and (not stale or settled or self._fetching):
+                    return key
+                if settled:
+                    raise self._not_found(kid, now)
+                if self._fetching:
+                    self._wait_for_fetch()
+                    continue
+                refusal = self._hold_off(kid, now, stale=stale)
+                if refusal is not None:
+                    if key is not None:
+                        return key  # a stale key while the identity provider gets some rest
+                    raise refusal
+                self._fetch(for_unknown_kid=not stale)
 
-    def _refresh(self) -> None:
+    def _hold_off(self, kid: str, now: float, *, stale: bool) -> HTTPProblem | None:
+        """Why this lookup may not fetch now; ``None`` when it may."""
+        if not stale:
+            seen = self._missing.get(kid)
+            if seen is not None and now - seen < self._kid_cooldown:
+                return unauthorized(NO_MATCHING_KEY)
+        if self._retry_at is not None and now < self._retry_at:
+            return _unavailable(self._retry_at - now)
+        if not stale:
+            while self._kid_fetches and now - self._kid_fetches[0] >= self._kid_cooldown:
+                self._kid_fetches.popleft()
+            if len(self._kid_fetches) >= JWKS_UNKNOWN_KID_FETCHES:
+                return _unavailable(self._kid_fetches[0] + self._kid_cooldown - now)
+        return None
+
+    def _not_found(self, kid: str, now: float) -> HTTPProblem:
+        """The answer for a kid that a fetch begun after its lookup did not bring."""
+        if not self._last_ok:
+            return _unavailable((self._retry_at or now) - now)
+        self._missing[kid] = now
+        self._missing.move_to_end(kid)
+        while len(self._missing) > JWKS_REMEMBERED_MISSING_KIDS:
+            self._missing.popitem(last=False)
+        return unauthorized(NO_MATCHING_KEY)
+
+    def _wait_for_fetch(self) -> None:
+        in_flight = self._started
+        if not self._cond.wait_for(
+            lambda: self._finished >= in_flight, timeout=2 * self._timeout + 1
+        ):
+            raise _unavailable(self._retry_initial)
+
+    def _fetch(self, *, for_unknown_kid: bool) -> None:
+        """Fetch the set; called holding the lock, released while on the network."""
+        if for_unknown_kid:
+            self._kid_fetches.append(time.monotonic())
+        self._fetching = True
+        self._started += 1
+        keys: dict[str, PyJWK] | None = None
+        error: Exception | None = None
+        self._cond.release()
+        try:
+            keys = self._download()
+        except _FETCH_ERRORS as exc:
+            error = exc
+        finally:
+            self._cond.acquire()
+            self._fetched(keys, error)
+
+    def _fetched(self, keys: dict[str, PyJWK] | None, error: Exception | None) -> None:
+        now = time.monotonic()
+        self._fetching = False
+        self._finished += 1
+        self._last_ok = keys is not None
+        if keys is not None:
+            if self._failures or self._fetched_at is None:
+                log.info("fetched %d signing keys from %s", len(keys), self._url)
+            self._keys = keys
+            self._fetched_at = now
+            self._failures = 0
+            self._retry_at = None
+            for kid in keys:
+                self._missing.pop(kid, None)
+        else:
+            self._failures += 1
+            delay = min(self._retry_initial * 2.0 ** min(self._failures - 1, 32), self._retry_max)
+            self._retry_at = now + delay
+            log.warning(
+                "cannot fetch the JWKS from %s: %s; %s, next attempt in %.1f s",
+                self._url,
+                error if error is not None else "unexpected error",
+                "keeping the cached keys" if self._keys else "no signing keys yet",
+                delay,
+            )
+        self._cond.notify_all()
+
+    def _download(self) -> dict[str, PyJWK]:
         data = self._client.fetch_data()
         if not isinstance(data, dict):
             raise PyJWKSetError("the JWKS is not a JSON object")
         keys = PyJWKSet.from_dict(data).keys
-        self._keys = {
+        return {
             key.key_id: key for key in keys if key.key_id and key.public_key_use in ("sig", None)
         }
-        self._fetched_at = time.monotonic()
+
+
+def _shown(value: object) -> str:
+    """A claim value as JSON, ASCII-escaped and cut short: safe in a log line and a header."""
+    text = json.dumps(value, ensure_ascii=True, default=str)
+    return text if len(text) <= CLAIM_SHOWN_CHARS else text[: CLAIM_SHOWN_CHARS - 3] + "..."
 
 
 class JWTVerifier:
@@ -120,8 +261,10 @@ class JWTVerifier:
         audience: str | None = None,
         leeway_seconds: float = 30.0,
         jwks_cache_seconds: float = 300.0,
-        jwks_cooldown_seconds: float = JWKS_REFRESH_COOLDOWN_SECONDS,
+        jwks_cooldown_seconds: float = JWKS_KID_COOLDOWN_SECONDS,
         jwks_timeout_seconds: float = JWKS_TIMEOUT_SECONDS,
+        jwks_retry_seconds: float = JWKS_RETRY_SECONDS,
+        jwks_retry_max_seconds: float = JWKS_RETRY_MAX_SECONDS,
     ) -> None:
         if secret is None and jwks_url is None:
             raise ConfigurationError("a JWT verifier needs a secret or a JWKS URL")
@@ -138,8 +281,10 @@ class JWTVerifier:
                 self._jwks = _JwksKeys(
                     jwks_url,
                     lifetime=jwks_cache_seconds,
-                    cooldown=jwks_cooldown_seconds,
+                    kid_cooldown=jwks_cooldown_seconds,
                     timeout=jwks_timeout_seconds,
+                    retry_initial=jwks_retry_seconds,
+                    retry_max=jwks_retry_max_seconds,
                 )
             except PyJWKClientError as exc:
                 raise ConfigurationError(f"CHATHISTORY_JWT_JWKS_URL: {exc}") from None
@@ -193,10 +338,12 @@ class JWTVerifier:
         except jwt.ImmatureSignatureError:
             raise unauthorized("the token is not valid yet") from None
         except jwt.InvalidIssuerError:
-            raise unauthorized("the token's issuer is not accepted") from None
+            raise self._claim_refused("iss", token) from None
         except jwt.InvalidAudienceError:
-            raise unauthorized("the token's audience is not accepted") from None
+            raise self._claim_refused("aud", token) from None
         except jwt.MissingRequiredClaimError as exc:
+            if exc.claim in ("iss", "aud"):
+                raise self._claim_refused(exc.claim, token) from None
             raise unauthorized(f"the token has no {exc.claim!r} claim") from None
         except jwt.InvalidSignatureError:
             raise unauthorized("the token's signature does not verify") from None
@@ -206,6 +353,33 @@ class JWTVerifier:
         if not isinstance(subject, str) or not subject:
             raise unauthorized("the token's 'sub' claim is not a user id")
         return Principal(subject=subject, claims=MappingProxyType(claims))
+
+    def _claim_refused(self, claim: str, token: str) -> HTTPProblem:
+        """The 401 of a token whose ``iss`` or ``aud`` is not the expected one: which claim, what
+        was expected and what the token says, logged too (the token itself never is)."""
+        what, expected = (
+            ("issuer", self._issuer) if claim == "iss" else ("audience", self._audience)
+        )
+        try:  # PyJWT checks the signature before the claims: these are the signer's words
+            actual = jwt.decode(token, options={"verify_signature": False}).get(claim)
+        except jwt.PyJWTError:
+            actual = None
+        if not actual:
+            detail = f'token has no "{claim}" claim; the expected {what} is {_shown(expected)}'
+        elif expected is None:
+            detail = f'token "{claim}" is {_shown(actual)} but no {what} is expected'
+        else:
+            detail = (
+                f'token "{claim}" is not the expected {what} {_shown(expected)} '
+                f"(it is {_shown(actual)})"
+            )
+        log.warning(
+            "refused a token: %s (CHATHISTORY_JWT_%s is %s)",
+            detail,
+            what.upper(),
+            _shown(expected) if expected is not None else "not set",
+        )
+        return unauthorized(detail)
 
 
 _bearer = HTTPBearer(

@@ -234,6 +234,10 @@ MESSAGE_EXAMPLES: Final[list[dict[str, Any]]] = [
         "metadata": {},
         "token_count": None,
         "created_at": "2026-11-23T17:05:12.345678Z",
+        "refusal": None,
+        "annotations": None,
+        "audio": None,
+        "function_call": None,
     },
     {
         "object": "message",
@@ -249,6 +253,10 @@ MESSAGE_EXAMPLES: Final[list[dict[str, Any]]] = [
         "metadata": {"model": "gpt-4o"},
         "token_count": None,
         "created_at": "2026-11-23T17:05:12.345678Z",
+        "refusal": None,
+        "annotations": None,
+        "audio": None,
+        "function_call": None,
     },
 ]
 

@@ -90,7 +90,9 @@ def check_sizes(rules: Rules, batch: Sequence[MessageCreate]) -> None:
 def at_once(batch: Sequence[MessageCreate]) -> bool:
     """Whether a batch can be stored by :func:`append_at_once`: no client ids (nothing to
     replay), no tool calls or results (nothing to pair)."""
-    return not any(m.id is not None or m.role == "tool" or m.tool_calls for m in batch)
+    return not any(
+        m.id is not None or m.role == "tool" or m.tool_calls or m.stored_extras() for m in batch
+    )
 
 
 async def append_at_once(
@@ -240,6 +242,7 @@ def row(
         "tool_call_id": message.tool_call_id,
         "metadata": message.metadata,
         "created_at": created_at,
+        "extras": message.stored_extras(),
     }
     stored["token_count"] = rules.tokens.count_message(stored)
     return stored

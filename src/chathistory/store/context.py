@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chathistory import tokens
 from chathistory.errors import ValidationError
-from chathistory.schemas import ContextWindow, openai_message
+from chathistory.schemas import ContextWindow, input_message
 from chathistory.store import conversations, limits
 from chathistory.store.rows import WINDOW_COLUMNS, M
 
@@ -108,7 +108,7 @@ async def window(
             raise ValidationError(f"must be at least {budget.tokens}", loc=("max_tokens",))
     run, truncated = await _newest_run(conn, size, owned, system[-1].seq if system else 0, budget)
     return ContextWindow(
-        messages=[openai_message(row) for row in [*system, *run]],
+        messages=[input_message(row) for row in [*system, *run]],
         token_count=budget.tokens,
         max_tokens=budget.max_tokens,
         truncated=truncated,

@@ -22,13 +22,12 @@ _M = messages.c
 
 def size_of(postgres: bool) -> ColumnElement[int]:
     """Bytes of a message's content and tool calls as stored (JSON text)."""
-    if postgres:
-        content = func.octet_length(cast(_M.content, Text))
-        calls = func.octet_length(cast(_M.tool_calls, Text))
-    else:
-        content = func.length(cast(_M.content, LargeBinary))
-        calls = func.length(cast(_M.tool_calls, LargeBinary))
-    return func.coalesce(content, 0) + func.coalesce(calls, 0)
+    size = func.octet_length if postgres else func.length
+    kind: Any = Text if postgres else LargeBinary
+    total: ColumnElement[int] = func.coalesce(size(cast(_M.content, kind)), 0)
+    for column in (_M.tool_calls, _M.extras):
+        total = total + func.coalesce(size(cast(column, kind)), 0)
+    return total
 
 
 def bounded_range(

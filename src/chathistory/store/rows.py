@@ -12,7 +12,13 @@ from sqlalchemy import ColumnElement, case, literal
 
 from chathistory.errors import ValidationError
 from chathistory.models import conversations, messages
-from chathistory.schemas import ConversationRead, MessageCreate, MessageRead, from_pydantic
+from chathistory.schemas import (
+    EXTRAS,
+    ConversationRead,
+    MessageCreate,
+    MessageRead,
+    from_pydantic,
+)
 
 C = conversations.c
 M = messages.c
@@ -28,6 +34,7 @@ CONVERSATION_COLUMNS: Final = (
     C.message_count,
 )
 WINDOW_COLUMNS: Final = (
+    M.extras,
     M.seq,
     M.role,
     M.content,
@@ -83,9 +90,15 @@ def conversation(row: Mapping[Any, Any]) -> ConversationRead:
 def message(row: Mapping[Any, Any]) -> MessageRead:
     """A read model of a stored message row (see :func:`conversation`)."""
     model = _new(MessageRead)
-    # A row of exactly the message columns (the hot reads' rows) copies in one C call.
-    data = dict(row) if len(row) == _MESSAGE_WIDTH else {n: row[n] for n in _MESSAGE_NAMES}
-    data["object"] = "message"
+    data = {name: row[name] for name in _STORED_NAMES}
+    extras = row["extras"] or _NONE
+    data.update(
+        object="message",
+        refusal=extras.get("refusal"),
+        annotations=extras.get("annotations"),
+        audio=extras.get("audio"),
+        function_call=extras.get("function_call"),
+    )
     _set(model, "__dict__", data)
     _set(model, "__pydantic_fields_set__", _MESSAGE_FIELDS)
     _set(model, "__pydantic_extra__", None)
@@ -96,8 +109,9 @@ def message(row: Mapping[Any, Any]) -> MessageRead:
 # The stored columns: every field but ``object``, which is a constant.
 _CONVERSATION_NAMES: Final = tuple(f for f in ConversationRead.model_fields if f != "object")
 _CONVERSATION_WIDTH: Final = len(_CONVERSATION_NAMES)
-_MESSAGE_NAMES: Final = tuple(f for f in MessageRead.model_fields if f != "object")
-_MESSAGE_WIDTH: Final = len(_MESSAGE_NAMES)
+# A message row's columns, but ``extras`` (refusal, annotations, audio, function_call).
+_STORED_NAMES: Final = tuple(f for f in MessageRead.model_fields if f not in ("object", *EXTRAS))
+_NONE: Final[Mapping[str, Any]] = {}
 
 
 def same_message(given: MessageCreate, stored: MessageRead, conversation_id: Any) -> bool:
@@ -110,4 +124,5 @@ def same_message(given: MessageCreate, stored: MessageRead, conversation_id: Any
         and stored.tool_calls == given.stored_tool_calls()
         and stored.tool_call_id == given.tool_call_id
         and stored.metadata == given.metadata
+        and (given.stored_extras() or {}) == {k: v for k in EXTRAS if (v := getattr(stored, k))}
     )

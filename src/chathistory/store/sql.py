@@ -11,10 +11,11 @@ from typing import Final
 MAX_SEQ: Final = 2**31 - 1
 MESSAGE_COLUMNS: Final = (
     "id, conversation_id, user_id, seq, role, content, name, tool_calls,"
-    " tool_call_id, metadata, token_count, created_at"
+    " tool_call_id, metadata, token_count, created_at, extras"
 )
 _SIZE: Final = (
     "coalesce(octet_length(content::text), 0) + coalesce(octet_length(tool_calls::text), 0)"
+    " + coalesce(octet_length(extras::text), 0)"
 )
 # A page: messages with $3 < seq < $4, at most $5, stopping at a byte budget ($6) inside the
 # database: rows are numbered by the running size of their content and tool calls, and only
