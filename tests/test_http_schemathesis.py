@@ -29,7 +29,7 @@ from schemathesis.specs.openapi.checks import (
 
 from chathistory.config import Settings
 from chathistory.http import create_app
-from chathistory.http.router import CONVERSATION_EXAMPLE, MESSAGE_EXAMPLES
+from chathistory.http.docs import CONVERSATION_EXAMPLE, MESSAGE_EXAMPLES
 
 SECRET = "schemathesis-secret-0123456789-abcdefgh"
 CHECKS = [

@@ -17,396 +17,46 @@ No ``from __future__ import annotations`` here: FastAPI reads the dependency ali
 inside :func:`build_router` from the signatures at runtime.
 """
 
-import json
 import uuid
-from collections.abc import Callable, Coroutine, Mapping
-from typing import Annotated, Any, Final, Literal
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
-from fastapi.routing import APIRoute
-from pydantic import BaseModel, Field, PlainValidator
+from fastapi import APIRouter, Body, Depends, Path, Query, Response
 
 from chathistory.http.auth import Principal
+from chathistory.http.docs import (
+    COMMON_PROBLEMS,
+    EXAMPLE_CONVERSATION_ID,
+    EXAMPLE_CURSOR,
+    EXAMPLE_MESSAGE_IDS,
+    EXAMPLE_USER,
+    ConversationPage,
+    Health,
+    MessageBatch,
+    finish_openapi,
+    problem_responses,
+)
 from chathistory.http.problems import (
     DEFAULT_RETRY_AFTER_SECONDS,
-    PROBLEM_JSON,
     HTTPProblem,
-    Problem,
-    problem_from_exception,
-    problem_openapi,
-    problem_response,
-    status_phrase,
+)
+from chathistory.http.requests import (
+    ConversationCreateBody,
+    ConversationUpdateBody,
+    MessagesBody,
+    StrictJSONRequest,
+    problem_route_class,
+    require_json,
+    strict_json_loads,
 )
 from chathistory.schemas import (
     ContextWindow,
-    ConversationCreate,
     ConversationRead,
-    ConversationUpdate,
-    MessageCreate,
     MessagePage,
     MessageRead,
     Page,
 )
 from chathistory.store import MAX_PAGE, ChatHistory
-
-# -- request bodies ---------------------------------------------------------------------------
-
-
-def _as_sent(value: Any) -> Any:
-    if isinstance(value, _MalformedJSON):  # only if a route forgot require_json
-        raise ValueError("the body is not valid JSON")
-    return value
-
-
-# Any JSON at all, passed on untouched, documented in OpenAPI as the store's input model: the
-# store validates it, so a bad field is reported once, by the rules that own it.
-ConversationCreateBody = Annotated[
-    Any, PlainValidator(_as_sent, json_schema_input_type=ConversationCreate)
-]
-ConversationUpdateBody = Annotated[
-    Any, PlainValidator(_as_sent, json_schema_input_type=ConversationUpdate)
-]
-MessagesBody = Annotated[
-    Any, PlainValidator(_as_sent, json_schema_input_type=MessageCreate | list[MessageCreate])
-]
-
-
-MAX_JSON_DEPTH: Final = 64
-
-
-def strict_json_loads(body: bytes) -> Any:
-    """RFC 8259 JSON: UTF-8, no ``NaN`` / ``Infinity``, nested at most :data:`MAX_JSON_DEPTH`
-    arrays and objects deep (a chat message needs a handful); any failure is a
-    ``JSONDecodeError``."""
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise json.JSONDecodeError("the body is not UTF-8", "", exc.start) from None
-    try:
-        value = json.loads(text, parse_constant=_refuse_constant)
-    except json.JSONDecodeError as exc:
-        raise json.JSONDecodeError(exc.msg, "", exc.pos) from None
-    except RecursionError:
-        value = _TOO_DEEP
-    except ValueError as exc:  # NaN / Infinity, or an integer too long to convert
-        raise json.JSONDecodeError(str(exc), "", 0) from None
-    if value is _TOO_DEEP or _depth(value) > MAX_JSON_DEPTH:
-        raise json.JSONDecodeError(
-            f"arrays and objects are nested more than {MAX_JSON_DEPTH} deep", "", 0
-        )
-    return value
-
-
-_TOO_DEEP: Final = object()
-
-
-def _depth(value: Any) -> int:
-    """How deep arrays and objects nest in ``value`` (without recursion)."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        level += 1
-        if level > deepest:
-            deepest = level
-            if deepest > MAX_JSON_DEPTH:
-                break
-        stack.extend((child, level) for child in children)
-    return deepest
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
-
-
-class _MalformedJSON:
-    """What a body that is not JSON parses to, so the error is reported after authentication
-    (by :func:`require_json`) rather than while FastAPI reads the body."""
-
-    def __init__(self, error: json.JSONDecodeError) -> None:
-        self.error = error
-
-
-class StrictJSONRequest(Request):
-    """A request whose ``json()`` is :func:`strict_json_loads`."""
-
-    async def json(self) -> Any:
-        if not hasattr(self, "_json"):
-            try:
-                self._json: Any = strict_json_loads(await self.body())
-            except json.JSONDecodeError as exc:
-                self._json = _MalformedJSON(exc)
-        return self._json
-
-
-def _is_json(content_type: str) -> bool:
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or (
-        media.startswith("application/") and media.endswith("+json")
-    )
-
-
-async def require_json(request: Request) -> None:
-    """A body, when there is one, must be sent as ``application/json`` (else 415) and be
-    JSON (else 400). Runs after authentication, so a stranger learns nothing from it."""
-    if not await request.body():
-        return
-    if not _is_json(request.headers.get("content-type", "")):
-        accepts = "Accept-Patch" if request.method == "PATCH" else "Accept-Post"
-        raise HTTPProblem(
-            415,
-            "the request body must be JSON, sent with Content-Type: application/json",
-            headers={accepts: "application/json"},
-        )
-    parsed = await request.json()
-    if isinstance(parsed, _MalformedJSON):
-        raise HTTPProblem(
-            400, f"the body is not valid JSON: {parsed.error.msg}", code="malformed_json"
-        )
-
-
-# -- problem rendering for the routes ---------------------------------------------------------
-
-
-def problem_route_class(
-    *, retry_after_seconds: int = DEFAULT_RETRY_AFTER_SECONDS
-) -> type[APIRoute]:
-    """A route class that parses JSON strictly and answers errors as problems by itself, so a
-    host application that mounts the router gets problem responses without installing
-    exception handlers."""
-
-    class ProblemRoute(APIRoute):
-        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-            handler = super().get_route_handler()
-
-            async def handle(request: Request) -> Response:
-                try:
-                    return await handler(StrictJSONRequest(request.scope, request.receive))
-                except Exception as exc:
-                    problem = problem_from_exception(exc)
-                    if problem is None:
-                        raise
-                    return problem_response(problem, retry_after_seconds=retry_after_seconds)
-
-            return handle
-
-    return ProblemRoute
-
-
-# -- response models and examples -------------------------------------------------------------
-
-_USER = "user-1"
-_CONVERSATION_ID = "0196a0f4-8a6f-7c2e-9d0b-3f1e2a4b5c6d"
-_MESSAGE_IDS = (
-    "0196a0f4-9b10-7d3a-8e21-5a6b7c8d9e0f",
-    "0196a0f4-9b10-7d3a-8e21-5a6b7c8d9e10",
-)
-_CURSOR = "eyJ2IjoxLCJrIjoibSIsInMiOjIsIm8iOiJhc2MifQ"
-
-CONVERSATION_EXAMPLE: Final[dict[str, Any]] = {
-    "object": "conversation",
-    "id": _CONVERSATION_ID,
-    "user_id": _USER,
-    "title": "Plan a weekend in Lisbon",
-    "metadata": {"source": "web"},
-    "created_at": "2026-11-23T17:00:00Z",
-    "updated_at": "2026-11-23T17:05:12.345678Z",
-    "message_count": 2,
-}
-MESSAGE_EXAMPLES: Final[list[dict[str, Any]]] = [
-    {
-        "object": "message",
-        "id": _MESSAGE_IDS[0],
-        "conversation_id": _CONVERSATION_ID,
-        "user_id": _USER,
-        "seq": 1,
-        "role": "user",
-        "content": "Plan a weekend in Lisbon",
-        "name": None,
-        "tool_calls": None,
-        "tool_call_id": None,
-        "metadata": {},
-        "token_count": None,
-        "created_at": "2026-11-23T17:05:12.345678Z",
-        "refusal": None,
-        "annotations": None,
-        "audio": None,
-        "function_call": None,
-    },
-    {
-        "object": "message",
-        "id": _MESSAGE_IDS[1],
-        "conversation_id": _CONVERSATION_ID,
-        "user_id": _USER,
-        "seq": 2,
-        "role": "assistant",
-        "content": "Day one: Alfama and the castle...",
-        "name": None,
-        "tool_calls": None,
-        "tool_call_id": None,
-        "metadata": {"model": "gpt-4o"},
-        "token_count": None,
-        "created_at": "2026-11-23T17:05:12.345678Z",
-        "refusal": None,
-        "annotations": None,
-        "audio": None,
-        "function_call": None,
-    },
-]
-
-
-class ConversationPage(Page[ConversationRead]):
-    """A page of conversations, most recently updated first."""
-
-
-class MessageBatch(BaseModel):
-    """The messages stored by one append of a JSON array, in the order sent."""
-
-    object: Literal["list"] = "list"
-    data: list[MessageRead]
-
-
-class Health(BaseModel):
-    status: Literal["ok"] = Field(examples=["ok"])
-
-
-_PROBLEM_TEXT: Final[Mapping[int, tuple[str, str]]] = {
-    400: ("Malformed JSON, or a cursor this list did not issue", "malformed_json"),
-    401: ("Missing, malformed, expired or badly signed bearer token", "invalid_token"),
-    403: ("The token's subject is not the user of this path", "forbidden"),
-    404: ("No such resource for this user (another user's is not found either)", "not_found"),
-    409: ("This id is already stored with other content", "conflict"),
-    413: ("The request body is larger than the server accepts", "body_too_large"),
-    415: ("The request body is not application/json", "unsupported_media_type"),
-    422: ("A field breaks a rule of the data model; `errors` names each one", "validation_error"),
-    503: ("The database is unavailable; retry after `Retry-After` seconds", "unavailable"),
-}
-
-
-def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    responses: dict[int | str, dict[str, Any]] = {}
-    for status in statuses:
-        description, code = _PROBLEM_TEXT[status]
-        example: dict[str, Any] = {
-            "type": "about:blank",
-            "title": status_phrase(status),
-            "status": status,
-            "detail": description,
-            "code": code,
-        }
-        if status == 422:
-            example["errors"] = [
-                {
-                    "loc": ["role"],
-                    "msg": "Input should be 'system', 'user', 'assistant' or 'tool'",
-                    "type": "literal_error",
-                }
-            ]
-        response: dict[str, Any] = {
-            "model": Problem,
-            "description": description,
-            "content": {PROBLEM_JSON: {"example": example}},
-        }
-        if status == 503:
-            response["headers"] = {
-                "Retry-After": {
-                    "description": "seconds to wait before retrying",
-                    "schema": {"type": "integer"},
-                }
-            }
-        if status == 401:
-            response["headers"] = {
-                "WWW-Authenticate": {
-                    "description": "the Bearer challenge",
-                    "schema": {"type": "string"},
-                }
-            }
-        responses[status] = response
-    return responses
-
-
-# Every route under /api/{user_id}: auth, the path (an unroutable user id is a 404), the store.
-_COMMON: Final = (401, 403, 404, 422, 503)
-
-
-_MESSAGE_PAGE_EXAMPLE: Final[dict[str, Any]] = {
-    "object": "list",
-    "data": MESSAGE_EXAMPLES,
-    "has_more": False,
-    "next_cursor": _CURSOR,
-    "first_id": _MESSAGE_IDS[0],
-    "last_id": _MESSAGE_IDS[1],
-}
-_BATCH_EXAMPLE: Final[dict[str, Any]] = {"object": "list", "data": MESSAGE_EXAMPLES}
-
-# Success examples by (operationId, status). They are set into the finished document by
-# finish_openapi: FastAPI drops every null while building it, and a message's nulls matter.
-RESPONSE_EXAMPLES: Final[Mapping[tuple[str, str], dict[str, Any]]] = {
-    ("createConversation", "201"): {"example": CONVERSATION_EXAMPLE},
-    ("createConversation", "200"): {"example": CONVERSATION_EXAMPLE},
-    ("listConversations", "200"): {
-        "example": {
-            "object": "list",
-            "data": [CONVERSATION_EXAMPLE],
-            "has_more": False,
-            "next_cursor": "eyJ2IjoxLCJrIjoiYyIsInQiOjAsImlkIjoiMDAifQ",
-        }
-    },
-    ("getConversation", "200"): {"example": CONVERSATION_EXAMPLE},
-    ("updateConversation", "200"): {"example": CONVERSATION_EXAMPLE},
-    ("addMessages", "201"): {
-        "examples": {
-            "one": {"summary": "One message", "value": MESSAGE_EXAMPLES[0]},
-            "batch": {"summary": "An array of messages", "value": _BATCH_EXAMPLE},
-        }
-    },
-    ("addMessages", "200"): {
-        "examples": {
-            "one": {"summary": "One message, replayed", "value": MESSAGE_EXAMPLES[0]},
-            "batch": {"summary": "An array, replayed", "value": _BATCH_EXAMPLE},
-        }
-    },
-    ("listMessages", "200"): {"example": _MESSAGE_PAGE_EXAMPLE},
-    ("getMessage", "200"): {"example": MESSAGE_EXAMPLES[0]},
-    ("getContextWindow", "200"): {
-        "example": {
-            "messages": [
-                {"role": "system", "content": "You are a travel planner."},
-                {"role": "user", "content": "Plan a weekend in Lisbon"},
-            ],
-            "token_count": 22,
-            "max_tokens": 4000,
-            "truncated": False,
-            "encoding": "o200k_base",
-            "exact": True,
-        }
-    },
-    ("health", "200"): {"example": {"status": "ok"}},
-    ("ready", "200"): {"example": {"status": "ok"}},
-}
-
-
-def finish_openapi(schema: dict[str, Any]) -> dict[str, Any]:
-    """Complete an OpenAPI document holding these routes, in place: success examples, and
-    error responses as ``application/problem+json`` (see :func:`problem_openapi`)."""
-    problem_openapi(schema)
-    for path_item in schema.get("paths", {}).values():
-        for operation in path_item.values():
-            if not isinstance(operation, dict):
-                continue
-            for status, response in operation.get("responses", {}).items():
-                example = RESPONSE_EXAMPLES.get((operation.get("operationId", ""), str(status)))
-                media = response.get("content", {}).get("application/json")
-                if example is not None and media is not None:
-                    media.update(example)
-    return schema
-
 
 # -- the router --------------------------------------------------------------------------------
 
@@ -436,7 +86,7 @@ def build_router(
             str,
             Path(
                 description="The user who owns the data; must equal the token's `sub` claim.",
-                examples=[_USER],
+                examples=[EXAMPLE_USER],
                 json_schema_extra={"minLength": 1, "maxLength": 255},
             ),
         ],
@@ -448,10 +98,10 @@ def build_router(
 
     Owner = Annotated[str, Depends(owner)]
     ConversationId = Annotated[
-        uuid.UUID, Path(description="A conversation's id.", examples=[_CONVERSATION_ID])
+        uuid.UUID, Path(description="A conversation's id.", examples=[EXAMPLE_CONVERSATION_ID])
     ]
     MessageId = Annotated[
-        uuid.UUID, Path(description="A message's id.", examples=[_MESSAGE_IDS[0]])
+        uuid.UUID, Path(description="A message's id.", examples=[EXAMPLE_MESSAGE_IDS[0]])
     ]
     writes_json = [Depends(owner), Depends(require_json)]
 
@@ -470,7 +120,7 @@ def build_router(
                 "model": ConversationRead,
                 "description": "A conversation with this `id` already existed, identical",
             },
-            **_problems(400, *_COMMON, 409, 413, 415),
+            **problem_responses(400, *COMMON_PROBLEMS, 409, 413, 415),
         },
     )
     async def create_conversation(
@@ -492,7 +142,10 @@ def build_router(
                     },
                     "idempotent": {
                         "summary": "With a client-chosen id",
-                        "value": {"id": _CONVERSATION_ID, "title": "Plan a weekend in Lisbon"},
+                        "value": {
+                            "id": EXAMPLE_CONVERSATION_ID,
+                            "title": "Plan a weekend in Lisbon",
+                        },
                     },
                 },
             ),
@@ -511,7 +164,7 @@ def build_router(
         operation_id="listConversations",
         summary="List conversations, most recently updated first",
         response_model=ConversationPage,
-        responses={**_problems(400, *_COMMON)},
+        responses={**problem_responses(400, *COMMON_PROBLEMS)},
     )
     async def list_conversations(
         user_id: Owner,
@@ -519,7 +172,7 @@ def build_router(
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 20,
         cursor: Annotated[
             str | None,
-            Query(description="The `next_cursor` of the previous page.", examples=[_CURSOR]),
+            Query(description="The `next_cursor` of the previous page.", examples=[EXAMPLE_CURSOR]),
         ] = None,
     ) -> Page[ConversationRead]:
         return await store.list_conversations(user_id, limit=limit, cursor=cursor)
@@ -529,7 +182,7 @@ def build_router(
         operation_id="getConversation",
         summary="Get a conversation",
         response_model=ConversationRead,
-        responses={200: {"description": "The conversation"}, **_problems(*_COMMON)},
+        responses={200: {"description": "The conversation"}, **problem_responses(*COMMON_PROBLEMS)},
     )
     async def get_conversation(
         user_id: Owner, conversation_id: ConversationId, store: Store
@@ -544,7 +197,7 @@ def build_router(
         dependencies=writes_json,
         responses={
             200: {"description": "The updated conversation"},
-            **_problems(400, *_COMMON, 413, 415),
+            **problem_responses(400, *COMMON_PROBLEMS, 413, 415),
         },
     )
     async def update_conversation(
@@ -575,7 +228,7 @@ def build_router(
         summary="Delete a conversation and its messages",
         status_code=204,
         response_class=Response,
-        responses={204: {"description": "Deleted"}, **_problems(*_COMMON)},
+        responses={204: {"description": "Deleted"}, **problem_responses(*COMMON_PROBLEMS)},
     )
     async def delete_conversation(
         user_id: Owner, conversation_id: ConversationId, store: Store
@@ -598,7 +251,7 @@ def build_router(
                 "model": MessageRead | MessageBatch,
                 "description": "A replay: every message id was already stored identically",
             },
-            **_problems(400, *_COMMON, 409, 413, 415),
+            **problem_responses(400, *COMMON_PROBLEMS, 409, 413, 415),
         },
     )
     async def add_messages(
@@ -638,7 +291,7 @@ def build_router(
                     },
                     "idempotent": {
                         "summary": "With a client-chosen id (safe to retry)",
-                        "value": {"id": _MESSAGE_IDS[0], "role": "user", "content": "Hello"},
+                        "value": {"id": EXAMPLE_MESSAGE_IDS[0], "role": "user", "content": "Hello"},
                     },
                 },
             ),
@@ -658,7 +311,7 @@ def build_router(
         response_model=MessagePage,
         responses={
             200: {"description": "A page of messages"},
-            **_problems(400, *_COMMON),
+            **problem_responses(400, *COMMON_PROBLEMS),
         },
     )
     async def list_messages(
@@ -671,7 +324,7 @@ def build_router(
         ] = "asc",
         cursor: Annotated[
             str | None,
-            Query(description="The `next_cursor` of the previous page.", examples=[_CURSOR]),
+            Query(description="The `next_cursor` of the previous page.", examples=[EXAMPLE_CURSOR]),
         ] = None,
         after: Annotated[
             uuid.UUID | None,
@@ -699,7 +352,7 @@ def build_router(
         operation_id="getMessage",
         summary="Get a message",
         response_model=MessageRead,
-        responses={200: {"description": "The message"}, **_problems(*_COMMON)},
+        responses={200: {"description": "The message"}, **problem_responses(*COMMON_PROBLEMS)},
     )
     async def get_message(
         user_id: Owner, conversation_id: ConversationId, message_id: MessageId, store: Store
@@ -711,7 +364,10 @@ def build_router(
         operation_id="getContextWindow",
         summary="The messages to send to an LLM within a token budget",
         response_model=ContextWindow,
-        responses={200: {"description": "The context window"}, **_problems(*_COMMON)},
+        responses={
+            200: {"description": "The context window"},
+            **problem_responses(*COMMON_PROBLEMS),
+        },
     )
     async def get_context_window(
         user_id: Owner,
@@ -744,7 +400,7 @@ def build_router(
         response_class=Response,
         responses={
             204: {"description": "Erased (also when there was nothing)"},
-            **_problems(*_COMMON),
+            **problem_responses(*COMMON_PROBLEMS),
         },
     )
     async def delete_user_data(user_id: Owner, store: Store) -> Response:
@@ -777,7 +433,7 @@ def build_health_router(
         operation_id="ready",
         summary="Readiness: the database answers",
         response_model=Health,
-        responses={**_problems(503)},
+        responses={**problem_responses(503)},
     )
     async def readyz(store: Store) -> Health:
         await store.ping()
