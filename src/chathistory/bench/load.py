@@ -35,10 +35,13 @@ class LoadPlan:
     seconds: float = 30.0
     read_share: float = 0.8
     workers: int = 2  # server processes: one per core of this 2-core machine
+    rounds: int = 4  # the service and the bare-ASGI floor take turns, the load split evenly
 
     @classmethod
     def quick(cls) -> LoadPlan:
-        return cls(users=100, conversations=1000, messages_per_conversation=60, seconds=8.0)
+        return cls(
+            users=100, conversations=1000, messages_per_conversation=60, seconds=8.0, rounds=2
+        )
 
 
 async def _load_fixtures(raw: Any, prefix: str, plan: LoadPlan) -> dict[str, list[str]]:
@@ -167,6 +170,7 @@ async def load_clients(
         },
         "errors": errors,
         "requests_per_second": round(sum(map(len, latencies.values())) / elapsed, 1),
+        "samples": latencies,
     }
 
 
@@ -178,25 +182,50 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _serve(command: list[str], env: dict[str, str], log: Path) -> Any:
+    import subprocess
+
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+
+
+async def _ready(base: str, server: Any, log: Path, path: str) -> None:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=base) as probe:
+        for _ in range(300):
+            try:
+                if (await probe.get(path)).status_code < 500:
+                    return
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None:
+                raise RuntimeError(log.read_text())  # noqa: ASYNC240 - it died
+            await asyncio.sleep(0.1)  # polling a starting process
+    raise RuntimeError(f"{base} did not start")
+
+
 async def run_load(url: str, plan: LoadPlan, *, log: Callable[[str], None] = print) -> Report:
-    """Serve ``url`` with ``chathistory serve`` in one process, load it from another."""
+    """Serve ``url`` with ``chathistory serve`` and, beside it, the bare-ASGI floor
+    (:mod:`chathistory.bench.floor_app`), both with ``plan.workers`` workers; load them in turn
+    from another process, ``plan.rounds`` rounds each (order alternating), and compare."""
     import os
     import secrets
     import subprocess
     import sys
 
     import asyncpg
-    import httpx
 
     report = Report(setup={"load": asdict(plan)})
     dsn = parse_database_url(url).connect_args["dsn"]
     prefix = f"load-{uuid.uuid4().hex[:8]}"
     secret = secrets.token_urlsafe(32)
-    port = _free_port()
     raw = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     assert raw is not None
     workdir = Path(tempfile.mkdtemp(prefix="chload-"))
-    server = None
+    servers: list[Any] = []
+    samples: dict[str, dict[str, list[float]]] = {"service": {}, "floor": {}}
+    spent = {"service": 0.0, "floor": 0.0}
+    errors: dict[str, dict[str, int]] = {"service": {}, "floor": {}}
     try:
         log(f"load: writing {plan.conversations:,} conversations of {plan.users:,} users")
         users = await _load_fixtures(raw, prefix, plan)
@@ -207,75 +236,117 @@ async def run_load(url: str, plan: LoadPlan, *, log: Callable[[str], None] = pri
             "CHATHISTORY_POOL_SIZE": "10",
             "CHATHISTORY_MAX_OVERFLOW": "0",
             "CHATHISTORY_WORKERS": str(plan.workers),
+            "CHATHISTORY_FLOOR_DSN": dsn,
+            "CHATHISTORY_FLOOR_SECRET": secret,
         }
-        server = subprocess.Popen(  # noqa: ASYNC220 - the server outlives this call
-            [
-                sys.executable,
+        bases: dict[str, str] = {}
+        commands = {
+            "service": ["-m", "chathistory.cli", "serve", "--log-level", "warning", "--port"],
+            "floor": [
                 "-m",
-                "chathistory.cli",
-                "serve",
-                "--port",
-                str(port),
+                "uvicorn",
+                "--factory",
+                "chathistory.bench.floor_app:create_app",
+                "--workers",
+                str(plan.workers),
                 "--log-level",
                 "warning",
+                "--no-access-log",
+                "--port",
             ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=(workdir / "server.log").open("w"),
-        )
-        base = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient(base_url=base) as probe:
-            for _ in range(300):
-                try:
-                    if (await probe.get("/readyz")).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if server.poll() is not None:
-                    raise RuntimeError((workdir / "server.log").read_text())
-                await asyncio.sleep(0.1)
+        }
+        for name, command in commands.items():
+            port = _free_port()
+            server_log = workdir / f"{name}.log"
+            servers.append(_serve([sys.executable, *command, str(port)], env, server_log))
+            bases[name] = f"http://127.0.0.1:{port}"
+            await _ready(
+                bases[name], servers[-1], server_log, "/readyz" if name == "service" else "/"
+            )
         (workdir / "users.json").write_text(json.dumps(users))
-        log(f"load: {plan.clients} clients for {plan.seconds:.0f} s (separate process)")
-        client = subprocess.run(  # noqa: ASYNC221 - nothing else runs meanwhile
-            [
-                sys.executable,
-                "-m",
-                "chathistory.bench",
-                base,
-                secret,
-                str(workdir / "users.json"),
-                json.dumps(asdict(plan)),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        result = json.loads(client.stdout)
+        share = plan.seconds / plan.rounds
+        round_plan = json.dumps({**asdict(plan), "seconds": share})
+        order = ["service", "floor"]
+        for number in range(plan.rounds):
+            for name in order if number % 2 == 0 else order[::-1]:
+                log(f"load: round {number + 1}: {name}, {plan.clients} clients for {share:.1f} s")
+                client = subprocess.run(  # noqa: ASYNC221 - nothing else runs meanwhile
+                    [
+                        sys.executable,
+                        "-m",
+                        "chathistory.bench",
+                        bases[name],
+                        secret,
+                        str(workdir / "users.json"),
+                        round_plan,
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                if client.returncode != 0:
+                    raise RuntimeError(f"the load clients failed:\n{client.stderr}")
+                result = json.loads(client.stdout)
+                spent[name] += result["seconds"]
+                for op, values in result["samples"].items():
+                    samples[name].setdefault(op, []).extend(values)
+                for key, count in result["errors"].items():
+                    errors[name][key] = errors[name].get(key, 0) + count
     finally:
-        if server is not None:
+        for server in servers:
             server.terminate()
             server.wait(timeout=30)
         async with raw.acquire() as conn:
             await conn.execute("DELETE FROM conversations WHERE user_id LIKE $1 || '-%'", prefix)
         await raw.close()
+    _report_load(report, plan, samples, spent, errors)
+    return report
+
+
+def _report_load(
+    report: Report,
+    plan: LoadPlan,
+    samples: dict[str, dict[str, list[float]]],
+    spent: dict[str, float],
+    errors: dict[str, dict[str, int]],
+) -> None:
     note = (
         f"{plan.clients} clients, {plan.workers} server workers, "
         f"{plan.conversations:,} conversations, {plan.users:,} users"
     )
-    for op, figures in result["latencies"].items():
-        report.add(
-            Figure(
-                f"http {op}",
-                note,
-                figures["count"],
-                figures["p50_ms"] or 0.0,
-                figures["p99_ms"] or 0.0,
-                round(figures["count"] / result["seconds"], 1),
+    rates: dict[str, float] = {}
+    p99s: dict[str, float] = {}
+    for name, label in (("service", "chathistory serve"), ("floor", "floor: bare ASGI")):
+        everything: list[float] = []
+        for op, values in samples[name].items():
+            everything += values
+            report.add(
+                Figure(
+                    f"http {op}",
+                    f"{label}; {note}",
+                    len(values),
+                    round(statistics.median(values), 3) if values else 0.0,
+                    round(percentile(values, 0.99), 3) if values else 0.0,
+                    round(len(values) / spent[name], 1) if spent[name] else 0.0,
+                )
             )
+        rates[name] = len(everything) / spent[name] if spent[name] else 0.0
+        p99s[name] = percentile(everything, 0.99) if everything else 0.0
+    report.setup["load_errors"] = errors
+    report.setup["load_requests_per_second"] = {k: round(v, 1) for k, v in rates.items()}
+    report.ratios["http: errors, service (must be 0)"] = float(sum(errors["service"].values()))
+    report.ratios["http: errors, floor"] = float(sum(errors["floor"].values()))
+    if rates["floor"] and p99s["floor"]:
+        report.ratios["http: service / floor requests/s (target >= 0.8)"] = round(
+            rates["service"] / rates["floor"], 2
         )
-    report.setup["load_errors"] = result["errors"]
-    report.setup["load_requests_per_second"] = result["requests_per_second"]
-    report.ratios["http: errors (must be 0)"] = float(sum(result["errors"].values()))
-    worst = max((f["p99_ms"] or 0.0) for f in result["latencies"].values())
-    report.ratios["http: worst p99 ms (target < 500)"] = worst
-    return report
+        report.ratios["http: service / floor p99 (target <= 1.3)"] = round(
+            p99s["service"] / p99s["floor"], 2
+        )
+    report.ratios["http: service worst p99 ms (target < 500)"] = round(
+        max(
+            (percentile(v, 0.99) for v in samples["service"].values() if v),
+            default=0.0,
+        ),
+        1,
+    )
