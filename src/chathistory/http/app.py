@@ -149,7 +149,8 @@ class BodyLimitMiddleware:
             await problem_response(self._too_large())(scope, receive, send)
 
 
-def _get_store(request: Request) -> ChatHistory:
+async def _get_store(request: Request) -> ChatHistory:
+    # async: FastAPI runs a plain ``def`` dependency in its thread pool, a hop per request.
     return cast(ChatHistory, request.app.state.store)
 
 
