@@ -11,7 +11,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeAlias, TypeVar, cast
 
 import pydantic
 from pydantic import (
@@ -27,6 +27,13 @@ from pydantic import (
 )
 
 from chathistory.errors import FieldError, ValidationError
+from chathistory.openai_types import (
+    ChatMessage,
+    ChatToolCall,
+    ContextMessage,
+    DocumentedAs,
+    MessageContent,
+)
 
 Role = Literal["system", "user", "assistant", "tool"]
 
@@ -152,7 +159,8 @@ Metadata = dict[str, str]
 Storable = AfterValidator(_storable)
 Text = Annotated[str, Storable]
 ContentType = str | list[dict[str, Any]] | None
-Content = Annotated[ContentType, PlainValidator(_content, json_schema_input_type=ContentType)]
+# Validated by the rules above (and _check_parts), documented as OpenAI's typed content parts.
+Content = Annotated[ContentType, PlainValidator(_content, json_schema_input_type=MessageContent)]
 
 
 class _Input(BaseModel):
@@ -385,8 +393,17 @@ class ConversationUpdate(_Input):
         return None if value is None else check_metadata(value)
 
 
+def every_field_required(schema: dict[str, Any]) -> None:
+    """``json_schema_extra`` of read models: every field is in every answer, defaulted ones
+    (``object``, an assistant's extras) too, so the document marks them all required."""
+    schema["required"] = list(schema.get("properties", {}))
+
+
+_READ = ConfigDict(frozen=True, json_schema_extra=every_field_required)
+
+
 class ConversationRead(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = _READ
 
     object: Literal["conversation"] = "conversation"
     id: uuid.UUID
@@ -398,8 +415,10 @@ class ConversationRead(BaseModel):
     message_count: int
 
 
+# The JSON values of a read message stay the dicts that were stored (the store builds read
+# models without validation); the OpenAPI document shows their typed shapes (DocumentedAs).
 class MessageRead(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = _READ
 
     object: Literal["message"] = "message"
     id: uuid.UUID
@@ -407,27 +426,30 @@ class MessageRead(BaseModel):
     user_id: str
     seq: int
     role: Role
-    content: str | list[dict[str, Any]] | None
+    content: Annotated[ContentType, DocumentedAs(MessageContent)]
     name: str | None
-    tool_calls: list[dict[str, Any]] | None
+    tool_calls: Annotated[list[dict[str, Any]] | None, DocumentedAs(list[ChatToolCall] | None)]
     tool_call_id: str | None
     metadata: Metadata
     token_count: int | None
     created_at: datetime
     refusal: str | None = None
-    annotations: list[dict[str, Any]] | None = None
-    audio: dict[str, Any] | None = None
-    function_call: dict[str, Any] | None = None
+    annotations: Annotated[list[dict[str, Any]] | None, DocumentedAs(list[Annotation] | None)] = (
+        None
+    )
+    audio: Annotated[dict[str, Any] | None, DocumentedAs(Audio | None)] = None
+    function_call: Annotated[dict[str, Any] | None, DocumentedAs(FunctionCall | None)] = None
 
-    def to_openai(self) -> dict[str, Any]:
+    def to_openai(self) -> ChatMessage:
         """The message in OpenAI's chat format, whole: exactly what was stored (an assistant
-        message as the SDK returned it keeps its refusal, annotations, audio, function_call)."""
+        message as the SDK returned it keeps its refusal, annotations, audio, function_call).
+        Typed as the ``openai`` SDK's ``ChatCompletionMessageParam`` accepts it."""
         out = openai_message(self)
         for key in EXTRAS:
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
-        return out
+        return cast(ChatMessage, out)
 
 
 def openai_message(message: Any) -> dict[str, Any]:
@@ -443,7 +465,7 @@ def openai_message(message: Any) -> dict[str, Any]:
     return out
 
 
-def input_message(row: Any) -> dict[str, Any]:
+def input_message(row: Any) -> ChatMessage:
     """A stored message as Chat Completions accepts it as input (the context window): an
     assistant's refusal and function_call as given, its audio reduced to ``{"id": ...}``, no
     annotations (a response-only field)."""
@@ -455,7 +477,7 @@ def input_message(row: Any) -> dict[str, Any]:
         out["function_call"] = extras["function_call"]
     if "audio" in extras:
         out["audio"] = {"id": extras["audio"]["id"]}
-    return out
+    return cast(ChatMessage, out)
 
 
 T = TypeVar("T")
@@ -463,6 +485,8 @@ T = TypeVar("T")
 
 class Page(BaseModel, Generic[T]):
     """One page of a list. ``next_cursor`` continues after the last item (``None`` if empty)."""
+
+    model_config = ConfigDict(json_schema_extra=every_field_required)
 
     object: Literal["list"] = "list"
     data: list[T]
@@ -521,13 +545,20 @@ class ConversationRecord(_Input):
         return self
 
 
+# ContextWindow.messages: a list of the openai SDK's ChatCompletionMessageParam, to type checkers.
+if TYPE_CHECKING:
+    WindowMessages: TypeAlias = list[ChatMessage]
+else:  # what pydantic validates: the dicts as built, unchanged; documented by role
+    WindowMessages = Annotated[list[dict[str, Any]], DocumentedAs(list[ContextMessage])]
+
+
 class ContextWindow(BaseModel):
     """What to send to an LLM: messages in OpenAI chat format, oldest first (SPEC section 4)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = _READ
 
     object: Literal["context_window"] = "context_window"
-    messages: list[dict[str, Any]]
+    messages: WindowMessages
     token_count: int = Field(description="tokens of the messages plus the reply's priming")
     max_tokens: int
     truncated: bool = Field(description="older messages were left out to fit the budget")

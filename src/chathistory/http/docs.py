@@ -2,9 +2,9 @@
 route, and the finishing touches on the generated document."""
 
 from collections.abc import Mapping
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, TypeAlias
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from chathistory.http.problems import (
     PROBLEM_JSON,
@@ -16,6 +16,7 @@ from chathistory.schemas import (
     ConversationRead,
     MessageRead,
     Page,
+    every_field_required,
 )
 
 # -- response models and examples -------------------------------------------------------------
@@ -87,8 +88,15 @@ class ConversationPage(Page[ConversationRead]):
 class MessageBatch(BaseModel):
     """The messages stored by one append of a JSON array, in the order sent."""
 
+    model_config = ConfigDict(json_schema_extra=every_field_required)
+
     object: Literal["list"] = "list"
     data: list[MessageRead]
+
+
+# The append's answer: a message for a single object, a list object for an array, told apart
+# by ``object`` (a oneOf with a discriminator in the document, so typed clients narrow it).
+AppendAnswer: TypeAlias = Annotated[MessageRead | MessageBatch, Field(discriminator="object")]
 
 
 class Health(BaseModel):
@@ -104,6 +112,7 @@ _PROBLEM_TEXT: Final[Mapping[int, tuple[str, str]]] = {
     413: ("The request body is larger than the server accepts", "body_too_large"),
     415: ("The request body is not application/json", "unsupported_media_type"),
     422: ("A field breaks a rule of the data model; `errors` names each one", "validation_error"),
+    500: ("A bug: the error was logged with the request's `X-Request-ID`", "internal_error"),
     503: ("The database is unavailable; retry after `Retry-After` seconds", "unavailable"),
 }
 
@@ -150,8 +159,9 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return responses
 
 
-# Every route under /api/{user_id}: auth, the path (an unroutable user id is a 404), the store.
-COMMON_PROBLEMS: Final = (401, 403, 404, 422, 503)
+# Every route under /api/{user_id}: auth, the path (an unroutable user id is a 404), the store,
+# and (as on every route) a bug.
+COMMON_PROBLEMS: Final = (401, 403, 404, 422, 500, 503)
 
 
 _MESSAGE_PAGE_EXAMPLE: Final[dict[str, Any]] = {
@@ -195,6 +205,7 @@ RESPONSE_EXAMPLES: Final[Mapping[tuple[str, str], dict[str, Any]]] = {
     ("getMessage", "200"): {"example": MESSAGE_EXAMPLES[0]},
     ("getContextWindow", "200"): {
         "example": {
+            "object": "context_window",
             "messages": [
                 {"role": "system", "content": "You are a travel planner."},
                 {"role": "user", "content": "Plan a weekend in Lisbon"},

@@ -30,6 +30,7 @@ from chathistory.http.docs import (
     EXAMPLE_CURSOR,
     EXAMPLE_MESSAGE_IDS,
     EXAMPLE_USER,
+    AppendAnswer,
     ConversationPage,
     Health,
     MessageBatch,
@@ -243,12 +244,12 @@ def build_router(
         operation_id="addMessages",
         summary="Append one message, or a JSON array of messages atomically",
         status_code=201,
-        response_model=MessageRead | MessageBatch,
+        response_model=AppendAnswer,
         dependencies=writes_json,
         responses={
             201: {"description": "Stored: the message, or for an array the list of messages"},
             200: {
-                "model": MessageRead | MessageBatch,
+                "model": AppendAnswer,
                 "description": "A replay: every message id was already stored identically",
             },
             **problem_responses(400, *COMMON_PROBLEMS, 409, 413, 415),
@@ -424,6 +425,7 @@ def build_health_router(
         operation_id="health",
         summary="Liveness: the process answers",
         response_model=Health,
+        responses={**problem_responses(500)},
     )
     async def healthz() -> Health:
         return Health(status="ok")
@@ -433,7 +435,7 @@ def build_health_router(
         operation_id="ready",
         summary="Readiness: the database answers",
         response_model=Health,
-        responses={**problem_responses(503)},
+        responses={**problem_responses(500, 503)},
     )
     async def readyz(store: Store) -> Health:
         await store.ping()

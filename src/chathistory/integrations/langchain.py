@@ -129,7 +129,7 @@ def to_langchain(message: MessageRead) -> BaseMessage:
     openai = message.to_openai()
     if openai["role"] == "assistant" and openai["content"] is None:
         openai["content"] = ""
-    (converted,) = convert_to_messages([openai])
+    (converted,) = convert_to_messages([dict(openai)])  # a TypedDict is no dict[str, Any]
     converted.id = str(message.id)
     return converted
 
