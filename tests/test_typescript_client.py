@@ -17,18 +17,16 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import jwt
 import pytest
+
+from test_http_serve import serving  # the same real-process helper
 
 TS = Path(__file__).parent / "ts"
 NODE_MODULES = TS / "node_modules"
@@ -86,42 +84,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@contextmanager
-def serving(cwd: Path) -> Iterator[str]:
-    """``chathistory serve`` on a free port with HS256 tokens, until it is ready."""
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATHISTORY_")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "chathistory.cli", "serve", "--port", str(port)],
-        cwd=cwd,
-        env=env | {"CHATHISTORY_JWT_SECRET": SECRET},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"serve exited early:\n{process.stdout.read()}")  # type: ignore[union-attr]
-            try:
-                if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "serve did not become ready"
-            time.sleep(0.1)  # polling a starting process, not synchronising tests
-        yield base_url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def test_typescript_client_drives_a_whole_flow(toolchain: tuple[str, str], tmp_path: Path) -> None:
     node, _ = toolchain
     work = tmp_path / "client"
@@ -133,7 +95,7 @@ def test_typescript_client_drives_a_whole_flow(toolchain: tuple[str, str], tmp_p
     # Typed for real: no casts, non-null assertions, `any` or silenced checks (syntax tree).
     assert _run(node, str(TS / "no-casts.mjs"), "flow.ts", cwd=work, timeout=60) == ""
     token = jwt.encode({"sub": USER, "exp": int(time.time()) + 600}, SECRET, algorithm="HS256")
-    with serving(tmp_path) as base_url:
+    with serving(tmp_path, CHATHISTORY_JWT_SECRET=SECRET) as (base_url, _process):
         _run(
             str(bin_dir / "openapi-typescript"),
             f"{base_url}/openapi.json",

@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
 
-from chathistory.bench.floors import APPEND_SQL, MESSAGE_COLUMNS, uuid7
+from chathistory.bench.floors import APPEND_SQL, MESSAGE_COLUMNS
+from chathistory.models import uuid7
 
 READ_SQL = (
     f"SELECT {MESSAGE_COLUMNS} FROM messages"  # noqa: S608 - constant columns

@@ -14,8 +14,6 @@ cache (named prepared statements, as ``prepared_statement_cache=True``).
 from __future__ import annotations
 
 import json
-import os
-import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -24,6 +22,7 @@ from typing import Any
 
 from chathistory.bench.fixtures import CONTENT, role
 from chathistory.bench.rounds import WriterOp
+from chathistory.models import uuid7
 
 MESSAGE_COLUMNS = (
     "id, user_id, conversation_id, seq, role, content, name, tool_calls, tool_call_id,"
@@ -55,15 +54,6 @@ LIST_AFTER_SQL = (
     " ORDER BY updated_at DESC, id DESC LIMIT $4"
 )
 TOKEN_COUNT = 90  # what a turn of CONTENT counts; the floor does not count tokens
-
-
-def uuid7() -> uuid.UUID:
-    """A time-ordered UUID (RFC 9562 version 7), as the store makes its ids."""
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10))
-    value = (ms & ((1 << 48) - 1)) << 80 | (0x7 << 76) | (rand >> 68 << 64)
-    value |= (0b10 << 62) | (rand & ((1 << 62) - 1))
-    return uuid.UUID(int=value)
 
 
 @asynccontextmanager
