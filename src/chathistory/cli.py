@@ -282,6 +282,13 @@ def bench(
         bool, typer.Option("--load/--no-load", help="run the HTTP promise scenario")
     ] = True,
     load_seconds: Annotated[float | None, typer.Option(help="seconds of HTTP load")] = None,
+    open_loop: Annotated[
+        bool,
+        typer.Option(
+            "--open-loop/--no-open-loop",
+            help="after the HTTP load, the open-loop scenario (10,000 users, a turn every ~30 s)",
+        ),
+    ] = True,
     clients: Annotated[int | None, typer.Option(help="concurrent HTTP clients")] = None,
     prepared_statement_cache: Annotated[
         bool | None,
@@ -328,7 +335,10 @@ def bench(
             url, sizes=sizes, prepared_statement_cache=prepared_statement_cache, log=log
         )
         if load:
-            loaded = await benchmarks.run_load(url, plan, log=log)
+            opened = benchmarks.OpenLoopPlan.quick() if quick else benchmarks.OpenLoopPlan()
+            loaded = await benchmarks.run_load(
+                url, plan, open_loop=opened if open_loop else None, log=log
+            )
             report.figures += loaded.figures
             report.ratios.update(loaded.ratios)
             report.setup.update(loaded.setup)

@@ -15,12 +15,14 @@ one statement, the same statement handling) in alternating rounds.
 
 from chathistory.bench.embedded import with_embedded_server
 from chathistory.bench.load import LoadPlan, run_load
+from chathistory.bench.open_loop import OpenLoopPlan
 from chathistory.bench.report import Figure, Ratio, Report, render, write_json
 from chathistory.bench.scenarios import Sizes, run
 
 __all__ = [
     "Figure",
     "LoadPlan",
+    "OpenLoopPlan",
     "Ratio",
     "Report",
     "Sizes",

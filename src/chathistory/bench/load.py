@@ -16,12 +16,15 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chathistory.bench.fixtures import CONTENT
 from chathistory.bench.report import Figure, Report
 from chathistory.bench.rounds import percentile
 from chathistory.db import parse_database_url
+
+if TYPE_CHECKING:
+    from chathistory.bench.open_loop import OpenLoopPlan
 
 
 @dataclass(frozen=True)
@@ -204,16 +207,25 @@ async def _ready(base: str, server: Any, log: Path, path: str) -> None:
     raise RuntimeError(f"{base} did not start")
 
 
-async def run_load(url: str, plan: LoadPlan, *, log: Callable[[str], None] = print) -> Report:
+async def run_load(
+    url: str,
+    plan: LoadPlan,
+    *,
+    open_loop: OpenLoopPlan | None = None,
+    log: Callable[[str], None] = print,
+) -> Report:
     """Serve ``url`` with ``chathistory serve`` and, beside it, the bare-ASGI floor
     (:mod:`chathistory.bench.floor_app`), both with ``plan.workers`` workers; load them in turn
-    from another process, ``plan.rounds`` rounds each (order alternating), and compare."""
+    from another process, ``plan.rounds`` rounds each (order alternating), and compare; then,
+    with ``open_loop``, the open-loop scenario against the service."""
     import os
     import secrets
     import subprocess
     import sys
 
     import asyncpg
+
+    from chathistory.bench.open_loop import report_open_loop
 
     report = Report(setup={"load": asdict(plan)})
     dsn = parse_database_url(url).connect_args["dsn"]
@@ -292,6 +304,34 @@ async def run_load(url: str, plan: LoadPlan, *, log: Callable[[str], None] = pri
                     samples[name].setdefault(op, []).extend(values)
                 for key, count in result["errors"].items():
                     errors[name][key] = errors[name].get(key, 0) + count
+        if open_loop is not None:
+            log(f"open loop: writing {open_loop.users:,} users with a conversation each")
+            one_each = LoadPlan(
+                users=open_loop.users,
+                conversations=open_loop.users,
+                messages_per_conversation=open_loop.messages_per_conversation,
+            )
+            opened_users = await _load_fixtures(raw, f"{prefix}-ol", one_each)
+            (workdir / "open.json").write_text(json.dumps(opened_users))
+            log(f"open loop: {open_loop.seconds:.0f} s of turns")
+            client = subprocess.run(  # noqa: ASYNC221 - nothing else runs meanwhile
+                [
+                    sys.executable,
+                    "-m",
+                    "chathistory.bench",
+                    "open-loop",
+                    bases["service"],
+                    secret,
+                    str(workdir / "open.json"),
+                    json.dumps(asdict(open_loop)),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if client.returncode != 0:
+                raise RuntimeError(f"the open-loop clients failed:\n{client.stderr}")
+            report_open_loop(report, open_loop, json.loads(client.stdout))
     finally:
         for server in servers:
             server.terminate()
