@@ -173,3 +173,14 @@ async def test_custom_tool_results_pair_like_function_results(
     await store.add_message(user, conv.id, "tool", "1", tool_call_id="ct_9")
     with pytest.raises(ValidationError):  # answered now
         await store.add_message(user, conv.id, "tool", "again", tool_call_id="ct_9")
+
+
+async def test_replaying_an_empty_refusal_is_idempotent(store: ChatHistory, user: str) -> None:
+    """An empty-string refusal is a value (only null and [] are dropped): stored, read back,
+    and a replay of the same message is a replay, not a conflict."""
+    conv = await store.create_conversation(user)
+    sent = {"id": str(uuid.uuid4()), "role": "assistant", "content": "ok", "refusal": ""}
+    first = await store.add_messages_idempotent(user, conv.id, [sent])
+    again = await store.add_messages_idempotent(user, conv.id, [sent])
+    assert first[1] is True and again[1] is False
+    assert again[0][0].to_openai() == {k: v for k, v in sent.items() if k != "id"}

@@ -124,5 +124,6 @@ def same_message(given: MessageCreate, stored: MessageRead, conversation_id: Any
         and stored.tool_calls == given.stored_tool_calls()
         and stored.tool_call_id == given.tool_call_id
         and stored.metadata == given.metadata
-        and (given.stored_extras() or {}) == {k: v for k in EXTRAS if (v := getattr(stored, k))}
+        and (given.stored_extras() or {})
+        == {k: v for k in EXTRAS if (v := getattr(stored, k)) is not None}
     )
