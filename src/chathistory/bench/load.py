@@ -114,6 +114,22 @@ class _Connection:
         return int(status_line.split()[1])
 
 
+async def take_turn(
+    connection: _Connection, path: str, token: str, reading: bool, body: bytes
+) -> tuple[bool, str]:
+    """Read the newest 50 messages of ``path`` or append ``body`` to it: whether it worked,
+    and the error's name when not (the HTTP status, or the exception)."""
+    op = "read newest 50" if reading else "append"
+    try:
+        if reading:
+            status = await connection.request("GET", path + "?order=desc&limit=50", token)
+        else:
+            status = await connection.request("POST", path, token, body)
+    except (OSError, asyncio.IncompleteReadError) as exc:
+        return False, f"{op}: {type(exc).__name__}"
+    return status < 300, f"{op}: HTTP {status}"
+
+
 async def load_clients(
     base_url: str, secret: str, users: dict[str, list[str]], plan: LoadPlan, seed: int = 7
 ) -> dict[str, Any]:
@@ -143,14 +159,7 @@ async def load_clients(
             reading = mine.random() < plan.read_share
             op = "read newest 50" if reading else "append"
             t0 = time.perf_counter()
-            try:
-                if reading:
-                    status = await connection.request("GET", path + "?order=desc&limit=50", token)
-                else:
-                    status = await connection.request("POST", path, token, body)
-                ok, key = status < 300, f"{op}: HTTP {status}"
-            except (OSError, asyncio.IncompleteReadError) as exc:
-                ok, key = False, f"{op}: {type(exc).__name__}"
+            ok, key = await take_turn(connection, path, token, reading, body)
             if ok:
                 latencies[op].append((time.perf_counter() - t0) * 1000)
             else:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from chathistory.bench.fixtures import CONTENT
-from chathistory.bench.load import _Connection
+from chathistory.bench.load import _Connection, take_turn
 from chathistory.bench.report import Figure, Report
 from chathistory.bench.rounds import percentile
 
@@ -73,13 +73,7 @@ async def open_loop_clients(
         op = "read newest 50" if reading else "append"
         connection = _Connection(host, port)
         try:
-            if reading:
-                status = await connection.request("GET", path + "?order=desc&limit=50", token)
-            else:
-                status = await connection.request("POST", path, token, body)
-            ok, key = status < 300, f"{op}: HTTP {status}"
-        except (OSError, asyncio.IncompleteReadError) as exc:
-            ok, key = False, f"{op}: {type(exc).__name__}"
+            ok, key = await take_turn(connection, path, token, reading, body)
         finally:
             if connection.writer is not None:
                 connection.writer.close()

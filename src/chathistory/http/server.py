@@ -100,6 +100,14 @@ class _Rejecting:
         self.transport.resume_reading()
         self._linger = self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
+    def eof_received(self) -> None:
+        if self._rejected:
+            self.transport.close()  # the client is done sending: the 431 has gone out
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end_linger()
+        super().connection_lost(exc)  # type: ignore[misc]
+
     def _end_linger(self) -> None:
         if self._linger is not None:
             self._linger.cancel()
@@ -195,14 +203,6 @@ if HTTPTOOLS:
             else:
                 super().send_400_response(msg)
 
-        def eof_received(self) -> None:
-            if self._rejected:
-                self.transport.close()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._end_linger()
-            super().connection_lost(exc)
-
 
 class _BoundedConnection(h11.Connection):
     """h11 bounds incomplete events; this also bounds a head (or trailer section) that arrived
@@ -261,14 +261,6 @@ class LimitedH11Protocol(_Rejecting, H11Protocol):
             self._reject(new_head=self._bounded.in_head)
         else:
             super().send_400_response(msg)
-
-    def eof_received(self) -> None:
-        if self._rejected:
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._end_linger()
-        super().connection_lost(exc)
 
 
 def uvicorn_options(max_header_bytes: int) -> dict[str, Any]:
