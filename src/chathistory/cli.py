@@ -20,7 +20,9 @@ from chathistory.errors import ChatHistoryError
 app = typer.Typer(
     help="Durable, multi-tenant chat history for AI assistants.", no_args_is_help=True
 )
-db_app = typer.Typer(help="Schema migrations (own version table: chathistory_alembic_version).")
+db_app = typer.Typer(
+    help="Schema migrations (own version table: chathistory_alembic_version) and Citus."
+)
 app.add_typer(db_app, name="db")
 
 console = Console(stderr=True)
@@ -71,6 +73,24 @@ def db_current(database_url: DatabaseUrl = None) -> None:
     head = migrations.head()
     state = "up to date" if now == head else f"newest is {head}"
     typer.echo(f"{now or '(none)'} ({state})")
+
+
+@db_app.command("distribute")
+def db_distribute(database_url: DatabaseUrl = None) -> None:
+    """Distribute the store's tables by user_id on a Citus coordinator (colocated; a second run
+    changes nothing). Run `db upgrade` first."""
+    from chathistory.migrations import citus
+
+    url = _database_url(database_url)
+    try:
+        tables = asyncio.run(citus.distribute(url))
+    except ChatHistoryError as exc:
+        raise _fail(exc) from None
+    for table in tables:
+        state = "distributed now" if table.created else "already distributed"
+        console.print(f"{table.table}: {state} by user_id, {table.shards} shards")
+    if not any(table.created for table in tables):
+        console.print("nothing changed")
 
 
 @app.command()

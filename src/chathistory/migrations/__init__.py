@@ -60,12 +60,14 @@ async def downgrade(target: str | AsyncEngine, revision: str) -> None:
 async def current(target: str | AsyncEngine) -> str | None:
     """The revision the database is at, or ``None`` when it was never migrated."""
 
-    def read(connection: Connection) -> str | None:
-        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
-        return context.get_current_revision()
-
-    revision: str | None = await _with_connection(target, read)
+    revision: str | None = await with_connection(target, read_revision)
     return revision
+
+
+def read_revision(connection: Connection) -> str | None:
+    """The revision of the database ``connection`` is in (``None``: never migrated)."""
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision()
 
 
 def head() -> str:
@@ -93,7 +95,7 @@ async def drift(target: str | AsyncEngine) -> list[Any]:
         )
         return list(compare_metadata(context, metadata))
 
-    differences: list[Any] = await _with_connection(target, compare)
+    differences: list[Any] = await with_connection(target, compare)
     return differences
 
 
@@ -113,7 +115,7 @@ async def _run(target: str | AsyncEngine, action: Any) -> None:
     loop = asyncio.get_running_loop()
     lock = _locks.setdefault(loop, asyncio.Lock())
     async with lock:
-        await _with_connection(target, run)
+        await with_connection(target, run)
 
 
 _locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
@@ -121,7 +123,8 @@ _locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
 )
 
 
-async def _with_connection(target: str | AsyncEngine, fn: Any) -> Any:
+async def with_connection(target: str | AsyncEngine, fn: Any) -> Any:
+    """``fn(connection)`` in one transaction of ``target`` (a URL: an engine of its own)."""
     from chathistory.db import create_engine
 
     engine = create_engine(target, pool_size=1) if isinstance(target, str) else target
@@ -129,7 +132,7 @@ async def _with_connection(target: str | AsyncEngine, fn: Any) -> Any:
         async with engine.begin() as connection:
             return await connection.run_sync(fn)
     except (OperationalError, InterfaceError, OSError) as exc:
-        raise UnavailableError(f"cannot migrate {engine.url.render_as_string()}: {exc}") from exc
+        raise UnavailableError(f"cannot reach {engine.url.render_as_string()}: {exc}") from exc
     finally:
         if isinstance(target, str):
             await engine.dispose()

@@ -23,6 +23,8 @@ from chathistory.errors import ChatHistoryError, UnavailableError
 from chathistory.store import limits
 
 _UNAVAILABLE_SQLSTATE_PREFIXES: Final = ("08", "53", "57P", "28", "3D000", "25006")
+# The one statement that reads every shard on purpose: an export's snapshot on Citus.
+CITUS_SNAPSHOT_SQL: Final = "SELECT 1 FROM conversations LIMIT 1"
 
 
 class Database:
@@ -34,6 +36,7 @@ class Database:
         self.size: ColumnElement[int] = limits.size_of(self.postgres)
         self._sync_engine = engine.sync_engine  # its pool is looked up per call (dispose)
         self._dbapi: Any = engine.dialect.loaded_dbapi
+        self._citus: bool | None = None  # the citus extension, looked up on first export
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -90,7 +93,24 @@ class Database:
                         # pysqlite starts no transaction for a SELECT (unless the engine has a
                         # "begin" hook): each statement would see the database as it is.
                         await conn.exec_driver_sql("BEGIN")
+                elif await self._on_citus(conn):
+                    # Citus has no cluster-wide snapshot: each worker's is taken when the
+                    # transaction first reaches it. Reach every worker now, on one connection
+                    # each (kept for the whole transaction), so that every user's rows are read
+                    # as they were at this instant, not as they were when the export got there.
+                    await conn.exec_driver_sql(
+                        "SET LOCAL citus.max_adaptive_executor_pool_size = 1"
+                    )
+                    await conn.exec_driver_sql(CITUS_SNAPSHOT_SQL)
                 yield conn
+
+    async def _on_citus(self, conn: AsyncConnection) -> bool:
+        if self._citus is None:
+            found = await conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_extension WHERE extname = 'citus'"
+            )
+            self._citus = bool(found.scalar())
+        return self._citus
 
     async def ping(self) -> None:
         """Raise :class:`UnavailableError` unless the database answers and takes writes (a

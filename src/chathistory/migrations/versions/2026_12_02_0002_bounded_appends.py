@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from chathistory.migrations.citus import distribute_new_table
+
 revision: str = "0002_bounded_appends"
 down_revision: str | None = "0001_initial"
 branch_labels: str | Sequence[str] | None = None
@@ -62,6 +64,7 @@ def upgrade() -> None:
             "conversation_id", "call_id", "user_id", name=op.f("pk_open_tool_calls")
         ),
     )
+    distribute_new_table(op.get_bind(), "open_tool_calls")  # on Citus, like the others
     called = _CALLED[op.get_bind().dialect.name]
     op.execute("INSERT INTO open_tool_calls (user_id, conversation_id, call_id, seq) " + called)
     op.execute(
