@@ -6,17 +6,20 @@ The app opens its store in its lifespan (migrating the schema, so a first start 
 SQLite file creates it), refuses to start without authentication unless the explicit
 development switch is on, tags every request with a request id (``X-Request-ID``, echoed when
 the client sends a sane one) and logs one line per request, and refuses bodies over
-``max_body_bytes`` with 413 before reading them.
+``max_body_bytes`` with 413 before reading them. With bearer-token authentication, the hot reads
+and appends of messages are answered by :class:`~chathistory.http.fastlane.FastLane`, exactly as
+the routes answer them, without FastAPI's per-request machinery.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Any, Final, cast
 
 from fastapi import FastAPI, Request
@@ -27,7 +30,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chathistory import __version__
 from chathistory.config import Settings
-from chathistory.http.auth import authenticator_from_settings
+from chathistory.http.auth import BearerAuthenticator, authenticator_from_settings
+from chathistory.http.fastlane import FastLane
 from chathistory.http.problems import (
     REQUEST_ID_SCOPE_KEY,
     HTTPProblem,
@@ -149,6 +153,20 @@ class BodyLimitMiddleware:
             await problem_response(self._too_large())(scope, receive, send)
 
 
+@contextmanager
+def _startup_objects_frozen() -> Iterator[None]:
+    """Keep the objects that exist once the service has started (modules, models, the
+    tokenizer, the pool) out of the garbage collector's full collections while it serves:
+    under load a full collection otherwise walks them all every few hundred requests, 100 ms
+    and more with the event loop stopped. They go back to the collector on shutdown."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 async def _get_store(request: Request) -> ChatHistory:
     # async: FastAPI runs a plain ``def`` dependency in its thread pool, a hop per request.
     return cast(ChatHistory, request.app.state.store)
@@ -183,7 +201,8 @@ def create_app(settings: Settings | None = None, *, store: ChatHistory | None = 
             **engine_options,
         ) as opened:
             app.state.store = opened
-            yield
+            with _startup_objects_frozen():
+                yield
 
     app = FastAPI(
         title="chathistory",
@@ -209,6 +228,10 @@ def create_app(settings: Settings | None = None, *, store: ChatHistory | None = 
     )
     app.include_router(build_health_router(get_store=_get_store, retry_after_seconds=retry_after))
     install_problem_handlers(app, retry_after_seconds=retry_after)
+    if isinstance(authenticate, BearerAuthenticator):  # the hot reads and appends, directly
+        app.add_middleware(
+            FastLane, verifier=authenticate.verifier, retry_after_seconds=retry_after
+        )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)  # 413s carry a request id too
     if settings.cors_origin_list:  # outermost: preflights answered, every answer labelled

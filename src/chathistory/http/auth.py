@@ -17,6 +17,11 @@ key it needs cannot be had: no key set fetched yet, or a new kid while the provi
 Any other failure is a 401 with ``WWW-Authenticate: Bearer``; an ``iss`` or ``aud`` that is not
 the expected one says which claim and what was expected (and is logged, never the token). The
 result is a frozen :class:`Principal`.
+
+A token that verified with the shared secret is remembered (a bounded LRU keyed by the token
+itself) until its ``exp`` passes, so a client sending the same token again costs a dictionary
+look-up instead of a signature check; the secret never changes while the verifier lives, so the
+answer is the same. Keys of a JWKS URL rotate: their tokens are checked every time.
 """
 
 import json
@@ -27,13 +32,14 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Annotated, Any, Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import jwt
-from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Request
+from fastapi.security import HTTPBearer
 from jwt import PyJWK, PyJWKClient, PyJWKSet
 from jwt.exceptions import PyJWKClientError, PyJWKError, PyJWKSetError
 from starlette.concurrency import run_in_threadpool
@@ -54,6 +60,8 @@ JWKS_RETRY_MAX_SECONDS: Final = 30.0
 JWKS_TIMEOUT_SECONDS: Final = 5.0
 JWKS_REMEMBERED_MISSING_KIDS: Final = 1024
 CLAIM_SHOWN_CHARS: Final = 100  # a claim value quoted in a 401 or a log line is cut there
+VERIFIED_TOKENS: Final = 4096  # HS256 tokens remembered as verified, at most (least recent out)
+VERIFIED_TOKEN_MAX_CHARS: Final = 4096  # a longer token is verified every time
 NO_MATCHING_KEY: Final = "no signing key matches the token's kid"
 REALM: Final = "chathistory"
 
@@ -291,6 +299,8 @@ class JWTVerifier:
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway_seconds
+        # token -> (the instant it stops verifying, its principal); HS256 tokens only.
+        self._verified: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "JWTVerifier":
@@ -305,6 +315,9 @@ class JWTVerifier:
 
     async def verify(self, token: str) -> Principal:
         """The token's principal; :class:`HTTPProblem` (401, or 503) when it does not verify."""
+        known = self.remembered(token)
+        if known is not None:
+            return known
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -352,7 +365,28 @@ class JWTVerifier:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise unauthorized("the token's 'sub' claim is not a user id")
-        return Principal(subject=subject, claims=MappingProxyType(claims))
+        principal = Principal(subject=subject, claims=MappingProxyType(claims))
+        if key is self._secret and len(token) <= VERIFIED_TOKEN_MAX_CHARS:
+            self._remember(token, int(claims["exp"]) + self._leeway, principal)
+        return principal
+
+    def remembered(self, token: str) -> Principal | None:
+        """The principal of a token that verified with the shared secret and verifies still
+        (its ``exp`` not passed), without checking it again; else ``None``."""
+        remembered = self._verified.get(token)
+        if remembered is None:
+            return None
+        # PyJWT's clock and rule: a token verifies while exp > now - leeway.
+        if datetime.now(tz=UTC).timestamp() < remembered[0]:
+            self._verified.move_to_end(token)
+            return remembered[1]
+        del self._verified[token]
+        return None
+
+    def _remember(self, token: str, until: float, principal: Principal) -> None:
+        self._verified[token] = (until, principal)
+        if len(self._verified) > VERIFIED_TOKENS:
+            self._verified.popitem(last=False)
 
     def _claim_refused(self, claim: str, token: str) -> HTTPProblem:
         """The 401 of a token whose ``iss`` or ``aud`` is not the expected one: which claim, what
@@ -382,24 +416,31 @@ class JWTVerifier:
         return unauthorized(detail)
 
 
-_bearer = HTTPBearer(
-    auto_error=False,
-    bearerFormat="JWT",
-    description="A JWT whose `sub` claim is the `{user_id}` of the path.",
-)
+class BearerAuthenticator(HTTPBearer):
+    """A FastAPI dependency: the verified principal of the request's bearer token.
+
+    It is the ``HTTPBearer`` security scheme itself (so OpenAPI documents it), reading the
+    header and verifying the token in one dependency rather than two."""
+
+    def __init__(self, verifier: JWTVerifier) -> None:
+        super().__init__(
+            auto_error=False,
+            bearerFormat="JWT",
+            description="A JWT whose `sub` claim is the `{user_id}` of the path.",
+            scheme_name="HTTPBearer",
+        )
+        self.verifier = verifier
+
+    async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
+        credentials = await super().__call__(request)
+        if credentials is None:
+            raise unauthorized("a bearer token is required", invalid_token=False)
+        return await self.verifier.verify(credentials.credentials)
 
 
 def bearer_authenticator(verifier: JWTVerifier) -> Authenticate:
     """A FastAPI dependency: the verified principal of the request's bearer token."""
-
-    async def authenticate(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> Principal:
-        if credentials is None:
-            raise unauthorized("a bearer token is required", invalid_token=False)
-        return await verifier.verify(credentials.credentials)
-
-    return authenticate
+    return BearerAuthenticator(verifier)
 
 
 def insecure_authenticator() -> Authenticate:
