@@ -804,6 +804,7 @@ async def test_openapi_document(client: httpx.AsyncClient) -> None:
         ("GET", "/api/{user_id}/conversations/{conversation_id}/messages"),
         ("GET", "/api/{user_id}/conversations/{conversation_id}/messages/{message_id}"),
         ("GET", "/api/{user_id}/conversations/{conversation_id}/context"),
+        ("GET", "/api/{user_id}/search"),
         ("DELETE", "/api/{user_id}"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),

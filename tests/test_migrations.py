@@ -194,3 +194,61 @@ async def test_open_tool_calls_are_backfilled(fresh_url: str) -> None:
         # No user message before the migration: the first one titles the conversation.
         await store.add_message(user, uuid.UUID(conv), "user", "first words")
         assert (await store.get_conversation(user, uuid.UUID(conv))).title == "first words"
+
+
+async def test_search_words_are_backfilled(fresh_url: str) -> None:
+    """Migration 0004 indexes the messages stored before it, in batches (2,500 messages of two
+    users: more than two batches), and search finds them as if they had been appended since."""
+    await migrations.upgrade(fresh_url, "0003_message_extras")
+    engine = create_engine(fresh_url)
+    now = datetime.now(UTC)
+    convs = {"u1": uuid.uuid4(), "u2": uuid.uuid4()}
+    try:
+        async with engine.begin() as conn:
+            for user, conv in convs.items():
+                await conn.execute(
+                    insert(conversations).values(
+                        id=conv,
+                        user_id=user,
+                        metadata={},
+                        created_at=now,
+                        updated_at=now,
+                        message_count=1250,
+                    )
+                )
+                await conn.execute(
+                    insert(messages),
+                    [
+                        {
+                            "id": uuid.uuid4(),
+                            "user_id": user,
+                            "conversation_id": conv,
+                            "seq": n,
+                            "role": "user",
+                            "content": [{"type": "text", "text": f"parts {n}"}]
+                            if n % 5 == 0
+                            else f"message {n} of {user}" + (" rare-word" if n == 77 else ""),
+                            "metadata": {},
+                            "created_at": now,
+                        }
+                        for n in range(1, 1251)
+                    ],
+                )
+    finally:
+        await engine.dispose()
+    await migrations.upgrade(fresh_url)
+    assert await migrations.drift(fresh_url) == []
+    async with ChatHistory.open(fresh_url, migrate=False) as store:
+        hits = (await store.search_messages("u1", '"rare word"')).data
+        assert [h.message.seq for h in hits] == [77]
+        assert (await store.search_messages("u2", "u1")).data == []
+        parts = await store.search_messages("u2", "parts", limit=100)
+        assert len(parts.data) == 100 and parts.has_more
+        count, cursor = 0, None
+        while True:
+            page = await store.search_messages("u1", "message", limit=100, cursor=cursor)
+            count += len(page.data)
+            if not page.has_more:
+                break
+            cursor = page.next_cursor
+        assert count == 1000  # every message but the 250 of parts

@@ -52,6 +52,9 @@ async def _exercise(store: ChatHistory, user: str) -> None:
     await store.get_chat_history(user, conv.id, limit=2)
     await store.get_context_window(user, conv.id, 1000)
     await store.get_context_window(user, conv.id, 1000, model="gpt-4")
+    found = await store.search_messages(user, "hi", limit=1)
+    await store.search_messages(user, "hi", cursor=found.next_cursor)
+    await store.search_messages(user, 'hi OR "r" -x', conversation_id=conv.id, role="user")
     async for _ in store.iter_messages(user, conv.id):
         pass
     async for _ in store.iter_export([user]):  # one snapshot, two streams per user

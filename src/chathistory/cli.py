@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -220,6 +221,77 @@ def export_command(
         raise _fail(exc) from None
 
 
+@app.command("search")
+def search_command(
+    query: Annotated[str, typer.Argument(help='words; "a phrase"; -excluded; a OR b')],
+    user: Annotated[str, typer.Option("--user", help="the user whose messages to search")],
+    conversation: Annotated[
+        str | None, typer.Option("--conversation", help="only this conversation (its id)")
+    ] = None,
+    role: Annotated[str | None, typer.Option(help="only messages of this role")] = None,
+    limit: Annotated[int, typer.Option(help="hits per page (1-100)")] = 20,
+    cursor: Annotated[str | None, typer.Option(help="continue after a previous page")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="JSON Lines: one hit per line, then the page's end")
+    ] = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Search one user's messages, newest first (a table on a terminal; --json for scripts)."""
+    import json
+    import uuid
+
+    from chathistory.store import ChatHistory
+
+    try:
+        conversation_id = uuid.UUID(conversation) if conversation else None
+    except ValueError:
+        console.print(f"[red]error:[/red] --conversation is not a conversation id: {conversation}")
+        raise typer.Exit(2) from None
+
+    async def run() -> Any:
+        async with ChatHistory.open(_database_url(database_url), migrate=False) as store:
+            return await store.search_messages(
+                user,
+                query,
+                conversation_id=conversation_id,
+                role=role,
+                limit=limit,
+                cursor=cursor,
+            )
+
+    try:
+        page = asyncio.run(run())
+    except ChatHistoryError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        for hit in page.data:
+            typer.echo(hit.model_dump_json())
+        end = {"object": "list.end", "has_more": page.has_more, "next_cursor": page.next_cursor}
+        typer.echo(json.dumps(end))
+        return
+    _print_hits(page)
+
+
+def _print_hits(page: Any) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table("when", "conversation", "role", "snippet", expand=True)
+    for hit in page.data:
+        snippet = html.unescape(
+            escape(hit.snippet).replace("<mark>", "[bold yellow]").replace("</mark>", "[/]")
+        )
+        table.add_row(
+            hit.message.created_at.strftime("%Y-%m-%d %H:%M"),
+            escape(hit.conversation.title or str(hit.conversation.id)),
+            hit.message.role,
+            snippet,
+        )
+    Console().print(table)
+    if page.has_more:
+        console.print(f"more: --cursor {page.next_cursor}")
+
+
 @app.command("import")
 def import_command(
     source: Annotated[str, typer.Argument(help="JSON Lines file, '-' for standard input")],
@@ -302,6 +374,13 @@ def bench(
         bool, typer.Option("--load/--no-load", help="run the HTTP promise scenario")
     ] = True,
     load_seconds: Annotated[float | None, typer.Option(help="seconds of HTTP load")] = None,
+    search: Annotated[
+        bool,
+        typer.Option(
+            "--search/--no-search",
+            help="search a user of 100,000 messages in a table of 1,000,000 (quick: 10x fewer)",
+        ),
+    ] = True,
     open_loop: Annotated[
         bool,
         typer.Option(
@@ -354,6 +433,17 @@ def bench(
         report = await benchmarks.run(
             url, sizes=sizes, prepared_statement_cache=prepared_statement_cache, log=log
         )
+        if search:
+            found = await benchmarks.run_search(
+                url,
+                benchmarks.SearchSizes.quick() if quick else benchmarks.SearchSizes(),
+                log=log,
+            )
+            report.figures += found.figures
+            report.comparisons += found.comparisons
+            report.setup.update(found.setup)
+            for word, explained in found.setup["search_explain"].items():
+                log(f"search plan, {word}:\n{explained}")
         if load:
             opened = benchmarks.OpenLoopPlan.quick() if quick else benchmarks.OpenLoopPlan()
             loaded = await benchmarks.run_load(

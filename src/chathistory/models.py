@@ -1,6 +1,7 @@
-"""Table models: ``conversations`` and ``messages`` on the package's own MetaData.
+"""Table models: ``conversations``, ``messages``, ``open_tool_calls`` and ``message_search`` on
+the package's own MetaData.
 
-Both tables carry ``user_id``; every primary, unique and foreign key includes it, so the schema
+Every table carries ``user_id``; every primary, unique and foreign key includes it, so the schema
 can be distributed by ``user_id`` on Citus unchanged (and one user's ids never collide with, or
 reveal, another user's).
 """
@@ -29,7 +30,7 @@ from sqlalchemy import (
     false,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import registry
 from sqlalchemy.types import TypeDecorator
@@ -194,7 +195,37 @@ class OpenToolCall(Base, table=True):
     seq: int = Field(sa_column=Column(Integer, nullable=False))
 
 
+class MessageSearch(Base, table=True):
+    """What search finds of a message (SPEC 8): its words, written with the message in the same
+    transaction; a message with no searchable text has no row. This is PostgreSQL's shape
+    (``words`` a ``tsvector``; GIN over ``(user_id, words)`` with ``btree_gin``). SQLite keeps
+    the same columns in a table of its own shape with an FTS5 index over ``words`` (migration
+    0004), outside these models."""
+
+    __tablename__ = "message_search"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["message_id", "user_id"], ["messages.id", "messages.user_id"], ondelete="CASCADE"
+        ),
+        # Hits come newest first: the common word's plan walks this backwards.
+        Index(
+            "ix_message_search_user_id_created_at_message_id", "user_id", "created_at", "message_id"
+        ),
+        # The rare word's plan: the user's messages holding the words.
+        Index("ix_message_search_user_id_words", "user_id", "words", postgresql_using="gin"),
+    )
+
+    message_id: uuid.UUID = Field(primary_key=True)
+    user_id: str = Field(sa_column_kwargs={"primary_key": True}, max_length=255)
+    conversation_id: uuid.UUID = Field(nullable=False)
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    words: str = Field(
+        sa_column=Column(Text().with_variant(TSVECTOR(), "postgresql"), nullable=False)
+    )
+
+
 conversations = Conversation.__table__  # type: ignore[attr-defined]
+message_search = MessageSearch.__table__  # type: ignore[attr-defined]
 open_tool_calls = OpenToolCall.__table__  # type: ignore[attr-defined]
 
 # The listing order: a user's conversations, most recently updated first (keyset pagination).
@@ -210,8 +241,10 @@ __all__ = [
     "ROLES",
     "Conversation",
     "Message",
+    "MessageSearch",
     "OpenToolCall",
     "conversations",
+    "message_search",
     "messages",
     "metadata",
     "open_tool_calls",

@@ -1,7 +1,8 @@
 """Opaque keyset cursors.
 
 A cursor names the position just after the last item of a page: for conversations the
-``(updated_at, id)`` of that item, for messages its ``seq`` and the list's order. It is
+``(updated_at, id)`` of that item, for messages its ``seq`` and the list's order, for search
+hits the message's ``(created_at, id)``. It is
 URL-safe base64 of a small JSON document; clients must treat it as opaque. A cursor that does
 not decode, or belongs to another kind of list, raises :class:`InvalidCursorError`.
 """
@@ -57,19 +58,35 @@ def _decode(cursor: str, kind: str) -> dict[str, Any]:
 
 
 def encode_conversation_cursor(updated_at: datetime, id: uuid.UUID) -> str:
-    delta = updated_at - _EPOCH  # integer maths: exact to the microsecond
-    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-    return _encode({"k": "c", "t": micros, "id": id.hex})
+    return _encode_keyset("c", updated_at, id)
 
 
 def decode_conversation_cursor(cursor: str) -> ConversationCursor:
-    payload = _decode(cursor, "c")
+    return ConversationCursor(*_decode_keyset(cursor, "c"))
+
+
+def encode_search_cursor(created_at: datetime, id: uuid.UUID) -> str:
+    """After the search hit (message) created at ``created_at`` with ``id`` (newest first)."""
+    return _encode_keyset("s", created_at, id)
+
+
+def decode_search_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    return _decode_keyset(cursor, "s")
+
+
+def _encode_keyset(kind: str, at: datetime, id: uuid.UUID) -> str:
+    delta = at - _EPOCH  # integer maths: exact to the microsecond
+    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return _encode({"k": kind, "t": micros, "id": id.hex})
+
+
+def _decode_keyset(cursor: str, kind: str) -> tuple[datetime, uuid.UUID]:
+    payload = _decode(cursor, kind)
     micros, raw_id = payload.get("t"), payload.get("id")
     if type(micros) is not int or not isinstance(raw_id, str):
         raise InvalidCursorError("is not a cursor this list issued", loc=("cursor",))
     try:
-        updated_at = _EPOCH + timedelta(microseconds=micros)
-        return ConversationCursor(updated_at, uuid.UUID(hex=raw_id))
+        return _EPOCH + timedelta(microseconds=micros), uuid.UUID(hex=raw_id)
     except (ValueError, OverflowError):
         raise InvalidCursorError("is not a cursor this list issued", loc=("cursor",)) from None
 

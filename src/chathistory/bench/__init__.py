@@ -9,6 +9,7 @@ one statement, the same statement handling) in alternating rounds.
 - :mod:`~chathistory.bench.library` / :mod:`~chathistory.bench.floors`: the two sides;
 - :mod:`~chathistory.bench.rounds`: timing in alternating rounds;
 - :mod:`~chathistory.bench.fixtures`: bulk set-up and integrity checks;
+- :mod:`~chathistory.bench.search`: search against reading the newest 50, and its plans;
 - :mod:`~chathistory.bench.load`: the HTTP service under load (clients in ``__main__``);
 - :mod:`~chathistory.bench.report`: figures, ratios, tables and JSON.
 """
@@ -18,6 +19,7 @@ from chathistory.bench.load import LoadPlan, run_load
 from chathistory.bench.open_loop import OpenLoopPlan
 from chathistory.bench.report import Figure, Ratio, Report, render, write_json
 from chathistory.bench.scenarios import Sizes, run
+from chathistory.bench.search import SearchSizes, run_search
 
 __all__ = [
     "Figure",
@@ -25,10 +27,12 @@ __all__ = [
     "OpenLoopPlan",
     "Ratio",
     "Report",
+    "SearchSizes",
     "Sizes",
     "render",
     "run",
     "run_load",
+    "run_search",
     "with_embedded_server",
     "write_json",
 ]

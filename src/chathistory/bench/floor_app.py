@@ -21,7 +21,9 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from chathistory.bench.floors import APPEND_SQL, MESSAGE_COLUMNS
+from chathistory.db import decode_jsonb
 from chathistory.models import uuid7
+from chathistory.store import search_syntax
 
 READ_SQL = (
     f"SELECT {MESSAGE_COLUMNS} FROM messages"  # noqa: S608 - constant columns
@@ -67,10 +69,10 @@ class FloorApp:
     async def _lifespan(self, receive: Any, send: Any) -> None:
         import asyncpg
 
-        async def codecs(conn: Any) -> None:
-            for kind in ("json", "jsonb"):
+        async def codecs(conn: Any) -> None:  # the library's jsonb decoder, as its floor's
+            for kind, decoder in (("json", json.loads), ("jsonb", decode_jsonb)):
                 await conn.set_type_codec(
-                    kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+                    kind, encoder=json.dumps, decoder=decoder, schema="pg_catalog"
                 )
 
         while True:
@@ -136,6 +138,7 @@ class FloorApp:
             None,
             {},
             90,
+            search_syntax.tsvector_text(sent["content"]),
         )
         if seq is None:
             return 404, b'{"detail": "not found"}'

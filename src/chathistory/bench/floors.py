@@ -2,8 +2,10 @@
 
 One statement per operation, each in its implicit transaction, on a connection of its own (no
 pool). The append is one statement too: the conversation's ``UPDATE ... RETURNING`` (which
-takes the row lock and hands out the seq) in a CTE feeding the ``INSERT``. The floor writes
-the same columns the store writes, with the id (a UUIDv7) and timestamp made client side.
+takes the row lock and hands out the seq) in a CTE feeding the ``INSERT`` of the message and
+of its search words (cut once: the floor neither counts tokens nor cuts words per append). The
+floor writes the same columns the store writes, with the id (a UUIDv7) and timestamp made client
+side.
 
 JSON is encoded and decoded as the library does (a json/jsonb codec on each connection).
 Statement handling follows the library's mode: ``statement_cache_size=0`` (asyncpg then parses
@@ -22,7 +24,9 @@ from typing import Any
 
 from chathistory.bench.fixtures import CONTENT, role
 from chathistory.bench.rounds import WriterOp
+from chathistory.db import decode_jsonb
 from chathistory.models import uuid7
+from chathistory.store import search_syntax
 
 MESSAGE_COLUMNS = (
     "id, user_id, conversation_id, seq, role, content, name, tool_calls, tool_call_id,"
@@ -33,12 +37,15 @@ CONVERSATION_COLUMNS = "id, user_id, title, metadata, created_at, updated_at, me
 APPEND_SQL = (
     "WITH c AS (UPDATE conversations SET message_count = message_count + 1,"
     " updated_at = greatest(updated_at, $3) WHERE id = $1 AND user_id = $2"
-    " RETURNING message_count)"
-    " INSERT INTO messages (id, user_id, conversation_id, seq, role, content, name,"
+    " RETURNING message_count),"
+    " i AS (INSERT INTO messages (id, user_id, conversation_id, seq, role, content, name,"
     " tool_calls, tool_call_id, metadata, token_count, created_at)"
     " SELECT $4, $2, $1, c.message_count, $5, $6::jsonb, $7, $8::jsonb, $9, $10::jsonb,"
     " $11, $3"
-    " FROM c RETURNING seq"
+    " FROM c RETURNING seq),"
+    " s AS (INSERT INTO message_search (message_id, user_id, conversation_id, created_at, words)"
+    " SELECT $4, $2, $1, $3, $12::tsvector FROM c WHERE $12::text IS NOT NULL)"
+    " SELECT seq FROM i"
 )
 READ_NEWEST_SQL = (
     f"SELECT {MESSAGE_COLUMNS} FROM messages"  # noqa: S608 - constant columns
@@ -54,6 +61,7 @@ LIST_AFTER_SQL = (
     " ORDER BY updated_at DESC, id DESC LIMIT $4"
 )
 TOKEN_COUNT = 90  # what a turn of CONTENT counts; the floor does not count tokens
+WORDS = search_syntax.tsvector_text(CONTENT)  # CONTENT's search words, cut once
 
 
 @asynccontextmanager
@@ -76,9 +84,10 @@ async def connections(dsn: str, *, cached: bool, count: int) -> AsyncIterator[li
 
 async def _json_codecs(conn: Any) -> None:
     # The same work as the library: JSON goes in as Python values and comes back decoded
-    # (asyncpg alone would hand jsonb over as text).
-    for kind in ("json", "jsonb"):
-        await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    # (asyncpg alone would hand jsonb over as text), jsonb with the library's own decoder (its
+    # shortcut for strings and empty objects is not the library's advantage over the floor).
+    for kind, decoder in (("json", json.loads), ("jsonb", decode_jsonb)):
+        await conn.set_type_codec(kind, encoder=json.dumps, decoder=decoder, schema="pg_catalog")
 
 
 @asynccontextmanager
@@ -114,6 +123,7 @@ def append(conns: Sequence[Any], user_id: str, conversation_ids: Sequence[uuid.U
             None,  # tool_call_id
             {},  # metadata
             TOKEN_COUNT,
+            WORDS,
         )
         if seq is None:
             raise RuntimeError(f"conversation {conversation_ids[w]} not found")

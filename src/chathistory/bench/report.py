@@ -128,6 +128,7 @@ def render(report: Report) -> list[Any]:
             f"operation, as a service does; target: at most {FLOOR_TARGET})",
         ),
         ("scale", f"large / small p50, same contender (target: at most {SCALE_TARGET})"),
+        ("search", "search p50 / reading the newest 50, same user (target: at most 10)"),
     ):
         rows = [r for r in report.comparisons if r.kind == kind]
         if not rows:

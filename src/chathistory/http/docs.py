@@ -217,6 +217,24 @@ RESPONSE_EXAMPLES: Final[Mapping[tuple[str, str], dict[str, Any]]] = {
             "exact": True,
         }
     },
+    ("searchMessages", "200"): {
+        "example": {
+            "object": "list",
+            "data": [
+                {
+                    "object": "search.hit",
+                    "message": MESSAGE_EXAMPLES[0],
+                    "conversation": {
+                        "id": EXAMPLE_CONVERSATION_ID,
+                        "title": "Plan a weekend in Lisbon",
+                    },
+                    "snippet": "Plan a weekend in <mark>Lisbon</mark>",
+                }
+            ],
+            "has_more": False,
+            "next_cursor": "eyJ2IjoxLCJrIjoicyIsInQiOjAsImlkIjoiMDAifQ",
+        }
+    },
     ("health", "200"): {"example": {"status": "ok"}},
     ("ready", "200"): {"example": {"status": "ok"}},
 }

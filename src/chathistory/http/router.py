@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Response
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 
 from chathistory.http.auth import Principal
 from chathistory.http.docs import (
@@ -57,6 +57,7 @@ from chathistory.schemas import (
     MessageRead,
     Page,
 )
+from chathistory.search_schemas import SearchPage
 from chathistory.store import MAX_PAGE, ChatHistory
 
 # -- the router --------------------------------------------------------------------------------
@@ -104,7 +105,15 @@ def build_router(
     MessageId = Annotated[
         uuid.UUID, Path(description="A message's id.", examples=[EXAMPLE_MESSAGE_IDS[0]])
     ]
-    writes_json = [Depends(owner), Depends(require_json)]
+
+    async def owner_sending_json(user_id: Owner, request: Request) -> str:
+        # The owner first: a stranger learns nothing from the body's media type or syntax.
+        await require_json(request)
+        return user_id
+
+    # One dependency for both (route-level ``dependencies`` plus the ``user_id`` parameter
+    # would solve the owner's chain twice on every write).
+    OwnerSendingJSON = Annotated[str, Depends(owner_sending_json)]
 
     # -- conversations -------------------------------------------------------------------
 
@@ -114,7 +123,6 @@ def build_router(
         summary="Create a conversation",
         status_code=201,
         response_model=ConversationRead,
-        dependencies=writes_json,
         responses={
             201: {"description": "The conversation was created"},
             200: {
@@ -125,7 +133,7 @@ def build_router(
         },
     )
     async def create_conversation(
-        user_id: Owner,
+        user_id: OwnerSendingJSON,
         store: Store,
         response: Response,
         body: Annotated[
@@ -195,14 +203,13 @@ def build_router(
         operation_id="updateConversation",
         summary="Change a conversation's title or metadata",
         response_model=ConversationRead,
-        dependencies=writes_json,
         responses={
             200: {"description": "The updated conversation"},
             **problem_responses(400, *COMMON_PROBLEMS, 413, 415),
         },
     )
     async def update_conversation(
-        user_id: Owner,
+        user_id: OwnerSendingJSON,
         conversation_id: ConversationId,
         store: Store,
         body: Annotated[
@@ -245,7 +252,6 @@ def build_router(
         summary="Append one message, or a JSON array of messages atomically",
         status_code=201,
         response_model=AppendAnswer,
-        dependencies=writes_json,
         responses={
             201: {"description": "Stored: the message, or for an array the list of messages"},
             200: {
@@ -256,7 +262,7 @@ def build_router(
         },
     )
     async def add_messages(
-        user_id: Owner,
+        user_id: OwnerSendingJSON,
         conversation_id: ConversationId,
         store: Store,
         response: Response,
@@ -407,6 +413,48 @@ def build_router(
     async def delete_user_data(user_id: Owner, store: Store) -> Response:
         await store.delete_user_data(user_id)
         return Response(status_code=204)
+
+    # -- search --------------------------------------------------------------------------
+
+    @router.get(
+        "/{user_id}/search",
+        operation_id="searchMessages",
+        summary="Search the user's messages, newest first",
+        response_model=SearchPage,
+        responses={
+            200: {"description": "A page of hits"},
+            **problem_responses(400, *COMMON_PROBLEMS),
+        },
+    )
+    async def search_messages(
+        user_id: Owner,
+        store: Store,
+        q: Annotated[
+            str,
+            Query(
+                description='Words that must all occur (whole words, any case), "a phrase", '
+                "-excluded, a OR b.",
+                examples=['lisbon "pastel de nata" -hotel'],
+            ),
+        ],
+        conversation_id: Annotated[
+            uuid.UUID | None, Query(description="Only this conversation's messages.")
+        ] = None,
+        role: Annotated[
+            Literal["system", "user", "assistant", "tool"] | None,
+            Query(description="Only messages of this role."),
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 20,
+        cursor: Annotated[
+            str | None,
+            Query(description="The `next_cursor` of the previous page.", examples=[EXAMPLE_CURSOR]),
+        ] = None,
+    ) -> SearchPage:
+        """Hits carry the message, its conversation's id and title, and an HTML-safe snippet
+        with the matched words in `<mark>`."""
+        return await store.search_messages(
+            user_id, q, conversation_id=conversation_id, role=role, limit=limit, cursor=cursor
+        )
 
     return router
 

@@ -34,12 +34,26 @@ def alembic_config() -> Config:
     return config
 
 
+def _includer(connection: Connection) -> Any:
+    """What drift compares: everything, except on SQLite the search objects, which have a shape
+    of their own there (a table with an FTS5 index and triggers; migration 0004), not the
+    models' PostgreSQL one."""
+    sqlite = connection.dialect.name == "sqlite"
+
+    def include(obj: Any, name: str | None, type_: str, reflected: bool, other: Any) -> bool:
+        table = name if type_ == "table" else getattr(getattr(obj, "table", None), "name", "")
+        return not (sqlite and str(table or "").startswith("message_search"))
+
+    return include
+
+
 def configure_context(context: Any, connection: Connection) -> None:
     from chathistory.models import metadata
 
     context.configure(
         connection=connection,
         target_metadata=metadata,
+        include_object=_includer(connection),
         version_table=VERSION_TABLE,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
@@ -91,6 +105,7 @@ async def drift(target: str | AsyncEngine) -> list[Any]:
                 "compare_type": True,
                 "compare_server_default": True,
                 "target_metadata": metadata,
+                "include_object": _includer(connection),
             },
         )
         return list(compare_metadata(context, metadata))
@@ -100,11 +115,18 @@ async def drift(target: str | AsyncEngine) -> list[Any]:
 
 
 async def _run(target: str | AsyncEngine, action: Any) -> None:
+    from chathistory.migrations import citus
+
     def run(connection: Connection) -> None:
         # Other processes wait here: PostgreSQL for an advisory lock held until commit,
         # SQLite for the database's write lock.
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+            if citus.has_citus(connection):
+                # One connection per worker for the whole upgrade: Citus refuses an extension
+                # command (CREATE EXTENSION) after parallel work on distributed tables in the
+                # same transaction, as when several migrations run at once.
+                connection.execute(text("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'"))
         elif connection.dialect.name == "sqlite":
             connection.exec_driver_sql("BEGIN IMMEDIATE")
         config = alembic_config()

@@ -76,11 +76,12 @@ async def distribute(target: str | AsyncEngine) -> list[Distributed]:
 def distribute_new_table(connection: Connection, table: str) -> None:
     """For a migration that creates ``table``: distribute it like the others when the database
     is distributed (``conversations`` is), and do nothing elsewhere (SQLite, plain PostgreSQL)."""
-    if _has_citus(connection) and _distribution(connection, ANCHOR) is not None:
+    if has_citus(connection) and _distribution(connection, ANCHOR) is not None:
         _distribute_one(connection, table)
 
 
-def _has_citus(connection: Connection) -> bool:
+def has_citus(connection: Connection) -> bool:
+    """Whether the database has the ``citus`` extension."""
     if connection.dialect.name != "postgresql":
         return False
     found = connection.execute(text("SELECT 1 FROM pg_extension WHERE extname = 'citus'"))
@@ -93,7 +94,7 @@ def _require_citus_coordinator(connection: Connection) -> None:
             "`db distribute` needs PostgreSQL with the Citus extension; this database is "
             f"{connection.dialect.name}"
         )
-    if not _has_citus(connection):
+    if not has_citus(connection):
         raise ConfigurationError(
             "this database has no `citus` extension: on a Citus coordinator run "
             "`CREATE EXTENSION citus` in it first (plain PostgreSQL cannot distribute tables)"

@@ -26,7 +26,7 @@ from chathistory.errors import (
 )
 from chathistory.models import conversations, messages, utcnow, uuid7
 from chathistory.schemas import MessageCreate, MessageRead, title_from
-from chathistory.store import rows, sql, tool_pairing
+from chathistory.store import rows, search, sql, tool_pairing
 from chathistory.store.database import Database
 from chathistory.store.rows import C, M
 from chathistory.tokens import TokenCounter
@@ -122,6 +122,7 @@ async def append_at_once(
             [r["name"] for r in stored],
             [json.dumps(r["metadata"]) for r in stored],
             [r["token_count"] for r in stored],
+            search.words_column(stored),
         )
     if not seqs:
         raise ConversationNotFoundError(conversation_id)
@@ -175,6 +176,7 @@ async def append(
         for offset, message in enumerate(batch)
     ]
     await conn.execute(insert(messages), stored)
+    await search.index(conn, stored)
     return [rows.message(r) for r in stored], True
 
 

@@ -21,7 +21,7 @@ from chathistory.schemas import (
     MessageRecord,
     check_user_id,
 )
-from chathistory.store import appending, rows, tool_pairing
+from chathistory.store import appending, rows, search, tool_pairing
 from chathistory.store import conversations as rooms_conversations
 from chathistory.store.database import Database
 from chathistory.store.rows import CONVERSATION_COLUMNS, C, M
@@ -260,6 +260,7 @@ async def _import_batch(
         raise ValidationError([_shift(e, start) for e in exc.errors]) from None
     stored = [appending.row(rules, spec.user_id, spec.id, m, m.seq, m.created_at) for m in batch]
     await conn.execute(insert(messages), stored)
+    await search.index(conn, stored)
 
 
 def _shift(error: FieldError, start: int) -> FieldError:

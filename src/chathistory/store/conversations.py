@@ -80,6 +80,9 @@ async def require(conn: AsyncConnection, user_id: str, conversation_id: uuid.UUI
         raise ConversationNotFoundError(conversation_id)
 
 
+_PAGE = Page[ConversationRead]  # the parametrised class, looked up once
+
+
 async def page(
     db: Database, user_id: str, limit: int, cursor: str | None
 ) -> Page[ConversationRead]:
@@ -107,15 +110,14 @@ async def page(
         query = query.order_by(C.updated_at.desc(), C.id.desc()).limit(limit + 1)
         async with db.transaction() as conn:
             found = [row._mapping for row in await conn.execute(query)]
-    items = [rows.conversation(row) for row in found[:limit]]
+    build = rows.conversation_record if db.postgres else rows.conversation
+    items = [build(row) for row in found[:limit]]
     next_cursor = (
         pagination.encode_conversation_cursor(items[-1].updated_at, items[-1].id)
         if items
         else cursor
     )
-    return Page[ConversationRead].model_construct(
-        data=items, has_more=len(found) > limit, next_cursor=next_cursor
-    )
+    return _PAGE.model_construct(data=items, has_more=len(found) > limit, next_cursor=next_cursor)
 
 
 def changes(data: dict[str, Any]) -> dict[str, Any]:

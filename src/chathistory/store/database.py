@@ -9,16 +9,20 @@ insufficient resources (53), shutdown and restart (57P), refused credentials or 
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import TracebackType
 from typing import Any, Final
 
 from sqlalchemy import ColumnElement, literal, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.pool import AsyncAdaptedQueuePool
 from sqlalchemy.util import greenlet_spawn
 
+from chathistory.db import _replace_closed
 from chathistory.errors import ChatHistoryError, UnavailableError
 from chathistory.store import limits
 
@@ -44,36 +48,26 @@ class Database:
         async with errors(), self.engine.begin() as conn:
             yield conn
 
-    @asynccontextmanager
-    async def driver(self) -> AsyncIterator[Any]:
+    def driver(self) -> Borrowed:
         """A pooled asyncpg connection used directly (PostgreSQL's hot paths: one statement in
-        asyncpg's own implicit transaction, safe behind PgBouncer), failures as above.
+        asyncpg's own implicit transaction, safe behind PgBouncer), failures as above:
+        ``async with db.driver() as conn``.
 
         Checked out of the engine's own pool (its size, timeout and checkout events apply),
-        without an engine-level ``Connection`` around it: a third of the cost of
-        ``engine.connect()``, which the hot paths pay on every call."""
-        import asyncpg
+        without an engine-level ``Connection`` around it (see :class:`Borrowed`)."""
+        return Borrowed(self)
 
-        async with errors():
-            try:
-                fairy = await greenlet_spawn(self._sync_engine.pool.connect)
-            except self._dbapi.Error as exc:  # the pool raises the driver's own errors
-                if isinstance(exc, self._dbapi.OperationalError | self._dbapi.InterfaceError) or (
-                    _sqlstate_unavailable(getattr(exc, "sqlstate", None))
-                ):
-                    raise UnavailableError(f"the database is unavailable: {_brief(exc)}") from exc
-                raise
-            try:
-                yield fairy.driver_connection
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-                if not isinstance(exc, asyncpg.PostgresError) or _sqlstate_unavailable(
-                    exc.sqlstate
-                ):
-                    await greenlet_spawn(fairy.invalidate, exc)  # it must not go back
-                    raise UnavailableError(f"the database is unavailable: {exc}") from exc
-                raise
-            finally:
-                await greenlet_spawn(fairy.close)
+    def _checkout_failure(self, exc: Exception) -> UnavailableError | None:
+        """What a failed checkout means: the pool raises the driver's own errors, SQLAlchemy's
+        (a pool timeout) and the socket's."""
+        dbapi = self._dbapi
+        if dbapi is not None and isinstance(exc, dbapi.Error):
+            if isinstance(exc, dbapi.OperationalError | dbapi.InterfaceError) or (
+                _sqlstate_unavailable(getattr(exc, "sqlstate", None))
+            ):
+                return UnavailableError(f"the database is unavailable: {_brief(exc)}")
+            return None
+        return unavailable(exc)
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[AsyncConnection]:
@@ -131,18 +125,166 @@ async def errors() -> AsyncIterator[None]:
     """Database failures turned into :class:`UnavailableError`."""
     try:
         yield
-    except (ChatHistoryError, IntegrityError):
-        raise
-    except PoolTimeoutError as exc:
-        raise UnavailableError("no database connection came free in time") from exc
-    except (OperationalError, InterfaceError) as exc:
-        raise UnavailableError(f"the database is unavailable: {_brief(exc)}") from exc
-    except DBAPIError as exc:
+    except Exception as exc:
+        failure = unavailable(exc)
+        if failure is None:
+            raise
+        raise failure from exc
+
+
+def unavailable(exc: BaseException) -> UnavailableError | None:
+    """The :class:`UnavailableError` that ``exc`` means, or ``None`` (not a database failure)."""
+    if isinstance(exc, ChatHistoryError | IntegrityError):
+        return None
+    if isinstance(exc, PoolTimeoutError):
+        return UnavailableError("no database connection came free in time")
+    if isinstance(exc, OperationalError | InterfaceError):
+        return UnavailableError(f"the database is unavailable: {_brief(exc)}")
+    if isinstance(exc, DBAPIError):
         if exc.connection_invalidated or _is_unavailable(exc):
-            raise UnavailableError(f"the database is unavailable: {_brief(exc)}") from exc
-        raise
-    except (TimeoutError, OSError) as exc:
-        raise UnavailableError(f"the database is unavailable: {exc}") from exc
+            return UnavailableError(f"the database is unavailable: {_brief(exc)}")
+        return None
+    if isinstance(exc, TimeoutError | OSError):
+        return UnavailableError(f"the database is unavailable: {exc}")
+    return None
+
+
+class Borrowed:
+    """``async with db.driver() as conn``: an asyncpg connection of the engine's pool, checked
+    out on entry and back in on exit; failures as :func:`errors` turns them.
+
+    SQLAlchemy's async pool is a synchronous pool run in a greenlet: each way a new greenlet
+    (and a new stack for its Python frames: an ``mmap`` and a ``munmap``), a proxy object, a
+    weak reference and the events: about 50 us a borrow, out and back, between two round trips
+    (caches cold), a third of a short read; 25 us this way. The greenlet is there for the I/O
+    the pool may do: connect, recycle, replace a dead connection, wait for one to come free,
+    close an overflow connection. When the pool's next idle connection needs none of that
+    (:func:`_take`), the borrow takes it off the pool's queue and puts it back, as the pool's
+    own checkout and checkin do (``_do_get``, ``_do_return_conn``), without the greenlet and
+    the proxy; anything else goes through SQLAlchemy's own ``pool.connect()``."""
+
+    __slots__ = ("_db", "_fairy", "_pool", "_record")
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def __aenter__(self) -> Any:
+        pool = self._db._sync_engine.pool
+        self._pool = pool
+        self._record = record = _take(pool)
+        if record is not None:
+            return record.dbapi_connection.driver_connection
+        try:
+            self._fairy = fairy = await greenlet_spawn(pool.connect)
+        except Exception as exc:
+            failure = self._db._checkout_failure(exc)
+            if failure is None:
+                raise
+            raise failure from exc
+        return fairy.driver_connection
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        _traceback: TracebackType | None,
+    ) -> None:
+        failure: BaseException | None = None
+        try:
+            try:
+                if exc is not None and _connection_lost(exc):
+                    await greenlet_spawn(self._invalidate, exc)  # it must not go back
+                    failure = UnavailableError(f"the database is unavailable: {exc}")
+            finally:
+                record = self._record
+                if record is None:
+                    await greenlet_spawn(self._fairy.close)
+                elif _returns_quietly(self._pool, record):
+                    self._pool._do_return_conn(record)
+                else:
+                    await greenlet_spawn(record.checkin, _fairy_was_created=False)
+        except Exception as error:
+            mapped = unavailable(error)
+            if mapped is None:
+                raise
+            raise mapped from error
+        if failure is None and isinstance(exc, Exception):
+            failure = unavailable(exc)
+        if failure is not None:
+            raise failure from exc
+
+    def _invalidate(self, exc: BaseException) -> None:
+        if self._record is not None:
+            self._record.invalidate(e=exc)  # closed; the record goes back, to reconnect
+        else:
+            self._fairy.invalidate(exc)
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether an error of a statement on a borrowed connection means it is unusable: a
+    driver or socket failure, a timeout, or PostgreSQL saying it can't serve now."""
+    import asyncpg
+
+    if isinstance(exc, asyncpg.PostgresError):
+        return _sqlstate_unavailable(exc.sqlstate)
+    return isinstance(exc, asyncpg.InterfaceError | OSError | TimeoutError)
+
+
+def _take(pool: Any) -> Any:
+    """The connection record of an idle connection, taken off ``pool``'s queue as its
+    checkout takes it, when using it needs no I/O and nothing would see the checkout: the pool
+    is the async queue pool :func:`chathistory.db.create_engine` builds, with no pre-ping, no
+    listener but the store's own check for a closed socket (done here: the same test), no
+    debug log; the connection is live, not due for recycling, not invalidated. Otherwise
+    ``None``, the pool as it was: SQLAlchemy's own checkout. Reads SQLAlchemy's pool state;
+    anything unexpected answers ``None``."""
+    try:
+        if type(pool) is not AsyncAdaptedQueuePool or pool._pre_ping or not pool.checkedin():
+            return None
+        events = pool.dispatch
+        if events.checkin or events.reset or pool._should_log_debug():
+            return None
+        for listener in events.checkout:
+            if listener is not _replace_closed:
+                return None
+        record = pool._do_get()  # an idle one is there: no wait, no I/O
+    except (AttributeError, TypeError):  # pragma: no cover - another SQLAlchemy
+        return None
+    if _usable(pool, record):
+        return record
+    pool._do_return_conn(record)  # the room it just left: no I/O
+    return None
+
+
+def _usable(pool: Any, record: Any) -> bool:
+    """Whether the pool's checkout would hand ``record``'s connection over as it is: what
+    ``_ConnectionRecord.get_connection`` and the closed-socket check look at."""
+    try:
+        connection = record.dbapi_connection
+        if connection is None or record.fairy_ref is not None:
+            return False
+        started = record.starttime
+        if pool._invalidate_time > started or record._soft_invalidate_time > started:
+            return False
+        # Recycling is due after pool._recycle seconds: leave it a second's margin.
+        if pool._recycle > -1 and time.time() - started > pool._recycle - 1:
+            return False
+        return not connection.driver_connection.is_closed()
+    except AttributeError:  # pragma: no cover - another SQLAlchemy
+        return False
+
+
+def _returns_quietly(pool: Any, record: Any) -> bool:
+    """Whether ``record`` can go back onto the queue as it is, as the pool's checkin would put
+    it: still connected, no transaction of SQLAlchemy's open on it (the hot paths use the
+    driver directly: the pool's reset would roll back nothing), and room on the queue
+    (otherwise the pool closes it)."""
+    connection = record.dbapi_connection
+    if connection is None or getattr(connection, "_transaction", None) is not None:
+        return False
+    if getattr(connection, "_started", False):  # SQLAlchemy 2.0's adapter
+        return False
+    return bool(pool.checkedin() < pool.size())
 
 
 def _is_unavailable(exc: DBAPIError) -> bool:
@@ -159,4 +301,4 @@ def _brief(exc: BaseException) -> str:
     return str(orig or exc).splitlines()[0] if str(orig or exc) else type(exc).__name__
 
 
-__all__ = ["Database", "errors"]
+__all__ = ["Borrowed", "Database", "errors", "unavailable"]

@@ -30,7 +30,8 @@ from chathistory.schemas import (
     Page,
     check_user_id,
 )
-from chathistory.store import appending, archive, context, conversations, reading, rows
+from chathistory.search_schemas import SearchPage
+from chathistory.store import appending, archive, context, conversations, reading, rows, search
 from chathistory.store.database import Database
 from chathistory.store.reading import Order
 
@@ -346,6 +347,29 @@ class ChatHistory:
         """The newest ``limit`` messages (all when ``None``), oldest first."""
         check_user_id(user_id)
         return await reading.newest(self._db, user_id, conversation_id, limit)
+
+    async def search_messages(
+        self,
+        user_id: str,
+        query: str,
+        *,
+        conversation_id: uuid.UUID | None = None,
+        role: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> SearchPage:
+        """The user's messages matching ``query`` (the query language of SPEC 8), newest first:
+        each hit with its conversation's id and title and an HTML-safe snippet."""
+        check_user_id(user_id)
+        return await search.search(
+            self._db,
+            user_id,
+            query,
+            conversation_id=conversation_id,
+            role=role,
+            limit=limit,
+            cursor=cursor,
+        )
 
     async def get_context_window(
         self,

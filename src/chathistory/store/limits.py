@@ -5,12 +5,15 @@ message, however large the stored messages are.
 
 The database numbers the rows of a read by their running size and returns those that start
 within the budget; :func:`within_bytes` then drops the one that crosses it (a read always
-returns at least one row, so a page can always move on).
+returns at least one row, so a page can always move on). On PostgreSQL a page first reads
+without the running size: every row's size, and the content only of rows within their share
+of the budget (:data:`~chathistory.store.sql.PAGE_SHARE_SQL`); :func:`starting_within` makes
+the same cut from the sizes, and only a large row among those kept needs the running size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, LargeBinary, Select, Text, cast, func, select
@@ -64,14 +67,25 @@ def bounded_range(
     )
 
 
-def within_bytes(rows: Sequence[Mapping[Any, Any]], max_bytes: int) -> int:
-    """How many of ``rows`` (each with a ``size``) fit in ``max_bytes``; at least one."""
+def starting_within(sizes: Sequence[int], max_bytes: int) -> int:
+    """How many rows of these ``sizes`` start within ``max_bytes``: what the database's
+    running-size cut keeps (at most one past the budget; always the first)."""
     used = 0
-    for index, row in enumerate(rows):
-        used += row["size"]
+    for index, size in enumerate(sizes):
+        if used > max_bytes:
+            return index
+        used += size
+    return len(sizes)
+
+
+def within_bytes(sizes: Sequence[int], max_bytes: int) -> int:
+    """How many rows of these ``sizes`` fit in ``max_bytes``; at least one."""
+    used = 0
+    for index, size in enumerate(sizes):
+        used += size
         if used > max_bytes and index > 0:
             return index
-    return len(rows)
+    return len(sizes)
 
 
-__all__ = ["bounded_range", "size_of", "within_bytes"]
+__all__ = ["bounded_range", "size_of", "starting_within", "within_bytes"]

@@ -87,11 +87,18 @@ async def page(
     if not found:
         async with db.transaction() as conn:
             await conversations.require(conn, user_id, conversation_id)
-    fitting = limits.within_bytes(found[:limit], max_bytes)
+    sizes = [row["size"] for row in found]
+    total = sum(sizes)
+    fitting = (
+        min(len(found), limit)
+        if total <= max_bytes
+        else limits.within_bytes(sizes[:limit], max_bytes)
+    )
     # More: a row past the limit came back, or the byte budget cut the read (the database
     # returned the row that crossed it; whether any follow it, only the next page knows).
-    has_more = len(found) > fitting or sum(row["size"] for row in found) > max_bytes
-    items = [rows.message(row) for row in found[:fitting]]
+    has_more = len(found) > fitting or total > max_bytes
+    build = rows.message_record if db.postgres else rows.message
+    items = [build(row) for row in found[:fitting]]
     if scan_ascending != ascending:
         items.reverse()
     # After the last item; on an empty page, the position asked from (to poll again).
@@ -116,7 +123,8 @@ async def newest(
     if not found:
         async with db.transaction() as conn:
             await conversations.require(conn, user_id, conversation_id)
-    items = [rows.message(row) for row in found]
+    build = rows.message_record if db.postgres else rows.message
+    items = [build(row) for row in found]
     if limit is not None:
         items.reverse()
     return items
@@ -144,11 +152,24 @@ async def read_range(
             sql.MAX_SEQ if until is None else until,
             limit,
         ]
-        statement = sql.RANGE_SQL[ascending] if max_bytes is None else sql.PAGE_SQL[ascending]
-        if max_bytes is not None:
-            arguments.append(max_bytes)
         async with db.driver() as driver:
-            found: list[Mapping[Any, Any]] = await driver.fetch(statement, *arguments)
+            if max_bytes is None:
+                found: list[Mapping[Any, Any]] = await driver.fetch(
+                    sql.RANGE_SQL[ascending], *arguments
+                )
+                return found
+            if limit is None:  # no share to give each row
+                statement = sql.PAGE_SQL[ascending]
+                return list(await driver.fetch(statement, *arguments, max_bytes))
+            # Each row's share of the budget: rows no larger than that all fit together.
+            share = min(max_bytes // max(limit, 1), sql.MAX_SIZE)
+            found = await driver.fetch(sql.PAGE_SHARE_SQL[ascending], *arguments, share)
+            sizes = [row["size"] for row in found]
+            if sum(sizes) > max_bytes:  # keep what PAGE_SQL keeps: the rows starting within
+                kept = limits.starting_within(sizes, max_bytes)
+                found, sizes = found[:kept], sizes[:kept]
+            if sizes and max(sizes) > share:  # one of those came without its content
+                found = await driver.fetch(sql.PAGE_SQL[ascending], *arguments, max_bytes)
             return found
     query = limits.bounded_range(
         list(messages.c),

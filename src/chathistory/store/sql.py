@@ -9,14 +9,16 @@ from __future__ import annotations
 from typing import Final
 
 MAX_SEQ: Final = 2**31 - 1
+MAX_SIZE: Final = 2**31 - 1  # a row's size is an int4
 MESSAGE_COLUMNS: Final = (
     "id, conversation_id, user_id, seq, role, content, name, tool_calls,"
     " tool_call_id, metadata, token_count, created_at, extras"
 )
-_SIZE: Final = (
-    "coalesce(octet_length(content::text), 0) + coalesce(octet_length(tool_calls::text), 0)"
-    " + coalesce(octet_length(extras::text), 0)"
-)
+MESSAGE_NAMES: Final = tuple(name.strip() for name in MESSAGE_COLUMNS.split(","))
+# A row's size: the bytes of its content, tool calls and extras as JSON text (concat skips a
+# NULL and writes jsonb as its text, as ::text does). One call each: every function named in a
+# statement is looked up again when an unnamed statement is parsed.
+_SIZE: Final = "octet_length(concat(content, tool_calls, extras))"
 # A page: messages with $3 < seq < $4, at most $5, stopping at a byte budget ($6) inside the
 # database: rows are numbered by the running size of their content and tool calls, and only
 # those starting within the budget come back (so at most one row past it).
@@ -26,6 +28,23 @@ PAGE_SQL: Final = {
         f" sum({_SIZE}) OVER (ORDER BY seq {direction}) AS running FROM messages"
         " WHERE conversation_id = $1 AND user_id = $2 AND seq > $3 AND seq < $4"
         f" ORDER BY seq {direction} LIMIT $5) AS page WHERE running - size <= $6"
+    )
+    for ascending, direction in ((True, "ASC"), (False, "DESC"))
+}
+# The same page without the running size (a window over every row costs a third of the read):
+# every row with its size, but the content, tool calls and extras only of rows of at most $6
+# bytes, each row's share of the budget. When no row is larger, all of them together fit the
+# budget and this is the page; otherwise (a large row, rare) PAGE_SQL reads it. Either way
+# the database never sends more than the budget.
+PAGE_SHARE_SQL: Final = {
+    ascending: (
+        "SELECT id, conversation_id, user_id, seq, role,"  # noqa: S608
+        " CASE WHEN size <= $6 THEN content END AS content, name,"
+        " CASE WHEN size <= $6 THEN tool_calls END AS tool_calls, tool_call_id, metadata,"
+        " token_count, created_at, CASE WHEN size <= $6 THEN extras END AS extras, size"
+        f" FROM (SELECT {MESSAGE_COLUMNS}, {_SIZE} AS size FROM messages"
+        " WHERE conversation_id = $1 AND user_id = $2 AND seq > $3 AND seq < $4"
+        f" ORDER BY seq {direction} LIMIT $5) AS page"
     )
     for ascending, direction in ((True, "ASC"), (False, "DESC"))
 }
@@ -40,6 +59,7 @@ RANGE_SQL: Final = {
 }
 
 CONVERSATION_COLUMNS: Final = "id, user_id, title, metadata, created_at, updated_at, message_count"
+CONVERSATION_NAMES: Final = tuple(name.strip() for name in CONVERSATION_COLUMNS.split(","))
 # A page of a user's conversations, most recently updated first: the first one, and the one
 # after a keyset position ($2, $3); at most $2 / $4 rows.
 LIST_FIRST_SQL: Final = (
@@ -56,17 +76,23 @@ LIST_AFTER_SQL: Final = (
 # conversation's UPDATE takes the row lock, hands out the seq numbers, moves updated_at
 # forward and titles it from its first user message ever; the INSERT takes its numbers.
 # $1 conversation, $2 user, $3 how many, $4 now, $5 the batch has a user message, $6 the title
-# that message gives (or NULL), then one array per column. jsonb values go in as JSON text (the
-# engine's codec). No row comes back when the conversation is not the user's.
+# that message gives (or NULL), then one array per column, and last ($13) each message's words
+# for search as tsvector text (NULL: nothing to index), inserted in the same statement. jsonb
+# values go in as JSON text (the engine's codec). No row comes back when the conversation is
+# not the user's.
 APPEND_SQL: Final = (
     "WITH c AS (UPDATE conversations SET message_count = message_count + $3,"
     " updated_at = greatest(updated_at, $4), has_user_message = has_user_message OR $5,"
     " title = CASE WHEN title IS NULL AND NOT has_user_message THEN $6 ELSE title END"
-    " WHERE id = $1 AND user_id = $2 RETURNING message_count)"
-    " INSERT INTO messages (id, user_id, conversation_id, seq, role, content, name,"
+    " WHERE id = $1 AND user_id = $2 RETURNING message_count),"
+    " i AS (INSERT INTO messages (id, user_id, conversation_id, seq, role, content, name,"
     " tool_calls, tool_call_id, metadata, token_count, created_at)"
     " SELECT m.id, $2, $1, c.message_count - $3 + m.ord, m.role, m.content, m.name, NULL,"
     " NULL, m.metadata, m.token_count, $4 FROM c, unnest($7::uuid[], $8::text[], $9::jsonb[],"
     " $10::text[], $11::jsonb[], $12::int[]) WITH ORDINALITY"
-    " AS m(id, role, content, name, metadata, token_count, ord) RETURNING seq"
+    " AS m(id, role, content, name, metadata, token_count, ord) RETURNING seq),"
+    " s AS (INSERT INTO message_search (message_id, user_id, conversation_id, created_at, words)"
+    " SELECT w.id, $2, $1, $4, w.words::tsvector FROM c, unnest($7::uuid[], $13::text[])"
+    " AS w(id, words) WHERE w.words IS NOT NULL)"
+    " SELECT seq FROM i"
 )

@@ -1,0 +1,38 @@
+"""Search's answer (SPEC 8): a page of hits, newest first, each a message with its conversation
+and a snippet ready to render."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from chathistory.schemas import MessageRead, Page, every_field_required
+
+
+class HitConversation(BaseModel):
+    """The conversation a hit belongs to, as a sidebar shows it."""
+
+    model_config = ConfigDict(json_schema_extra=every_field_required)
+
+    id: uuid.UUID
+    title: str | None
+
+
+class SearchHit(BaseModel):
+    """One message that matched, with where it lives and an excerpt around the match."""
+
+    model_config = ConfigDict(json_schema_extra=every_field_required)
+
+    object: Literal["search.hit"] = "search.hit"
+    message: MessageRead
+    conversation: HitConversation
+    snippet: str = Field(
+        description="A short excerpt around the first match: HTML-escaped text with every "
+        "matched word in <mark>…</mark>, safe to render as HTML as is; … marks a cut."
+    )
+
+
+class SearchPage(Page[SearchHit]):
+    """A page of search hits, newest message first."""
