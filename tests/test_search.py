@@ -220,18 +220,18 @@ def test_words_and_queries() -> None:
     assert search_syntax.parse_query("it's").to_tsquery() == "('it' <-> 's')"
 
 
-def test_cli_search_table_and_json_lines(sqlite_store_url: str, user: str) -> None:
+def test_cli_search_table_and_json_lines(backend_url: str, user: str) -> None:
     import asyncio
 
     async def seed() -> None:
-        async with ChatHistory.open(sqlite_store_url, migrate=False) as store:
+        async with ChatHistory.open(backend_url, migrate=False) as store:
             conv = await store.create_conversation(user, title="Lisbon trip")
             for n in range(3):
                 await store.add_message(user, conv.id, "user", f"pastel de nata number {n}")
 
     asyncio.run(seed())
     runner = CliRunner()
-    base = ["search", "--database-url", sqlite_store_url, "--user", user]
+    base = ["search", "--database-url", backend_url, "--user", user]
     answer = runner.invoke(app, [*base, "nata", "--json", "--limit", "2"])
     assert answer.exit_code == 0, answer.output
     lines = [json.loads(line) for line in answer.output.splitlines()]
