@@ -9,7 +9,9 @@ insufficient resources (53), shutdown and restart (57P), refused credentials or 
 
 from __future__ import annotations
 
+import asyncio
 import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -41,6 +43,26 @@ class Database:
         self._sync_engine = engine.sync_engine  # its pool is looked up per call (dispose)
         self._dbapi: Any = engine.dialect.loaded_dbapi
         self._citus: bool | None = None  # the citus extension, looked up on first export
+        self._gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def gate(self) -> asyncio.Semaphore | None:
+        """First come, first served for the hot paths' borrows: at most as many borrowers as
+        the pool holds connections, the others queue in arrival order (asyncio's semaphore is
+        fair). SQLAlchemy's pool is not: a connection given back goes to whoever asks next,
+        often a newcomer rather than the waiter it woke, which left some requests waiting
+        hundreds of milliseconds under load (the HTTP p99). One gate per event loop; ``None``
+        for a pool without a fixed size."""
+        pool = self._sync_engine.pool
+        size, overflow = getattr(pool, "size", None), getattr(pool, "_max_overflow", -1)
+        if not callable(size) or overflow < 0:
+            return None
+        loop = asyncio.get_running_loop()
+        gate = self._gates.get(loop)
+        if gate is None:
+            gate = self._gates[loop] = asyncio.Semaphore(size() + overflow)
+        return gate
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -163,7 +185,7 @@ class Borrowed:
     own checkout and checkin do (``_do_get``, ``_do_return_conn``), without the greenlet and
     the proxy; anything else goes through SQLAlchemy's own ``pool.connect()``."""
 
-    __slots__ = ("_db", "_fairy", "_pool", "_record")
+    __slots__ = ("_db", "_fairy", "_gate", "_pool", "_record")
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -171,6 +193,21 @@ class Borrowed:
     async def __aenter__(self) -> Any:
         pool = self._db._sync_engine.pool
         self._pool = pool
+        self._gate = gate = self._db.gate()
+        if gate is not None:
+            try:
+                async with asyncio.timeout(getattr(pool, "_timeout", 30)):
+                    await gate.acquire()
+            except TimeoutError:
+                raise UnavailableError("no database connection came free in time") from None
+        try:
+            return await self._checkout(pool)
+        except BaseException:
+            if gate is not None:
+                gate.release()
+            raise
+
+    async def _checkout(self, pool: Any) -> Any:
         self._record = record = _take(pool)
         if record is not None:
             return record.dbapi_connection.driver_connection
@@ -196,13 +233,17 @@ class Borrowed:
                     await greenlet_spawn(self._invalidate, exc)  # it must not go back
                     failure = UnavailableError(f"the database is unavailable: {exc}")
             finally:
-                record = self._record
-                if record is None:
-                    await greenlet_spawn(self._fairy.close)
-                elif _returns_quietly(self._pool, record):
-                    self._pool._do_return_conn(record)
-                else:
-                    await greenlet_spawn(record.checkin, _fairy_was_created=False)
+                try:
+                    record = self._record
+                    if record is None:
+                        await greenlet_spawn(self._fairy.close)
+                    elif _returns_quietly(self._pool, record):
+                        self._pool._do_return_conn(record)
+                    else:
+                        await greenlet_spawn(record.checkin, _fairy_was_created=False)
+                finally:
+                    if self._gate is not None:
+                        self._gate.release()
         except Exception as error:
             mapped = unavailable(error)
             if mapped is None:
