@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, update
 
 from chathistory import ChatHistory
 from chathistory.db import create_engine
-from chathistory.models import metadata
+from chathistory.models import conversations, metadata
 from chathistory.store import sql
 from chathistory.store.database import CITUS_SNAPSHOT_SQL
 
@@ -80,6 +81,24 @@ async def _exercise(store: ChatHistory, user: str) -> None:
     }
     await store.import_conversation(record)
     await store.import_conversation(record)
+    # The lifecycle (SPEC 9): archive and pin, the filtered lists, an expiry, the purge.
+    await store.update_conversation(user, conv.id, archived=True, pinned=True)
+    await store.list_conversations(user, archived="any", pinned=True)
+    shown = await store.list_conversations(user, archived=True, pinned=False, limit=1)
+    await store.list_conversations(user, pinned=False, cursor=shown.next_cursor)
+    soon = datetime.now(UTC) + timedelta(hours=1)
+    temporary = await store.create_conversation(user, expires_at=soon)
+    await store.add_message(user, temporary.id, "user", "brief")
+    async with store.engine.begin() as conn:  # expired now, without waiting for it
+        await conn.execute(
+            update(conversations)
+            .where(conversations.c.user_id == user, conversations.c.id == temporary.id)
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    await store.search_messages(user, "brief")
+    await store.purge(user_id=user, dry_run=True)
+    await store.purge(user_id=user, older_than=timedelta(days=30), batch_size=2)
+    await store.create_conversation(user, id=temporary.id)  # an expired id is free again
     await store.delete_user_data(user)
 
 

@@ -19,6 +19,7 @@ from chathistory.errors import (
     UnavailableError,
     ValidationError,
 )
+from chathistory.lifecycle_schemas import PurgeReport
 from chathistory.schemas import (
     ConversationCreate,
     ConversationRead,
@@ -51,6 +52,7 @@ __all__ = [
     "MessageRead",
     "NotFoundError",
     "Page",
+    "PurgeReport",
     "ToolCall",
     "UnavailableError",
     "ValidationError",

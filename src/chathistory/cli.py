@@ -7,6 +7,7 @@ import html
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import IO, Annotated, Any
 
@@ -17,6 +18,7 @@ from chathistory import migrations
 from chathistory.config import Settings
 from chathistory.db import parse_database_url
 from chathistory.errors import ChatHistoryError
+from chathistory.lifecycle_schemas import parse_duration
 
 app = typer.Typer(
     help="Durable, multi-tenant chat history for AI assistants.", no_args_is_help=True
@@ -212,6 +214,56 @@ def export_command(
                 report = await export_jsonl(store, out, user_ids=user, progress=advance)
         console.print(
             f"exported {report.conversations:,} conversations, {report.messages:,} messages"
+        )
+        return 0
+
+    try:
+        raise typer.Exit(asyncio.run(run()))
+    except ChatHistoryError as exc:
+        raise _fail(exc) from None
+
+
+def _duration(value: str | None) -> timedelta | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+@app.command("purge")
+def purge_command(
+    older_than: Annotated[
+        timedelta | None,
+        typer.Option(
+            "--older-than",
+            parser=_duration,
+            metavar="DURATION",
+            help="also delete conversations not updated for this long (30d, 12h, 90m, 2w), "
+            "except pinned ones",
+        ),
+    ] = None,
+    user: Annotated[str | None, typer.Option("--user", help="purge only this user")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="count what would be deleted; delete nothing")
+    ] = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Delete expired conversations (and, with --older-than, old unpinned ones) in short
+    batches; safe to run from several processes at once."""
+    from chathistory.store import ChatHistory
+
+    async def run() -> int:
+        async with ChatHistory.open(_database_url(database_url), migrate=False) as store:
+            what = "counting" if dry_run else "purging"
+            with _progress(what, "conversations") as advance:
+                report = await store.purge(
+                    older_than=older_than, user_id=user, dry_run=dry_run, progress=advance
+                )
+        verb = "would delete" if dry_run else "deleted"
+        console.print(
+            f"{verb} {report.conversations:,} conversations, {report.messages:,} messages"
         )
         return 0
 

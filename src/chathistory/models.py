@@ -110,6 +110,17 @@ class Conversation(Base, table=True):
     has_user_message: bool = Field(
         default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
     )
+    # The lifecycle (SPEC 9): archived and pinned sections, and an instant from which the
+    # conversation is gone for every call (the purge deletes it).
+    archived: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
+    )
+    pinned: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
+    )
+    expires_at: datetime | None = Field(
+        default=None, sa_column=Column(UTCDateTime(), nullable=True)
+    )
 
 
 class Message(Base, table=True):
@@ -234,6 +245,39 @@ Index(
     conversations.c.user_id,
     conversations.c.updated_at.desc(),
     conversations.c.id.desc(),
+)
+# The filtered listings (SPEC 9), each keyset-paged on its own index: archived or not,
+# pinned or not, and both (the UI's pinned section and the rest).
+_C = conversations.c
+Index(
+    "ix_conversations_user_id_archived_updated_at_id",
+    _C.user_id,
+    _C.archived,
+    _C.updated_at.desc(),
+    _C.id.desc(),
+)
+Index(
+    "ix_conversations_user_id_pinned_updated_at_id",
+    _C.user_id,
+    _C.pinned,
+    _C.updated_at.desc(),
+    _C.id.desc(),
+)
+Index(
+    "ix_conversations_user_id_archived_pinned_updated_at_id",
+    _C.user_id,
+    _C.archived,
+    _C.pinned,
+    _C.updated_at.desc(),
+    _C.id.desc(),
+)
+# The purge's expired conversations: few rows (only those with an expiry).
+Index(
+    "ix_conversations_user_id_expires_at",
+    _C.user_id,
+    _C.expires_at,
+    postgresql_where=text("expires_at IS NOT NULL"),
+    sqlite_where=text("expires_at IS NOT NULL"),
 )
 messages = Message.__table__  # type: ignore[attr-defined]
 

@@ -21,12 +21,14 @@ from pydantic import (
     Discriminator,
     Field,
     PlainValidator,
+    StrictBool,
     Tag,
     field_validator,
     model_validator,
 )
 
 from chathistory.errors import FieldError, ValidationError
+from chathistory.lifecycle_schemas import FutureInstant, Switch
 from chathistory.openai_types import (
     ChatMessage,
     ChatToolCall,
@@ -374,6 +376,9 @@ class ConversationCreate(_Input):
     id: uuid.UUID | None = None
     title: Text | None = Field(default=None, max_length=MAX_TITLE)
     metadata: Metadata = Field(default_factory=dict)
+    archived: Switch = False
+    pinned: Switch = False
+    expires_at: FutureInstant | None = None
 
     @field_validator("metadata")
     @classmethod
@@ -386,6 +391,9 @@ class ConversationUpdate(_Input):
 
     title: Text | None = Field(default=None, max_length=MAX_TITLE)
     metadata: Metadata | None = None
+    archived: StrictBool | None = None
+    pinned: StrictBool | None = None
+    expires_at: FutureInstant | None = None
 
     @field_validator("metadata")
     @classmethod
@@ -413,6 +421,9 @@ class ConversationRead(BaseModel):
     created_at: datetime
     updated_at: datetime
     message_count: int
+    archived: bool
+    pinned: bool
+    expires_at: datetime | None
 
 
 # The JSON values of a read message stay the dicts that were stored (the store builds read
@@ -523,6 +534,9 @@ class ConversationRecord(_Input):
     metadata: Metadata = Field(default_factory=dict)
     created_at: datetime
     updated_at: datetime
+    archived: Switch = False  # the lifecycle (SPEC 9), in a file only when set
+    pinned: Switch = False
+    expires_at: datetime | None = None
     messages: list[MessageRecord] = Field(default_factory=list)
 
     @field_validator("metadata")
@@ -530,10 +544,10 @@ class ConversationRecord(_Input):
     def _metadata(cls, value: Metadata) -> Metadata:
         return check_metadata(value)
 
-    @field_validator("created_at", "updated_at")
+    @field_validator("created_at", "updated_at", "expires_at")
     @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        return aware_utc_timestamp(value)
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else aware_utc_timestamp(value)
 
     @model_validator(mode="after")
     def _sequence(self) -> ConversationRecord:

@@ -85,7 +85,7 @@ def message_record(message: MessageRead) -> dict[str, Any]:
 
 
 def _conversation_head(conversation: ConversationRead) -> str:
-    head = {
+    head: dict[str, Any] = {
         "id": str(conversation.id),
         "user_id": conversation.user_id,
         "title": conversation.title,
@@ -93,6 +93,13 @@ def _conversation_head(conversation: ConversationRead) -> str:
         "created_at": _time(conversation.created_at),
         "updated_at": _time(conversation.updated_at),
     }
+    # The lifecycle (SPEC 9) only when set: files of conversations without it stay as they were.
+    if conversation.archived:
+        head["archived"] = True
+    if conversation.pinned:
+        head["pinned"] = True
+    if conversation.expires_at is not None:
+        head["expires_at"] = _time(conversation.expires_at)
     return _dumps(head)[:-1] + ',"messages":['  # last, so messages can stream after the head
 
 

@@ -32,12 +32,17 @@ MESSAGE_COLUMNS = (
     "id, user_id, conversation_id, seq, role, content, name, tool_calls, tool_call_id,"
     " metadata, token_count, created_at"
 )
-CONVERSATION_COLUMNS = "id, user_id, title, metadata, created_at, updated_at, message_count"
+CONVERSATION_COLUMNS = (
+    "id, user_id, title, metadata, created_at, updated_at, message_count,"
+    " archived, pinned, expires_at"
+)
+# SPEC 9: every read and write of a conversation refuses an expired one, as the store's do.
+LIVE = "(expires_at IS NULL OR expires_at > now())"
 
 APPEND_SQL = (
     "WITH c AS (UPDATE conversations SET message_count = message_count + 1,"
     " updated_at = greatest(updated_at, $3) WHERE id = $1 AND user_id = $2"
-    " RETURNING message_count),"
+    " AND (expires_at IS NULL OR expires_at > $3) RETURNING message_count),"
     " i AS (INSERT INTO messages (id, user_id, conversation_id, seq, role, content, name,"
     " tool_calls, tool_call_id, metadata, token_count, created_at)"
     " SELECT $4, $2, $1, c.message_count, $5, $6::jsonb, $7, $8::jsonb, $9, $10::jsonb,"
@@ -49,15 +54,18 @@ APPEND_SQL = (
 )
 READ_NEWEST_SQL = (
     f"SELECT {MESSAGE_COLUMNS} FROM messages"  # noqa: S608 - constant columns
-    " WHERE conversation_id = $1 AND user_id = $2 ORDER BY seq DESC LIMIT $3"
+    " WHERE conversation_id = $1 AND user_id = $2 AND EXISTS (SELECT FROM conversations AS c"
+    f" WHERE c.id = $1 AND c.user_id = $2 AND {LIVE.replace('expires_at', 'c.expires_at')})"
+    " ORDER BY seq DESC LIMIT $3"
 )
 LIST_FIRST_SQL = (
     f"SELECT {CONVERSATION_COLUMNS} FROM conversations"  # noqa: S608 - constant columns
-    " WHERE user_id = $1 ORDER BY updated_at DESC, id DESC LIMIT $2"
+    f" WHERE user_id = $1 AND archived = false AND {LIVE}"
+    " ORDER BY updated_at DESC, id DESC LIMIT $2"
 )
 LIST_AFTER_SQL = (
     f"SELECT {CONVERSATION_COLUMNS} FROM conversations"  # noqa: S608 - constant columns
-    " WHERE user_id = $1 AND (updated_at, id) < ($2, $3)"
+    f" WHERE user_id = $1 AND archived = false AND (updated_at, id) < ($2, $3) AND {LIVE}"
     " ORDER BY updated_at DESC, id DESC LIMIT $4"
 )
 TOKEN_COUNT = 90  # what a turn of CONTENT counts; the floor does not count tokens

@@ -38,6 +38,9 @@ CONVERSATION_EXAMPLE: Final[dict[str, Any]] = {
     "created_at": "2026-11-23T17:00:00Z",
     "updated_at": "2026-11-23T17:05:12.345678Z",
     "message_count": 2,
+    "archived": False,
+    "pinned": False,
+    "expires_at": None,
 }
 MESSAGE_EXAMPLES: Final[list[dict[str, Any]]] = [
     {

@@ -50,6 +50,7 @@ from chathistory.http.requests import (
     require_json,
     strict_json_loads,
 )
+from chathistory.lifecycle_schemas import Flag
 from chathistory.schemas import (
     ContextWindow,
     ConversationRead,
@@ -183,8 +184,20 @@ def build_router(
             str | None,
             Query(description="The `next_cursor` of the previous page.", examples=[EXAMPLE_CURSOR]),
         ] = None,
+        archived: Annotated[
+            Flag,
+            Query(description="Archived ones only (`true`), the others (`false`), or both."),
+        ] = "false",
+        pinned: Annotated[
+            Flag,
+            Query(description="Pinned ones only (`true`), the others (`false`), or both."),
+        ] = "any",
     ) -> Page[ConversationRead]:
-        return await store.list_conversations(user_id, limit=limit, cursor=cursor)
+        """Expired conversations are never listed. A UI shows its pinned section with
+        `pinned=true` and the rest with `pinned=false`, each keyset-paged by `cursor`."""
+        return await store.list_conversations(
+            user_id, limit=limit, cursor=cursor, archived=archived, pinned=pinned
+        )
 
     @router.get(
         "/{user_id}/conversations/{conversation_id}",
@@ -201,7 +214,7 @@ def build_router(
     @router.patch(
         "/{user_id}/conversations/{conversation_id}",
         operation_id="updateConversation",
-        summary="Change a conversation's title or metadata",
+        summary="Change a conversation's title or metadata, archive, pin or expire it",
         response_model=ConversationRead,
         responses={
             200: {"description": "The updated conversation"},
@@ -216,12 +229,20 @@ def build_router(
             ConversationUpdateBody,
             Body(
                 description="Fields left out stay as they are; `metadata` replaces the whole "
-                "object; `title: null` clears the title.",
+                "object; `title: null` clears the title; `expires_at` must be in the future, "
+                "`expires_at: null` clears it. Archiving, pinning and the expiry do not move "
+                "`updated_at`.",
                 openapi_examples={
                     "title": {"summary": "Rename", "value": {"title": "Lisbon, May"}},
                     "metadata": {
                         "summary": "Replace the metadata",
-                        "value": {"metadata": {"pinned": "true"}},
+                        "value": {"metadata": {"source": "web"}},
+                    },
+                    "pin": {"summary": "Pin it", "value": {"pinned": True}},
+                    "archive": {"summary": "Archive it", "value": {"archived": True}},
+                    "expire": {
+                        "summary": "Make it temporary",
+                        "value": {"expires_at": "2030-01-01T00:00:00Z"},
                     },
                 },
             ),

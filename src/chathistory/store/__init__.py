@@ -7,6 +7,7 @@
 - ``reading``: one message, pages by ``seq``, the newest messages (the hot read).
 - ``context``: the context window; choosing (``Budget``, ``Selection``) is pure.
 - ``archive``: export in one snapshot, import a conversation whole.
+- ``purging``: delete expired and old conversations in short batches (SPEC 9).
 - ``limits``: byte budgets of reads; ``sql``: PostgreSQL's hand-written statements;
   ``database``: transactions, the raw connection, failures as ``UnavailableError``;
   ``rows``: rows to read models, shared small rules.

@@ -27,6 +27,7 @@ from chathistory.errors import (
 from chathistory.models import conversations, messages, utcnow, uuid7
 from chathistory.schemas import MessageCreate, MessageRead, title_from
 from chathistory.store import rows, search, sql, tool_pairing
+from chathistory.store.conversations import live
 from chathistory.store.database import Database
 from chathistory.store.rows import C, M
 from chathistory.tokens import TokenCounter
@@ -146,7 +147,7 @@ async def append(
     locked = (
         await conn.execute(
             update(conversations)
-            .where(C.user_id == user_id, C.id == conversation_id)
+            .where(C.user_id == user_id, C.id == conversation_id, live(now))
             .values(message_count=C.message_count + len(batch), updated_at=rows.forward(now))
             .returning(C.message_count, C.title, C.has_user_message)
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
+from datetime import datetime
 from typing import Any, Final
 
 from sqlalchemy import insert, select, update
@@ -13,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chathistory.errors import ConflictError, FieldError, ValidationError
-from chathistory.models import conversations, messages
+from chathistory.models import conversations, messages, utcnow
 from chathistory.schemas import (
     ConversationRead,
     ConversationRecord,
@@ -62,7 +63,10 @@ async def conversation_messages(
                 await conn.execute(
                     select(messages)
                     .where(
-                        M.conversation_id == conversation_id, M.user_id == user_id, M.seq > after
+                        M.conversation_id == conversation_id,
+                        M.user_id == user_id,
+                        M.seq > after,
+                        rooms_conversations.exists_live(user_id, conversation_id),
                     )
                     .order_by(M.seq.asc())
                     .limit(chunk)
@@ -85,9 +89,10 @@ async def export(
     what was committed when the export began, each once, whatever is written meanwhile. Per
     user two statements, both naming ``user_id``, stream side by side through server-side
     cursors, ``chunk`` rows at a time: memory holds a chunk, never a user or a conversation."""
+    now = utcnow()  # what has expired by the time the export begins is not in it
     async with db.snapshot() as conn:
         async for user_id in _export_users(conn, given):
-            async for item in _export_user(conn, user_id, chunk):
+            async for item in _export_user(conn, user_id, chunk, now):
                 yield item
 
 
@@ -107,14 +112,15 @@ async def _export_users(conn: AsyncConnection, given: list[str] | None) -> Async
 
 
 async def _export_user(
-    conn: AsyncConnection, user_id: str, chunk: int
+    conn: AsyncConnection, user_id: str, chunk: int, now: datetime
 ) -> AsyncIterator[ConversationRead | MessageRead]:
     order = (C.updated_at.desc(), C.id.desc())
-    heads = select(*CONVERSATION_COLUMNS).where(C.user_id == user_id).order_by(*order)
+    live = rooms_conversations.live(now)
+    heads = select(*CONVERSATION_COLUMNS).where(C.user_id == user_id, live).order_by(*order)
     bodies = (
         select(messages)
         .join(conversations, (C.id == M.conversation_id) & (C.user_id == M.user_id))
-        .where(C.user_id == user_id, M.user_id == user_id)
+        .where(C.user_id == user_id, M.user_id == user_id, live)
         .order_by(*order, M.seq.asc())
     )
     streaming = {"yield_per": chunk}
@@ -182,6 +188,9 @@ async def _import(
                 created_at=spec.created_at,
                 updated_at=spec.updated_at,
                 message_count=0,  # counted as the messages go in
+                archived=spec.archived,
+                pinned=spec.pinned,
+                expires_at=spec.expires_at,
             )
         )
     count, last, had_user = 0, None, False

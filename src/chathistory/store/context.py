@@ -100,7 +100,11 @@ async def window(
     budget: Budget,
     counter: tokens.TokenCounter,
 ) -> ContextWindow:
-    owned = (M.conversation_id == conversation_id, M.user_id == user_id)
+    owned = (
+        M.conversation_id == conversation_id,
+        M.user_id == user_id,
+        conversations.exists_live(user_id, conversation_id),
+    )
     system = await _system_prefix(conn, size, owned, budget)
     if not system:
         await conversations.require(conn, user_id, conversation_id)

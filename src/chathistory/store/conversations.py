@@ -4,9 +4,21 @@ clear, and erase a user. Every statement names its owner; another user's row is 
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from datetime import datetime
+from typing import Any, Final
 
-from sqlalchemy import delete, insert, literal, select, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    delete,
+    exists,
+    false,
+    insert,
+    literal,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chathistory import pagination
@@ -17,23 +29,56 @@ from chathistory.store import rows, sql, tool_pairing
 from chathistory.store.database import Database
 from chathistory.store.rows import CONVERSATION_COLUMNS, C, M
 
+# What a change of these columns is not: a change of the conversation's content, so it does
+# not move updated_at (SPEC 9: archiving or pinning a conversation keeps its place).
+LIFECYCLE: Final = frozenset({"archived", "pinned", "expires_at"})
+
+
+def live(now: datetime) -> ColumnElement[bool]:
+    """Not expired at ``now`` (SPEC 9): from ``expires_at`` on, a conversation is gone for
+    every call. Every statement that finds a conversation for a caller carries this."""
+    return or_(C.expires_at.is_(None), C.expires_at > now)
+
+
+def expired(now: datetime) -> ColumnElement[bool]:
+    condition: ColumnElement[bool] = C.expires_at <= now
+    return condition
+
+
+def exists_live(
+    user_id: str, conversation_id: uuid.UUID, now: datetime | None = None
+) -> ColumnElement[bool]:
+    """A condition for a read of messages: their conversation exists and has not expired, so
+    an expired conversation's messages never come back (:data:`sql._live` on the hot path)."""
+    return exists().where(
+        C.user_id == user_id, C.id == conversation_id, live(utcnow() if now is None else now)
+    )
+
 
 async def create(
     conn: AsyncConnection, user_id: str, spec: ConversationCreate
 ) -> tuple[ConversationRead, bool]:
     """The new conversation and ``True``; with a stored client id, the stored one and
-    ``False`` (a :class:`ConflictError` if the title or metadata sent differ)."""
+    ``False`` (a :class:`ConflictError` if the title, metadata or lifecycle sent differ)."""
+    now = utcnow()
     if spec.id is not None:
         existing = await find(conn, user_id, spec.id)
         if existing is not None:
-            if (spec.title is not None and spec.title != existing.title) or (
-                spec.metadata and spec.metadata != existing.metadata
+            given = spec.model_fields_set & LIFECYCLE
+            if (
+                (spec.title is not None and spec.title != existing.title)
+                or (spec.metadata and spec.metadata != existing.metadata)
+                or any(getattr(spec, name) != getattr(existing, name) for name in given)
             ):
                 raise ConflictError(
-                    f"conversation {spec.id} already exists with other title or metadata"
+                    f"conversation {spec.id} already exists with other title, metadata,"
+                    " archived, pinned or expires_at"
                 )
             return existing, False
-    now = utcnow()
+        # An expired conversation is gone: its id is free again (its row awaits the purge).
+        await conn.execute(
+            delete(conversations).where(C.user_id == user_id, C.id == spec.id, expired(now))
+        )
     values = {
         "id": spec.id or uuid7(),
         "user_id": user_id,
@@ -42,17 +87,20 @@ async def create(
         "created_at": now,
         "updated_at": now,
         "message_count": 0,
+        "archived": spec.archived,
+        "pinned": spec.pinned,
+        "expires_at": spec.expires_at,
     }
     await conn.execute(insert(conversations).values(values))
     return rows.conversation(values), True
 
 
 async def newest(conn: AsyncConnection, user_id: str) -> ConversationRead | None:
-    """The user's most recently updated conversation."""
+    """The user's most recently updated conversation that is not archived (nor expired)."""
     row = (
         await conn.execute(
             select(*CONVERSATION_COLUMNS)
-            .where(C.user_id == user_id)
+            .where(C.user_id == user_id, C.archived == false(), live(utcnow()))
             .order_by(C.updated_at.desc(), C.id.desc())
             .limit(1)
         )
@@ -65,16 +113,21 @@ async def find(
 ) -> ConversationRead | None:
     row = (
         await conn.execute(
-            select(*CONVERSATION_COLUMNS).where(C.user_id == user_id, C.id == conversation_id)
+            select(*CONVERSATION_COLUMNS).where(
+                C.user_id == user_id, C.id == conversation_id, live(utcnow())
+            )
         )
     ).first()
     return None if row is None else rows.conversation(row._mapping)
 
 
 async def require(conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID) -> None:
-    """Raise :class:`ConversationNotFoundError` unless the user has this conversation."""
+    """Raise :class:`ConversationNotFoundError` unless the user has this conversation (and it
+    has not expired)."""
     found = (
-        await conn.execute(select(C.id).where(C.user_id == user_id, C.id == conversation_id))
+        await conn.execute(
+            select(C.id).where(C.user_id == user_id, C.id == conversation_id, live(utcnow()))
+        )
     ).first()
     if found is None:
         raise ConversationNotFoundError(conversation_id)
@@ -84,21 +137,35 @@ _PAGE = Page[ConversationRead]  # the parametrised class, looked up once
 
 
 async def page(
-    db: Database, user_id: str, limit: int, cursor: str | None
+    db: Database,
+    user_id: str,
+    limit: int,
+    cursor: str | None,
+    *,
+    archived: bool | None = False,
+    pinned: bool | None = None,
 ) -> Page[ConversationRead]:
-    """Most recently updated first, keyset-paged on ``(updated_at, id)``: one statement (on
-    PostgreSQL straight on the pooled asyncpg connection)."""
+    """Most recently updated first, keyset-paged on ``(updated_at, id)``, filtered by
+    ``archived`` / ``pinned`` (``None``: either), never an expired one: one statement (on
+    PostgreSQL straight on the pooled asyncpg connection), on an index for each filter."""
     position = None if cursor is None else pagination.decode_conversation_cursor(cursor)
+    now = utcnow()
     if db.postgres:
         async with db.driver() as driver:
             if position is None:
-                found = await driver.fetch(sql.LIST_FIRST_SQL, user_id, limit + 1)
+                statement = sql.LIST_SQL[archived, pinned, False]
+                found = await driver.fetch(statement, user_id, now, limit + 1)
             else:
+                statement = sql.LIST_SQL[archived, pinned, True]
                 found = await driver.fetch(
-                    sql.LIST_AFTER_SQL, user_id, position.updated_at, position.id, limit + 1
+                    statement, user_id, now, position.updated_at, position.id, limit + 1
                 )
     else:
-        query = select(*CONVERSATION_COLUMNS).where(C.user_id == user_id)
+        query = select(*CONVERSATION_COLUMNS).where(C.user_id == user_id, live(now))
+        if archived is not None:
+            query = query.where(C.archived == archived)
+        if pinned is not None:
+            query = query.where(C.pinned == pinned)
         if position is not None:
             query = query.where(
                 tuple_(C.updated_at, C.id)
@@ -126,17 +193,24 @@ def changes(data: dict[str, Any]) -> dict[str, Any]:
     values = spec.model_dump(include=spec.model_fields_set)
     if "metadata" in values and values["metadata"] is None:
         raise ValidationError("must be an object", loc=("metadata",))
+    for flag in ("archived", "pinned"):
+        if flag in values and values[flag] is None:
+            raise ValidationError("must be true or false", loc=(flag,))
     return values
 
 
 async def update_columns(
     conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID, values: dict[str, Any]
 ) -> ConversationRead:
-    values = {**values, "updated_at": rows.forward(utcnow())}
+    """Set ``values``; a change of the title or metadata moves ``updated_at`` forward, one of
+    the lifecycle only (archive, pin, expiry) does not."""
+    now = utcnow()
+    if set(values) - LIFECYCLE:
+        values = {**values, "updated_at": rows.forward(now)}
     row = (
         await conn.execute(
             update(conversations)
-            .where(C.user_id == user_id, C.id == conversation_id)
+            .where(C.user_id == user_id, C.id == conversation_id, live(now))
             .values(values)
             .returning(*CONVERSATION_COLUMNS)
         )
@@ -149,7 +223,7 @@ async def update_columns(
 async def remove(conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID) -> None:
     """Delete a conversation and (by the foreign keys' cascade) its messages and open calls."""
     result = await conn.execute(
-        delete(conversations).where(C.user_id == user_id, C.id == conversation_id)
+        delete(conversations).where(C.user_id == user_id, C.id == conversation_id, live(utcnow()))
     )
     if result.rowcount == 0:
         raise ConversationNotFoundError(conversation_id)
@@ -157,11 +231,12 @@ async def remove(conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID
 
 async def clear(conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID) -> int:
     """Delete every message but keep the conversation; the next message gets seq 1."""
+    now = utcnow()
     locked = (
         await conn.execute(
             update(conversations)
-            .where(C.user_id == user_id, C.id == conversation_id)
-            .values(message_count=0, has_user_message=False, updated_at=rows.forward(utcnow()))
+            .where(C.user_id == user_id, C.id == conversation_id, live(now))
+            .values(message_count=0, has_user_message=False, updated_at=rows.forward(now))
             .returning(C.id)
         )
     ).first()

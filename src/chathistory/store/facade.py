@@ -8,7 +8,16 @@ boundary) and hands it to the room that owns the rule; the hot reads take the da
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy.exc import IntegrityError
@@ -17,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from chathistory import tokens
 from chathistory.db import create_engine
 from chathistory.errors import ConflictError, ConversationNotFoundError, ValidationError
+from chathistory.lifecycle_schemas import Flag, PurgeReport, flag
 from chathistory.schemas import (
     ContextWindow,
     ConversationCreate,
@@ -31,7 +41,16 @@ from chathistory.schemas import (
     check_user_id,
 )
 from chathistory.search_schemas import SearchPage
-from chathistory.store import appending, archive, context, conversations, reading, rows, search
+from chathistory.store import (
+    appending,
+    archive,
+    context,
+    conversations,
+    purging,
+    reading,
+    rows,
+    search,
+)
 from chathistory.store.database import Database
 from chathistory.store.reading import Order
 
@@ -133,13 +152,22 @@ class ChatHistory:
         id: uuid.UUID | None = None,
         title: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        archived: bool = False,
+        pinned: bool = False,
+        expires_at: datetime | None = None,
     ) -> ConversationRead:
         """Create a conversation. With a client-given ``id`` the call is idempotent: the same
         ``id`` again returns the stored conversation (``ConflictError`` if the title or metadata
-        sent differ from what is stored)."""
-        conversation, _created = await self.create_conversation_idempotent(
-            user_id, {"id": id, "title": title, "metadata": dict(metadata or {})}
-        )
+        sent differ from what is stored). ``expires_at`` (a future instant) makes it temporary:
+        from then on it is gone for every call, and :meth:`purge` deletes it."""
+        data: dict[str, Any] = {"id": id, "title": title, "metadata": dict(metadata or {})}
+        if archived:
+            data["archived"] = archived
+        if pinned:
+            data["pinned"] = pinned
+        if expires_at is not None:
+            data["expires_at"] = expires_at
+        conversation, _created = await self.create_conversation_idempotent(user_id, data)
         return conversation
 
     async def create_conversation_idempotent(
@@ -181,15 +209,28 @@ class ChatHistory:
         return found
 
     async def list_conversations(
-        self, user_id: str, *, limit: int = 20, cursor: str | None = None
+        self,
+        user_id: str,
+        *,
+        limit: int = 20,
+        cursor: str | None = None,
+        archived: bool | Flag = False,
+        pinned: bool | Flag = "any",
     ) -> Page[ConversationRead]:
         """The user's conversations, most recently updated first, one keyset page at a time.
 
-        A conversation that gets a new message while a client walks the list moves to the
-        front; the walk never returns an item twice."""
+        ``archived`` (default ``False``: the archived ones are left out) and ``pinned``
+        (default ``"any"``) filter: ``True``, ``False`` or ``"any"``. A UI lists its pinned
+        section with ``pinned=True`` and the rest with ``pinned=False``. Expired conversations
+        are never listed. A conversation that gets a new message while a client walks the list
+        moves to the front; the walk never returns an item twice."""
         check_user_id(user_id)
         rows.check_limit(limit)
-        return await conversations.page(self._db, user_id, limit, cursor)
+        archived_is = flag(archived, "archived")
+        pinned_is = flag(pinned, "pinned")
+        return await conversations.page(
+            self._db, user_id, limit, cursor, archived=archived_is, pinned=pinned_is
+        )
 
     async def update_conversation(
         self,
@@ -199,8 +240,13 @@ class ChatHistory:
         *,
         title: str | _Unset | None = UNSET,
         metadata: Mapping[str, str] | _Unset = UNSET,
+        archived: bool | _Unset = UNSET,
+        pinned: bool | _Unset = UNSET,
+        expires_at: datetime | _Unset | None = UNSET,
     ) -> ConversationRead:
-        """Change the title and/or replace the metadata; fields not given stay as they are."""
+        """Change the title and/or replace the metadata, archive or pin it, set or clear
+        (``None``) its expiry; fields not given stay as they are. A change of the title or
+        metadata moves ``updated_at``; archiving, pinning and the expiry do not."""
         check_user_id(user_id)
         data: dict[str, Any] = {}
         if isinstance(changes, ConversationUpdate):
@@ -213,6 +259,9 @@ class ChatHistory:
             data["title"] = title
         if not isinstance(metadata, _Unset):
             data["metadata"] = metadata
+        for name, value in (("archived", archived), ("pinned", pinned), ("expires_at", expires_at)):
+            if not isinstance(value, _Unset):
+                data[name] = value
         values = conversations.changes(data)
         if not values:
             return await self.get_conversation(user_id, conversation_id)
@@ -231,6 +280,35 @@ class ChatHistory:
         check_user_id(user_id)
         async with self._db.transaction() as conn:
             return await conversations.clear(conn, user_id, conversation_id)
+
+    async def purge(
+        self,
+        *,
+        older_than: timedelta | None = None,
+        user_id: str | None = None,
+        dry_run: bool = False,
+        batch_size: int = purging.DEFAULT_BATCH,
+        progress: Callable[[int], object] | None = None,
+    ) -> PurgeReport:
+        """Delete the expired conversations and, with ``older_than``, every conversation not
+        updated for that long, except pinned ones (of ``user_id`` only, when given); their
+        messages go with them. Returns the counts deleted (with ``dry_run``: that would be,
+        deleting nothing).
+
+        Works in batches of ``batch_size``, each its own short transaction; safe to run from
+        several processes at once (each conversation is deleted once, nothing errors); a
+        conversation that gets a message while the purge runs is kept. ``progress`` is called
+        after each batch with the conversations it deleted (a coroutine function is awaited)."""
+        if user_id is not None:
+            check_user_id(user_id)
+        return await purging.purge(
+            self._db,
+            older_than=older_than,
+            user_id=user_id,
+            dry_run=dry_run,
+            batch_size=batch_size,
+            progress=progress,
+        )
 
     async def delete_user_data(self, user_id: str) -> int:
         """Erase every conversation and message of the user; returns how many conversations."""

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chathistory import pagination
 from chathistory.errors import InvalidCursorError, MessageNotFoundError, ValidationError
-from chathistory.models import messages
+from chathistory.models import messages, utcnow
 from chathistory.schemas import MessagePage, MessageRead
 from chathistory.store import conversations, limits, rows, sql
 from chathistory.store.database import Database
@@ -32,11 +32,15 @@ async def one(
     row = (
         await conn.execute(
             select(messages).where(
-                M.user_id == user_id, M.conversation_id == conversation_id, M.id == message_id
+                M.user_id == user_id,
+                M.conversation_id == conversation_id,
+                M.id == message_id,
+                conversations.exists_live(user_id, conversation_id),
             )
         )
     ).first()
     if row is None:
+        await conversations.require(conn, user_id, conversation_id)
         raise MessageNotFoundError(message_id)
     return rows.message(row._mapping)
 
@@ -144,6 +148,7 @@ async def read_range(
     """Messages of a conversation with ``past < seq < until``, by seq, at most ``limit``,
     and (with ``max_bytes``) only those that start within that many bytes of content and
     tool calls (each row carries its ``size``; the caller cuts the one that crosses)."""
+    now = utcnow()
     if db.postgres:
         arguments = [
             conversation_id,
@@ -155,25 +160,29 @@ async def read_range(
         async with db.driver() as driver:
             if max_bytes is None:
                 found: list[Mapping[Any, Any]] = await driver.fetch(
-                    sql.RANGE_SQL[ascending], *arguments
+                    sql.RANGE_SQL[ascending], *arguments, now
                 )
                 return found
             if limit is None:  # no share to give each row
                 statement = sql.PAGE_SQL[ascending]
-                return list(await driver.fetch(statement, *arguments, max_bytes))
+                return list(await driver.fetch(statement, *arguments, max_bytes, now))
             # Each row's share of the budget: rows no larger than that all fit together.
             share = min(max_bytes // max(limit, 1), sql.MAX_SIZE)
-            found = await driver.fetch(sql.PAGE_SHARE_SQL[ascending], *arguments, share)
+            found = await driver.fetch(sql.PAGE_SHARE_SQL[ascending], *arguments, share, now)
             sizes = [row["size"] for row in found]
             if sum(sizes) > max_bytes:  # keep what PAGE_SQL keeps: the rows starting within
                 kept = limits.starting_within(sizes, max_bytes)
                 found, sizes = found[:kept], sizes[:kept]
             if sizes and max(sizes) > share:  # one of those came without its content
-                found = await driver.fetch(sql.PAGE_SQL[ascending], *arguments, max_bytes)
+                found = await driver.fetch(sql.PAGE_SQL[ascending], *arguments, max_bytes, now)
             return found
     query = limits.bounded_range(
         list(messages.c),
-        (M.conversation_id == conversation_id, M.user_id == user_id),
+        (
+            M.conversation_id == conversation_id,
+            M.user_id == user_id,
+            conversations.exists_live(user_id, conversation_id, now),
+        ),
         db.size,
         ascending=ascending,
         limit=limit,

@@ -33,6 +33,9 @@ CONVERSATION_COLUMNS: Final = (
     C.created_at,
     C.updated_at,
     C.message_count,
+    C.archived,
+    C.pinned,
+    C.expires_at,
 )
 WINDOW_COLUMNS: Final = (
     M.extras,
@@ -162,7 +165,18 @@ def message_record(record: Any) -> MessageRead:
 def conversation_record(record: Any) -> ConversationRead:
     """:func:`conversation` of a row of :data:`sql.CONVERSATION_COLUMNS` as asyncpg returns it
     (see :func:`message_record`)."""
-    id, user_id, title, metadata, created_at, updated_at, message_count = record
+    (
+        id,
+        user_id,
+        title,
+        metadata,
+        created_at,
+        updated_at,
+        message_count,
+        archived,
+        pinned,
+        expires_at,
+    ) = record
     model = _new(ConversationRead)
     _set(
         model,
@@ -175,6 +189,9 @@ def conversation_record(record: Any) -> ConversationRead:
             "created_at": created_at,
             "updated_at": updated_at,
             "message_count": message_count,
+            "archived": archived,
+            "pinned": pinned,
+            "expires_at": expires_at,
             "object": "conversation",
         },
     )

@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chathistory import pagination
 from chathistory.errors import ValidationError
-from chathistory.models import ROLES, conversations, message_search, messages
+from chathistory.models import ROLES, conversations, message_search, messages, utcnow
 from chathistory.search_schemas import HitConversation, SearchHit, SearchPage
 from chathistory.store import conversations as conversation_room
 from chathistory.store import rows, search_syntax
@@ -106,7 +106,13 @@ def statement(
             == literal_column("message_search.search_rowid"),
         )
         matches = text("message_search_fts MATCH :q").bindparams(q=query.to_fts5())
-    conditions = [S.user_id == user_id, matches]
+    # Not in a conversation expired by now (SPEC 9): the user's expired ones, found once on
+    # their partial index (usually none), left out before the page is cut.
+    gone = conversations.alias("gone")
+    expired = select(gone.c.id).where(
+        gone.c.user_id == user_id, gone.c.expires_at <= literal(utcnow(), gone.c.expires_at.type)
+    )
+    conditions = [S.user_id == user_id, matches, S.conversation_id.not_in(expired)]
     if conversation_id is not None:
         conditions.append(S.conversation_id == conversation_id)
     if role is not None:

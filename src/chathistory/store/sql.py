@@ -19,6 +19,17 @@ MESSAGE_NAMES: Final = tuple(name.strip() for name in MESSAGE_COLUMNS.split(",")
 # NULL and writes jsonb as its text, as ::text does). One call each: every function named in a
 # statement is looked up again when an unnamed statement is parsed.
 _SIZE: Final = "octet_length(concat(content, tool_calls, extras))"
+
+
+def _live(now: str) -> str:
+    """The conversation ($1, of user $2) exists and has not expired at ``now`` (SPEC 9): an
+    expired conversation's messages never come back, whatever the read."""
+    return (
+        " AND EXISTS (SELECT FROM conversations AS c WHERE c.id = $1 AND c.user_id = $2"
+        f" AND (c.expires_at IS NULL OR c.expires_at > {now}))"
+    )
+
+
 # A page: messages with $3 < seq < $4, at most $5, stopping at a byte budget ($6) inside the
 # database: rows are numbered by the running size of their content and tool calls, and only
 # those starting within the budget come back (so at most one row past it).
@@ -26,7 +37,7 @@ PAGE_SQL: Final = {
     ascending: (
         f"SELECT {MESSAGE_COLUMNS}, size FROM (SELECT {MESSAGE_COLUMNS}, {_SIZE} AS size,"  # noqa: S608
         f" sum({_SIZE}) OVER (ORDER BY seq {direction}) AS running FROM messages"
-        " WHERE conversation_id = $1 AND user_id = $2 AND seq > $3 AND seq < $4"
+        f" WHERE conversation_id = $1 AND user_id = $2 AND seq > $3 AND seq < $4{_live('$7')}"
         f" ORDER BY seq {direction} LIMIT $5) AS page WHERE running - size <= $6"
     )
     for ascending, direction in ((True, "ASC"), (False, "DESC"))
@@ -43,34 +54,53 @@ PAGE_SHARE_SQL: Final = {
         " CASE WHEN size <= $6 THEN tool_calls END AS tool_calls, tool_call_id, metadata,"
         " token_count, created_at, CASE WHEN size <= $6 THEN extras END AS extras, size"
         f" FROM (SELECT {MESSAGE_COLUMNS}, {_SIZE} AS size FROM messages"
-        " WHERE conversation_id = $1 AND user_id = $2 AND seq > $3 AND seq < $4"
+        f" WHERE conversation_id = $1 AND user_id = $2 AND seq > $3 AND seq < $4{_live('$7')}"
         f" ORDER BY seq {direction} LIMIT $5) AS page"
     )
     for ascending, direction in ((True, "ASC"), (False, "DESC"))
 }
 # The same range without a budget (``get_chat_history``: the caller asked for that many).
+# Every read of messages names now ($7 above, $6 here): a conversation expired by then is gone.
 RANGE_SQL: Final = {
     ascending: (
         f"SELECT {MESSAGE_COLUMNS} FROM messages"  # noqa: S608
-        " WHERE conversation_id = $1 AND user_id = $2 AND seq > $3 AND seq < $4"
+        f" WHERE conversation_id = $1 AND user_id = $2 AND seq > $3 AND seq < $4{_live('$6')}"
         f" ORDER BY seq {direction} LIMIT $5"
     )
     for ascending, direction in ((True, "ASC"), (False, "DESC"))
 }
 
-CONVERSATION_COLUMNS: Final = "id, user_id, title, metadata, created_at, updated_at, message_count"
+CONVERSATION_COLUMNS: Final = (
+    "id, user_id, title, metadata, created_at, updated_at, message_count,"
+    " archived, pinned, expires_at"
+)
 CONVERSATION_NAMES: Final = tuple(name.strip() for name in CONVERSATION_COLUMNS.split(","))
-# A page of a user's conversations, most recently updated first: the first one, and the one
-# after a keyset position ($2, $3); at most $2 / $4 rows.
-LIST_FIRST_SQL: Final = (
-    f"SELECT {CONVERSATION_COLUMNS} FROM conversations"  # noqa: S608
-    " WHERE user_id = $1 ORDER BY updated_at DESC, id DESC LIMIT $2"
-)
-LIST_AFTER_SQL: Final = (
-    f"SELECT {CONVERSATION_COLUMNS} FROM conversations"  # noqa: S608
-    " WHERE user_id = $1 AND (updated_at, id) < ($2, $3)"
-    " ORDER BY updated_at DESC, id DESC LIMIT $4"
-)
+
+
+def _listing(archived: bool | None, pinned: bool | None, after: bool) -> str:
+    """A page of a user's conversations, most recently updated first, not expired at $2: the
+    first one, and the one after a keyset position ($3, $4); at most $3 / $5 rows. The filters
+    are constants of the statement, so each has its plan on its own index (models.py)."""
+    flags = "".join(
+        f" AND {name} = {'true' if value else 'false'}"
+        for name, value in (("archived", archived), ("pinned", pinned))
+        if value is not None
+    )
+    position = " AND (updated_at, id) < ($3, $4)" if after else ""
+    return (
+        f"SELECT {CONVERSATION_COLUMNS} FROM conversations"  # noqa: S608
+        f" WHERE user_id = $1{flags}{position} AND (expires_at IS NULL OR expires_at > $2)"
+        f" ORDER BY updated_at DESC, id DESC LIMIT {'$5' if after else '$3'}"
+    )
+
+
+_FLAGS: Final = (None, True, False)
+LIST_SQL: Final = {
+    (archived, pinned, after): _listing(archived, pinned, after)
+    for archived in _FLAGS
+    for pinned in _FLAGS
+    for after in (False, True)
+}
 
 # An append in ONE statement (the common case: no client ids, no tool calls or results): the
 # conversation's UPDATE takes the row lock, hands out the seq numbers, moves updated_at
@@ -79,12 +109,13 @@ LIST_AFTER_SQL: Final = (
 # that message gives (or NULL), then one array per column, and last ($13) each message's words
 # for search as tsvector text (NULL: nothing to index), inserted in the same statement. jsonb
 # values go in as JSON text (the engine's codec). No row comes back when the conversation is
-# not the user's.
+# not the user's, or has expired.
 APPEND_SQL: Final = (
     "WITH c AS (UPDATE conversations SET message_count = message_count + $3,"
     " updated_at = greatest(updated_at, $4), has_user_message = has_user_message OR $5,"
     " title = CASE WHEN title IS NULL AND NOT has_user_message THEN $6 ELSE title END"
-    " WHERE id = $1 AND user_id = $2 RETURNING message_count),"
+    " WHERE id = $1 AND user_id = $2 AND (expires_at IS NULL OR expires_at > $4)"
+    " RETURNING message_count),"
     " i AS (INSERT INTO messages (id, user_id, conversation_id, seq, role, content, name,"
     " tool_calls, tool_call_id, metadata, token_count, created_at)"
     " SELECT m.id, $2, $1, c.message_count - $3 + m.ord, m.role, m.content, m.name, NULL,"

@@ -1,0 +1,164 @@
+"""The purge (SPEC 9): delete the expired conversations and, with an age, those nobody updated
+for that long (but pinned ones), their messages with them (the foreign keys' cascade).
+
+Bounded batches, each its own short transaction, so a large purge never holds locks for long:
+
+- PostgreSQL: ``SELECT id ... LIMIT n FOR UPDATE SKIP LOCKED`` picks a batch and locks it (a
+  second purger skips those rows and takes others; a row an appender holds is skipped too), then
+  ``DELETE ... WHERE id IN (...) AND <still due> RETURNING message_count``. An appender that
+  comes after the lock waits for the batch to commit and then finds the conversation gone (404),
+  as if the purge had run a moment earlier; one that came before moved ``updated_at`` past the
+  cutoff, so the conversation is not due any more.
+- SQLite: one ``DELETE ... WHERE id IN (SELECT ... LIMIT n) AND <still due> RETURNING`` per
+  batch; the database's write lock serializes purgers and appenders.
+
+Every statement names the user. A purge of every user first finds the users with something due
+(one statement over every shard on Citus, paged by user id: the documented multi-shard step),
+then purges each one's conversations as above, on that user's shard.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from sqlalchemy import ColumnElement, and_, delete, false, func, or_, select
+
+from chathistory.errors import ValidationError
+from chathistory.lifecycle_schemas import PurgeReport
+from chathistory.models import conversations, utcnow
+from chathistory.store.database import Database
+from chathistory.store.rows import C
+
+DEFAULT_BATCH: Final = 500
+MAX_BATCH: Final = 10_000
+_USERS_CHUNK: Final = 1000
+
+Progress = Callable[[int], object]
+
+
+class _Rule:
+    """One reason a conversation is due, and the order its batches take (on its index)."""
+
+    def __init__(self, condition: ColumnElement[bool], *order: Any) -> None:
+        self.condition = condition
+        self.order = order
+
+
+def _rules(now: datetime, older_than: timedelta | None) -> list[_Rule]:
+    rules = [_Rule(C.expires_at <= now, C.expires_at, C.id)]
+    if older_than is not None:
+        stale = and_(C.updated_at < now - older_than, C.pinned == false())
+        rules.append(_Rule(stale, C.updated_at, C.id))
+    return rules
+
+
+def _check(older_than: object, dry_run: object, batch_size: object) -> None:
+    if older_than is not None and (
+        not isinstance(older_than, timedelta) or older_than <= timedelta(0)
+    ):
+        raise ValidationError("must be a positive duration (a timedelta)", loc=("older_than",))
+    if not isinstance(dry_run, bool):
+        raise ValidationError("must be true or false", loc=("dry_run",))
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int)
+        or not 1 <= batch_size <= MAX_BATCH
+    ):
+        raise ValidationError(f"must be an integer from 1 to {MAX_BATCH}", loc=("batch_size",))
+
+
+async def purge(
+    db: Database,
+    *,
+    older_than: timedelta | None,
+    user_id: str | None,
+    dry_run: bool,
+    batch_size: int,
+    progress: Progress | None,
+) -> PurgeReport:
+    _check(older_than, dry_run, batch_size)
+    now = utcnow()
+    try:
+        rules = _rules(now, older_than)
+    except OverflowError:
+        raise ValidationError("is too long", loc=("older_than",)) from None
+    due = or_(*(rule.condition for rule in rules))
+    users = _one(user_id) if user_id is not None else _users_with(db, due)
+    conversations_done = messages_done = 0
+    async for user in users:
+        if dry_run:
+            found, held = await _count(db, user, due)
+            conversations_done += found
+            messages_done += held
+            await _report(progress, found)
+            continue
+        for rule in rules:
+            while True:
+                deleted = await _batch(db, user, rule, batch_size)
+                if not deleted:
+                    break
+                conversations_done += len(deleted)
+                messages_done += sum(deleted)
+                await _report(progress, len(deleted))
+    return PurgeReport(conversations_done, messages_done, dry_run)
+
+
+async def _report(progress: Progress | None, count: int) -> None:
+    if progress is not None:
+        answer = progress(count)
+        if inspect.isawaitable(answer):
+            await answer
+
+
+async def _one(user_id: str) -> AsyncIterator[str]:
+    yield user_id
+
+
+async def _users_with(db: Database, due: ColumnElement[bool]) -> AsyncIterator[str]:
+    """Every user with a conversation due, in order, a page at a time (over every shard)."""
+    after: str | None = None
+    while True:
+        query = select(C.user_id).where(due).group_by(C.user_id).order_by(C.user_id)
+        if after is not None:
+            query = query.where(C.user_id > after)
+        async with db.transaction() as conn:
+            users = list((await conn.execute(query.limit(_USERS_CHUNK))).scalars())
+        for user in users:
+            yield user
+        if len(users) < _USERS_CHUNK:
+            return
+        after = users[-1]
+
+
+async def _count(db: Database, user_id: str, due: ColumnElement[bool]) -> tuple[int, int]:
+    query = select(func.count(), func.coalesce(func.sum(C.message_count), 0)).where(
+        C.user_id == user_id, due
+    )
+    async with db.transaction() as conn:
+        found, held = (await conn.execute(query)).one()
+    return int(found), int(held)
+
+
+async def _batch(db: Database, user_id: str, rule: _Rule, size: int) -> list[int]:
+    """Delete one batch of the user's conversations due by ``rule`` (checked again as they
+    are deleted); the message counts of those deleted, empty when none was left."""
+    pick = (
+        select(C.id).where(C.user_id == user_id, rule.condition).order_by(*rule.order).limit(size)
+    )
+    async with db.transaction() as conn:
+        if db.postgres:
+            ids = list((await conn.execute(pick.with_for_update(skip_locked=True))).scalars())
+            if not ids:
+                return []
+            chosen = C.id.in_(ids)
+        else:
+            chosen = C.id.in_(pick.correlate(None).scalar_subquery())
+        removed = await conn.execute(
+            delete(conversations)
+            .where(C.user_id == user_id, chosen, rule.condition)
+            .returning(C.message_count)
+        )
+        return [int(count) for count in removed.scalars()]
