@@ -249,28 +249,14 @@ Index(
 # The filtered listings (SPEC 9), each keyset-paged on its own index: archived or not,
 # pinned or not, and both (the UI's pinned section and the rest).
 _C = conversations.c
-Index(
-    "ix_conversations_user_id_archived_updated_at_id",
-    _C.user_id,
-    _C.archived,
-    _C.updated_at.desc(),
-    _C.id.desc(),
-)
-Index(
-    "ix_conversations_user_id_pinned_updated_at_id",
-    _C.user_id,
-    _C.pinned,
-    _C.updated_at.desc(),
-    _C.id.desc(),
-)
-Index(
-    "ix_conversations_user_id_archived_pinned_updated_at_id",
-    _C.user_id,
-    _C.archived,
-    _C.pinned,
-    _C.updated_at.desc(),
-    _C.id.desc(),
-)
+for _flags in (("archived",), ("pinned",), ("archived", "pinned")):
+    Index(
+        f"ix_conversations_user_id_{'_'.join(_flags)}_updated_at_id",
+        _C.user_id,
+        *(_C[flag] for flag in _flags),
+        _C.updated_at.desc(),
+        _C.id.desc(),
+    )
 # The purge's expired conversations: few rows (only those with an expiry).
 Index(
     "ix_conversations_user_id_expires_at",

@@ -75,6 +75,10 @@ class Principal:
     subject: str
     claims: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
+    def owns(self, user_id: str) -> bool:
+        """Whether this caller may act on ``user_id``'s data: only its own."""
+        return self.subject == user_id
+
 
 def unauthorized(detail: str, *, invalid_token: bool = True) -> HTTPProblem:
     challenge = f'Bearer realm="{REALM}"'

@@ -131,7 +131,7 @@ class FastLane:
                 if not token or scheme.lower() != "bearer":
                     return False
                 principal = self.verifier.remembered(token)
-                return principal is not None and principal.subject == user_id
+                return principal is not None and principal.owns(user_id)
         return False
 
     async def _problem(self, exc: Exception, scope: Scope, receive: Receive, send: Send) -> None:

@@ -95,11 +95,16 @@ def build_router(
         ],
         principal: Annotated[Principal, Depends(authenticate)],
     ) -> str:
-        if principal.subject != user_id:
+        if not principal.owns(user_id):
             raise HTTPProblem(403, "the token's subject is not the user of this path")
         return user_id
 
     Owner = Annotated[str, Depends(owner)]
+    Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")]
+    Cursor = Annotated[
+        str | None,
+        Query(description="The `next_cursor` of the previous page.", examples=[EXAMPLE_CURSOR]),
+    ]
     ConversationId = Annotated[
         uuid.UUID, Path(description="A conversation's id.", examples=[EXAMPLE_CONVERSATION_ID])
     ]
@@ -179,11 +184,8 @@ def build_router(
     async def list_conversations(
         user_id: Owner,
         store: Store,
-        limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 20,
-        cursor: Annotated[
-            str | None,
-            Query(description="The `next_cursor` of the previous page.", examples=[EXAMPLE_CURSOR]),
-        ] = None,
+        limit: Limit = 20,
+        cursor: Cursor = None,
         archived: Annotated[
             Flag,
             Query(description="Archived ones only (`true`), the others (`false`), or both."),
@@ -346,14 +348,11 @@ def build_router(
         user_id: Owner,
         conversation_id: ConversationId,
         store: Store,
-        limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = MAX_PAGE,
+        limit: Limit = MAX_PAGE,
         order: Annotated[
             Literal["asc", "desc"], Query(description="By position: oldest or newest first.")
         ] = "asc",
-        cursor: Annotated[
-            str | None,
-            Query(description="The `next_cursor` of the previous page.", examples=[EXAMPLE_CURSOR]),
-        ] = None,
+        cursor: Cursor = None,
         after: Annotated[
             uuid.UUID | None,
             Query(description="The messages that follow this message id, in list order."),
@@ -465,11 +464,8 @@ def build_router(
             Literal["system", "user", "assistant", "tool"] | None,
             Query(description="Only messages of this role."),
         ] = None,
-        limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 20,
-        cursor: Annotated[
-            str | None,
-            Query(description="The `next_cursor` of the previous page.", examples=[EXAMPLE_CURSOR]),
-        ] = None,
+        limit: Limit = 20,
+        cursor: Cursor = None,
     ) -> SearchPage:
         """Hits carry the message, its conversation's id and title, and an HTML-safe snippet
         with the matched words in `<mark>`."""

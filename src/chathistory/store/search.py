@@ -10,6 +10,7 @@ the user, so on Citus it runs on that user's shard only.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import (
@@ -147,21 +148,18 @@ def statement(
 
 def index_rows(stored: list[dict[str, Any]], postgres: bool) -> list[dict[str, Any]]:
     """The ``message_search`` rows of freshly stored message rows (those with text)."""
-    words = search_syntax.tsvector_text if postgres else search_syntax.index_text
-    found = []
-    for row in stored:
-        text_ = search_syntax.searchable_text(row["content"], row.get("extras"))
-        if text_ is not None:
-            found.append(
-                {
-                    "message_id": row["id"],
-                    "user_id": row["user_id"],
-                    "conversation_id": row["conversation_id"],
-                    "created_at": row["created_at"],
-                    "words": words(text_),
-                }
-            )
-    return found
+    cut = search_syntax.tsvector_text if postgres else search_syntax.index_text
+    return [
+        {
+            "message_id": row["id"],
+            "user_id": row["user_id"],
+            "conversation_id": row["conversation_id"],
+            "created_at": row["created_at"],
+            "words": words,
+        }
+        for row, words in zip(stored, _words(stored, cut), strict=True)
+        if words is not None
+    ]
 
 
 async def index(conn: AsyncConnection, stored: list[dict[str, Any]]) -> None:
@@ -174,5 +172,9 @@ async def index(conn: AsyncConnection, stored: list[dict[str, Any]]) -> None:
 def words_column(stored: list[dict[str, Any]]) -> list[str | None]:
     """Each stored row's words as PostgreSQL ``tsvector`` text, ``None`` where it has no text
     (the one-statement append's last array)."""
+    return _words(stored, search_syntax.tsvector_text)
+
+
+def _words(stored: list[dict[str, Any]], cut: Callable[[str], str]) -> list[str | None]:
     texts = (search_syntax.searchable_text(r["content"], r.get("extras")) for r in stored)
-    return [None if t is None else search_syntax.tsvector_text(t) for t in texts]
+    return [None if text_ is None else cut(text_) for text_ in texts]
