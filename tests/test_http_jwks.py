@@ -163,7 +163,10 @@ class Clock:
     told to."""
 
     def __init__(self) -> None:
-        self.now = time.monotonic()
+        # A whole number of seconds: advancing by whole seconds is then exact, so a test can
+        # step exactly onto a lifetime's end ((t + 300.0) - t can be 299.99999999997 for an
+        # arbitrary float t, which made the refresh-at-expiry tests flaky).
+        self.now = float(int(time.monotonic()))
 
     def monotonic(self) -> float:
         return self.now
