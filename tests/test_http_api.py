@@ -803,6 +803,7 @@ async def test_openapi_document(client: httpx.AsyncClient) -> None:
         ("POST", "/api/{user_id}/conversations/{conversation_id}/messages"),
         ("GET", "/api/{user_id}/conversations/{conversation_id}/messages"),
         ("GET", "/api/{user_id}/conversations/{conversation_id}/messages/{message_id}"),
+        ("PATCH", "/api/{user_id}/conversations/{conversation_id}/messages/{message_id}"),
         ("GET", "/api/{user_id}/conversations/{conversation_id}/context"),
         ("GET", "/api/{user_id}/search"),
         ("DELETE", "/api/{user_id}"),

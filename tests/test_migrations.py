@@ -18,6 +18,7 @@ from sqlalchemy import insert, inspect, text
 from chathistory import (
     ChatHistory,
     ConfigurationError,
+    ConflictError,
     UnavailableError,
     ValidationError,
     migrations,
@@ -252,3 +253,48 @@ async def test_search_words_are_backfilled(fresh_url: str) -> None:
                 break
             cursor = page.next_cursor
         assert count == 1000  # every message but the 250 of parts
+
+
+async def test_stored_messages_read_as_completed_after_0006(fresh_url: str) -> None:
+    """Migration 0006 adds status and updated_at without touching stored rows: every message
+    reads as completed, last updated when it was created, and stays finished."""
+    await migrations.upgrade(fresh_url, "0005_conversation_lifecycle")
+    engine = create_engine(fresh_url)
+    created = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    conv, answer = uuid.uuid4(), uuid.uuid4()
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(conversations).values(
+                    id=conv,
+                    user_id="u",
+                    metadata={},
+                    created_at=created,
+                    updated_at=created,
+                    message_count=1,
+                )
+            )
+            await conn.execute(
+                insert(messages).values(
+                    id=answer,
+                    user_id="u",
+                    conversation_id=conv,
+                    seq=1,
+                    role="assistant",
+                    content="stored before 0006",
+                    metadata={},
+                    created_at=created,
+                )
+            )
+    finally:
+        await engine.dispose()
+    await migrations.upgrade(fresh_url)
+    assert await migrations.drift(fresh_url) == []
+    async with ChatHistory.open(fresh_url, migrate=False) as store:
+        stored = await store.get_message("u", conv, answer)
+        assert (stored.status, stored.updated_at) == ("completed", created)
+        with pytest.raises(ConflictError, match="completed"):
+            await store.update_message("u", conv, answer, {"append_text": "!"})
+    await migrations.downgrade(fresh_url, "0005_conversation_lifecycle")
+    await migrations.upgrade(fresh_url)
+    assert await migrations.drift(fresh_url) == []

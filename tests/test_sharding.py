@@ -45,6 +45,14 @@ async def _exercise(store: ChatHistory, user: str) -> None:
     )
     await store.add_message(user, conv.id, "assistant", None, tool_calls=[{**call, "id": "d"}])
     await store.add_message(user, conv.id, "tool", "r", tool_call_id="d")
+    [streamed] = await store.add_messages(
+        user, conv.id, [{"role": "assistant", "content": "", "status": "in_progress"}]
+    )
+    await store.update_message(user, conv.id, streamed.id, {"append_text": "hi"})
+    await store.update_message(user, conv.id, streamed.id, {"tool_calls": [{**call, "id": "e"}]})
+    await store.update_message(user, conv.id, streamed.id, {"tool_calls": [{**call, "id": "g"}]})
+    await store.add_message(user, conv.id, "tool", "r", tool_call_id="g")
+    await store.update_message(user, conv.id, streamed.id, {"status": "completed"})
     await store.get_message(user, conv.id, first.id)
     listed = await store.list_messages(user, conv.id, limit=2)
     await store.list_messages(user, conv.id, cursor=listed.next_cursor)

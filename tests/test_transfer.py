@@ -47,6 +47,11 @@ async def _populate(store: ChatHistory, user: str) -> None:
     await store.add_message(
         user, third.id, "user", [{"type": "image_url", "image_url": {"url": "data:,x"}}]
     )
+    # An answer still streaming (SPEC 10): its status and last update travel with it.
+    [streamed] = await store.add_messages(
+        user, third.id, [{"role": "assistant", "content": "A ca", "status": "in_progress"}]
+    )
+    await store.update_message(user, third.id, streamed.id, {"append_text": "t"})
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -62,7 +67,8 @@ async def test_round_trip_is_identical(store: ChatHistory, user: str, empty_url:
     await _populate(store, user)
     first = io.StringIO()
     report = await export_jsonl(store, first, user_ids=[user])
-    assert (report.conversations, report.messages) == (3, 7)
+    assert (report.conversations, report.messages) == (3, 8)
+    assert '"status":"in_progress"' in first.getvalue()
     lines = first.getvalue().splitlines()
     assert len(lines) == 3
     weather = next(json.loads(line) for line in lines if '"weather"' in line)
@@ -237,7 +243,7 @@ def test_cli_export_import(tmp_path: Path) -> None:
         text=True,
         check=True,
     )
-    assert "exported 6 conversations, 14 messages" in done.stderr
+    assert "exported 6 conversations, 16 messages" in done.stderr
     assert "\x1b[" not in done.stderr  # no progress bar when not on a terminal
     only_bob = subprocess.run(
         [*cli, "export", "--database-url", source, "--user", "bob"],
@@ -254,7 +260,7 @@ def test_cli_export_import(tmp_path: Path) -> None:
     )
     assert first.returncode == 1
     assert "line 7:" in first.stderr
-    assert "imported 6 conversations (14 messages), 0 already present, 1 failed" in first.stderr
+    assert "imported 6 conversations (16 messages), 0 already present, 1 failed" in first.stderr
     again = subprocess.run(
         [*cli, "import", str(out), "--database-url", target],
         capture_output=True,

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
         ge=64 * 1024,
         description="bytes of message content a page or context window returns at most",
     )
+    stream_timeout_seconds: float = Field(
+        default=600,
+        gt=0,
+        description="an in_progress message not updated for this long reads as incomplete",
+    )
     max_header_bytes: int = Field(
         default=32 * 1024,
         ge=4 * 1024,

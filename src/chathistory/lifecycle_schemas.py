@@ -32,14 +32,14 @@ FutureInstant = Annotated[datetime, AfterValidator(_future)]
 """An aware timestamp after now, kept in UTC."""
 
 
-def _optional_in_clients(schema: dict[str, object]) -> None:
+def optional_in_clients(schema: dict[str, object]) -> None:
     """No ``default`` in the document: typed clients (openapi-typescript) make a property
     with a default required, and these may be left out of a request."""
     schema.pop("default", None)
 
 
 Switch = Annotated[
-    StrictBool, Field(description="false when left out", json_schema_extra=_optional_in_clients)
+    StrictBool, Field(description="false when left out", json_schema_extra=optional_in_clients)
 ]
 """``archived`` / ``pinned`` of a create: JSON ``true`` or ``false``, false when left out."""
 

@@ -37,6 +37,7 @@ from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 ROLES = ("system", "user", "assistant", "tool")
+STATUSES = ("completed", "in_progress", "incomplete")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -149,6 +150,8 @@ class Message(Base, table=True):
             name="content_present",
         ),
         CheckConstraint("extras IS NULL OR role = 'assistant'", name="extras_only_assistant"),
+        CheckConstraint(f"status IN {STATUSES!r}", name="status"),
+        CheckConstraint("status = 'completed' OR role = 'assistant'", name="status_only_assistant"),
         # Serves "has this tool call been answered yet?" when a tool result is appended.
         Index(
             "ix_messages_conversation_id_tool_call_id",
@@ -179,6 +182,16 @@ class Message(Base, table=True):
     # them (SPEC 13); NULL when it has none.
     extras: dict[str, Any] | None = Field(
         default=None, sa_column=Column(json_type(), nullable=True)
+    )
+    # Streaming turns (SPEC 10): an assistant message stored while it streams is in_progress
+    # until an update finishes it. updated_at is NULL until the first update (it then reads as
+    # created_at), so migration 0006 adds both columns without rewriting the table.
+    status: str = Field(
+        default="completed",
+        sa_column=Column(String(16), nullable=False, server_default=text("'completed'")),
+    )
+    updated_at: datetime | None = Field(
+        default=None, sa_column=Column(UTCDateTime(), nullable=True)
     )
 
 
@@ -269,6 +282,7 @@ messages = Message.__table__  # type: ignore[attr-defined]
 
 __all__ = [
     "ROLES",
+    "STATUSES",
     "Conversation",
     "Message",
     "MessageSearch",

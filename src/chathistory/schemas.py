@@ -10,7 +10,7 @@ import math
 import re
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeAlias, TypeVar, cast
 
 import pydantic
@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from chathistory.errors import FieldError, ValidationError
-from chathistory.lifecycle_schemas import FutureInstant, Switch
+from chathistory.lifecycle_schemas import FutureInstant, Switch, optional_in_clients
 from chathistory.openai_types import (
     ChatMessage,
     ChatToolCall,
@@ -38,6 +38,7 @@ from chathistory.openai_types import (
 )
 
 Role = Literal["system", "user", "assistant", "tool"]
+Status = Literal["completed", "in_progress", "incomplete"]
 
 MAX_USER_ID = 255
 MAX_TITLE = 255
@@ -244,6 +245,11 @@ class MessageCreate(_Input):
     annotations: list[Annotation] | None = None
     audio: Audio | None = None
     function_call: FunctionCall | None = None
+    status: Status = Field(
+        default="completed",
+        description="in_progress to store an assistant message as it streams (section 10)",
+        json_schema_extra=optional_in_clients,
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -286,6 +292,8 @@ class MessageCreate(_Input):
         for field in ("tool_calls", *EXTRAS):
             if self.role != "assistant" and getattr(self, field) is not None:
                 raise _field_error(field, "is only allowed on an assistant message")
+        if self.status != "completed" and self.role != "assistant":
+            raise _field_error("status", "only an assistant message can be other than completed")
         if self.content is None and self.tool_calls is None and self.stored_extras() is None:
             raise _field_error(
                 "content",
@@ -444,6 +452,11 @@ class MessageRead(BaseModel):
     metadata: Metadata
     token_count: int | None
     created_at: datetime
+    status: Status = Field(
+        description="in_progress while the message streams (section 10); an in_progress "
+        "message not updated within the stream timeout reads as incomplete",
+    )
+    updated_at: datetime = Field(description="created_at until a streaming update")
     refusal: str | None = None
     annotations: Annotated[list[dict[str, Any]] | None, DocumentedAs(list[Annotation] | None)] = (
         None
@@ -512,53 +525,6 @@ class MessagePage(Page[MessageRead]):
     last_id: uuid.UUID | None
 
 
-class MessageRecord(MessageCreate):
-    """A message as export files carry it: OpenAI format plus its id, seq and timestamp."""
-
-    id: uuid.UUID
-    seq: int = Field(ge=1)
-    created_at: datetime
-
-    @field_validator("created_at")
-    @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        return aware_utc_timestamp(value)
-
-
-class ConversationRecord(_Input):
-    """One line of an export file: a conversation with all of its messages."""
-
-    id: uuid.UUID
-    user_id: Annotated[str, Storable] = Field(min_length=1, max_length=MAX_USER_ID)
-    title: Text | None = Field(default=None, max_length=MAX_TITLE)
-    metadata: Metadata = Field(default_factory=dict)
-    created_at: datetime
-    updated_at: datetime
-    archived: Switch = False  # the lifecycle (SPEC 9), in a file only when set
-    pinned: Switch = False
-    expires_at: datetime | None = None
-    messages: list[MessageRecord] = Field(default_factory=list)
-
-    @field_validator("metadata")
-    @classmethod
-    def _metadata(cls, value: Metadata) -> Metadata:
-        return check_metadata(value)
-
-    @field_validator("created_at", "updated_at", "expires_at")
-    @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else aware_utc_timestamp(value)
-
-    @model_validator(mode="after")
-    def _sequence(self) -> ConversationRecord:
-        for index, message in enumerate(self.messages):
-            if message.seq != index + 1:
-                raise _field_error(
-                    "messages", f"seq must run 1, 2, 3, ...; item {index} has {message.seq}"
-                )
-        return self
-
-
 # ContextWindow.messages: a list of the openai SDK's ChatCompletionMessageParam, to type checkers.
 if TYPE_CHECKING:
     WindowMessages: TypeAlias = list[ChatMessage]
@@ -578,18 +544,6 @@ class ContextWindow(BaseModel):
     truncated: bool = Field(description="older messages were left out to fit the budget")
     encoding: str
     exact: bool = Field(description="counted by a BPE tokenizer (false: the byte estimate)")
-
-
-def aware_utc_timestamp(value: datetime) -> datetime:
-    """A timestamp of an export file: it needs a time zone, and must fall in years 1 to 9999
-    once in UTC (where it is stored), so 0001-01-01T00:00:00+05:00 is out of range."""
-    if value.tzinfo is None:
-        raise ValueError("needs a time zone")
-    try:
-        value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("is out of range: it must fall in years 1 to 9999 in UTC") from None
-    return value
 
 
 def title_from(text: str) -> str | None:

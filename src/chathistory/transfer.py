@@ -81,6 +81,11 @@ def message_record(message: MessageRead) -> dict[str, Any]:
     }
     if message.metadata:
         record["metadata"] = message.metadata
+    # A streaming turn (SPEC 10) only when it is one: files of finished messages stay as they were.
+    if message.status != "completed":
+        record["status"] = message.status
+    if message.updated_at != message.created_at:
+        record["updated_at"] = _time(message.updated_at)
     return record
 
 

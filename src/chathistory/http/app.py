@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
+from datetime import timedelta
 from typing import Any, Final, cast
 
 from fastapi import FastAPI, Request
@@ -198,6 +199,7 @@ def create_app(settings: Settings | None = None, *, store: ChatHistory | None = 
             max_content_chars=settings.max_content_chars,
             max_batch_messages=settings.max_batch_messages,
             max_response_bytes=settings.max_response_bytes,
+            stream_timeout=timedelta(seconds=settings.stream_timeout_seconds),
             **engine_options,
         ) as opened:
             app.state.store = opened

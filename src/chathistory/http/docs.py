@@ -57,6 +57,8 @@ MESSAGE_EXAMPLES: Final[list[dict[str, Any]]] = [
         "metadata": {},
         "token_count": None,
         "created_at": "2026-11-23T17:05:12.345678Z",
+        "status": "completed",
+        "updated_at": "2026-11-23T17:05:12.345678Z",
         "refusal": None,
         "annotations": None,
         "audio": None,
@@ -76,6 +78,8 @@ MESSAGE_EXAMPLES: Final[list[dict[str, Any]]] = [
         "metadata": {"model": "gpt-4o"},
         "token_count": None,
         "created_at": "2026-11-23T17:05:12.345678Z",
+        "status": "completed",
+        "updated_at": "2026-11-23T17:05:12.345678Z",
         "refusal": None,
         "annotations": None,
         "audio": None,
@@ -206,6 +210,7 @@ RESPONSE_EXAMPLES: Final[Mapping[tuple[str, str], dict[str, Any]]] = {
     },
     ("listMessages", "200"): {"example": _MESSAGE_PAGE_EXAMPLE},
     ("getMessage", "200"): {"example": MESSAGE_EXAMPLES[0]},
+    ("updateMessage", "200"): {"example": {**MESSAGE_EXAMPLES[1], "status": "in_progress"}},
     ("getContextWindow", "200"): {
         "example": {
             "object": "context_window",

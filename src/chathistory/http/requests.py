@@ -21,6 +21,7 @@ from chathistory.schemas import (
     ConversationUpdate,
     MessageCreate,
 )
+from chathistory.streaming_schemas import MessageUpdate
 
 # -- request bodies ---------------------------------------------------------------------------
 
@@ -39,6 +40,7 @@ ConversationCreateBody = Annotated[
 ConversationUpdateBody = Annotated[
     Any, PlainValidator(_as_sent, json_schema_input_type=ConversationUpdate)
 ]
+MessageUpdateBody = Annotated[Any, PlainValidator(_as_sent, json_schema_input_type=MessageUpdate)]
 MessagesBody = Annotated[
     Any, PlainValidator(_as_sent, json_schema_input_type=MessageCreate | list[MessageCreate])
 ]

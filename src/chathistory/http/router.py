@@ -45,6 +45,7 @@ from chathistory.http.requests import (
     ConversationCreateBody,
     ConversationUpdateBody,
     MessagesBody,
+    MessageUpdateBody,
     StrictJSONRequest,
     problem_route_class,
     require_json,
@@ -385,6 +386,40 @@ def build_router(
         user_id: Owner, conversation_id: ConversationId, message_id: MessageId, store: Store
     ) -> MessageRead:
         return await store.get_message(user_id, conversation_id, message_id)
+
+    @router.patch(
+        "/{user_id}/conversations/{conversation_id}/messages/{message_id}",
+        operation_id="updateMessage",
+        summary="Update an in-progress assistant message as it streams",
+        response_model=MessageRead,
+        responses={
+            200: {"description": "The updated message"},
+            **problem_responses(400, *COMMON_PROBLEMS, 409, 413, 415),
+        },
+    )
+    async def update_message(
+        user_id: OwnerSendingJSON,
+        conversation_id: ConversationId,
+        message_id: MessageId,
+        store: Store,
+        body: Annotated[
+            MessageUpdateBody,
+            Body(
+                description="Only while the message is `in_progress` (409 once finished). "
+                "`append_text` adds to the end of the text; `content` and `tool_calls` "
+                "replace; `status: completed` or `incomplete` finishes the message.",
+                openapi_examples={
+                    "append": {"summary": "Stream more text", "value": {"append_text": " Day"}},
+                    "finish": {"summary": "Finish it", "value": {"status": "completed"}},
+                    "abort": {
+                        "summary": "The stream was cut off",
+                        "value": {"append_text": "...", "status": "incomplete"},
+                    },
+                },
+            ),
+        ],
+    ) -> MessageRead:
+        return await store.update_message(user_id, conversation_id, message_id, body)
 
     @router.get(
         "/{user_id}/conversations/{conversation_id}/context",

@@ -92,7 +92,12 @@ def at_once(batch: Sequence[MessageCreate]) -> bool:
     """Whether a batch can be stored by :func:`append_at_once`: no client ids (nothing to
     replay), no tool calls or results (nothing to pair)."""
     return not any(
-        m.id is not None or m.role == "tool" or m.tool_calls or m.stored_extras() for m in batch
+        m.id is not None
+        or m.role == "tool"
+        or m.tool_calls
+        or m.stored_extras()
+        or m.status != "completed"
+        for m in batch
     )
 
 
@@ -130,7 +135,7 @@ async def append_at_once(
     first_seq = min(record["seq"] for record in seqs)
     for offset, stored_row in enumerate(stored):
         stored_row["seq"] = first_seq + offset
-    return [rows.message(r) for r in stored]
+    return [rows.message(r, None) for r in stored]
 
 
 async def append(
@@ -139,8 +144,10 @@ async def append(
     user_id: str,
     conversation_id: uuid.UUID,
     batch: list[MessageCreate],
+    stale_before: datetime,
 ) -> tuple[list[MessageRead], bool]:
-    """Store the batch (``True``), or return the stored rows of a replay (``False``)."""
+    """Store the batch (``True``), or return the stored rows of a replay (``False``), their
+    status settled at ``stale_before`` (:func:`rows.settled`)."""
     now = utcnow()
     # 1. Lock the conversation row and reserve seq numbers: the first statement writes, so
     #    concurrent appenders queue here (PostgreSQL row lock, SQLite write lock).
@@ -159,7 +166,7 @@ async def append(
     # 2. Idempotency: ids already stored make this a replay (identical) or a conflict.
     given = [m.id for m in batch if m.id is not None]
     if given:
-        replay = await _replay(conn, user_id, conversation_id, batch, given)
+        replay = await _replay(conn, user_id, conversation_id, batch, given, stale_before)
         if replay is not None:
             await conn.rollback()
             return replay, False
@@ -178,7 +185,7 @@ async def append(
     ]
     await conn.execute(insert(messages), stored)
     await search.index(conn, stored)
-    return [rows.message(r) for r in stored], True
+    return [rows.message(r, None) for r in stored], True
 
 
 async def _replay(
@@ -187,9 +194,10 @@ async def _replay(
     conversation_id: uuid.UUID,
     batch: list[MessageCreate],
     given: list[uuid.UUID],
+    stale_before: datetime,
 ) -> list[MessageRead] | None:
     found = {
-        row.id: rows.message(row._mapping)
+        row.id: rows.message(row._mapping, stale_before)
         for row in await conn.execute(select(messages).where(M.user_id == user_id, M.id.in_(given)))
     }
     if not found:
@@ -246,6 +254,8 @@ def row(
         "metadata": message.metadata,
         "created_at": created_at,
         "extras": message.stored_extras(),
+        "status": message.status,
+        "updated_at": None,
     }
     stored["token_count"] = rules.tokens.count_message(stored)
     return stored

@@ -15,11 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chathistory.errors import ConflictError, FieldError, ValidationError
 from chathistory.models import conversations, messages, utcnow
+from chathistory.record_schemas import ConversationRecord, MessageRecord
 from chathistory.schemas import (
     ConversationRead,
-    ConversationRecord,
     MessageRead,
-    MessageRecord,
     check_user_id,
 )
 from chathistory.store import appending, rows, search, tool_pairing
@@ -74,8 +73,9 @@ async def conversation_messages(
             ).all()
             if not found and after == 0:
                 await rooms_conversations.require(conn, user_id, conversation_id)
+        stale_before = db.stale_before(utcnow())
         for row in found:
-            yield rows.message(row._mapping)
+            yield rows.message(row._mapping, stale_before)
         if len(found) < chunk:
             return
         after = found[-1].seq
@@ -92,7 +92,7 @@ async def export(
     now = utcnow()  # what has expired by the time the export begins is not in it
     async with db.snapshot() as conn:
         async for user_id in _export_users(conn, given):
-            async for item in _export_user(conn, user_id, chunk, now):
+            async for item in _export_user(conn, user_id, chunk, now, db.stale_before(now)):
                 yield item
 
 
@@ -112,7 +112,7 @@ async def _export_users(conn: AsyncConnection, given: list[str] | None) -> Async
 
 
 async def _export_user(
-    conn: AsyncConnection, user_id: str, chunk: int, now: datetime
+    conn: AsyncConnection, user_id: str, chunk: int, now: datetime, stale_before: datetime
 ) -> AsyncIterator[ConversationRead | MessageRead]:
     order = (C.updated_at.desc(), C.id.desc())
     live = rooms_conversations.live(now)
@@ -138,7 +138,7 @@ async def _export_user(
                     row = await anext(bodies_left, None)
                     if row is None:
                         break
-                    pending = rows.message(row._mapping)
+                    pending = rows.message(row._mapping, stale_before)
                 if pending.conversation_id != conversation.id:
                     break  # the next conversation's (this one has no more)
                 yield pending
@@ -268,6 +268,8 @@ async def _import_batch(
     except ValidationError as exc:  # its locations count from the batch's first message
         raise ValidationError([_shift(e, start) for e in exc.errors]) from None
     stored = [appending.row(rules, spec.user_id, spec.id, m, m.seq, m.created_at) for m in batch]
+    for row, message in zip(stored, batch, strict=True):
+        row["updated_at"] = message.updated_at
     await conn.execute(insert(messages), stored)
     await search.index(conn, stored)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, Final
 
 from sqlalchemy import ColumnElement
@@ -24,7 +25,7 @@ from chathistory import tokens
 from chathistory.errors import ValidationError
 from chathistory.schemas import ContextWindow, input_message
 from chathistory.store import conversations, limits
-from chathistory.store.rows import WINDOW_COLUMNS, M
+from chathistory.store.rows import WINDOW_COLUMNS, M, settled
 
 _FIRST_CHUNK: Final = 32
 _SYSTEM_CHUNK: Final = 8
@@ -59,10 +60,13 @@ class Budget:
 
 class Selection:
     """The newest run, chosen from rows fed newest first, in whole groups (a message, or an
-    assistant message with all of its tool results right after it)."""
+    assistant message with all of its tool results right after it). A message still streaming
+    (``in_progress`` and updated since ``stale_before``, SPEC 10) is left out with its tool
+    results, like a call never answered; an ``incomplete`` one is kept as it is."""
 
-    def __init__(self, budget: Budget) -> None:
+    def __init__(self, budget: Budget, stale_before: datetime | None = None) -> None:
         self.budget = budget
+        self.stale_before = stale_before
         self._taken: list[Any] = []  # newest first
         self._pending: list[Any] = []  # tool results seen since the last non-tool message
 
@@ -71,6 +75,9 @@ class Selection:
         for row in rows:
             if row.role == "tool":
                 self._pending.append(row)
+                continue
+            if row.status == "in_progress" and _streaming(row, self.stale_before):
+                self._pending = []
                 continue
             group = [row]
             if row.tool_calls:
@@ -92,6 +99,11 @@ class Selection:
         return self._taken[::-1]
 
 
+def _streaming(row: Any, stale_before: datetime | None) -> bool:
+    updated_at = row.updated_at or row.created_at
+    return settled(row.status, updated_at, stale_before) == "in_progress"
+
+
 async def window(
     conn: AsyncConnection,
     size: ColumnElement[int],
@@ -99,6 +111,7 @@ async def window(
     conversation_id: uuid.UUID,
     budget: Budget,
     counter: tokens.TokenCounter,
+    stale_before: datetime,
 ) -> ContextWindow:
     owned = (
         M.conversation_id == conversation_id,
@@ -110,7 +123,10 @@ async def window(
         await conversations.require(conn, user_id, conversation_id)
         if budget.tokens > budget.max_tokens:  # the reply's priming alone
             raise ValidationError(f"must be at least {budget.tokens}", loc=("max_tokens",))
-    run, truncated = await _newest_run(conn, size, owned, system[-1].seq if system else 0, budget)
+    after_seq = system[-1].seq if system else 0
+    run, truncated = await _newest_run(
+        conn, size, owned, after_seq, Selection(budget, stale_before)
+    )
     return ContextWindow(
         messages=[input_message(row) for row in [*system, *run]],
         token_count=budget.tokens,
@@ -163,15 +179,15 @@ async def _newest_run(
     size: ColumnElement[int],
     owned: tuple[ColumnElement[bool], ...],
     after_seq: int,
-    budget: Budget,
+    selection: Selection,
 ) -> tuple[list[Any], bool]:
     """Feed the selection from the newest message backwards: chunks start small and grow
     fourfold (few statements; rows read stay within four times what fits, plus the first
     chunk). Every message costs at least TOKENS_PER_MESSAGE, which bounds how many can fit at
     all; the byte budget bounds what one read returns."""
+    budget = selection.budget
     most = (budget.max_tokens - budget.tokens) // tokens.TOKENS_PER_MESSAGE + 1
     chunk = min(_FIRST_CHUNK, most)
-    selection = Selection(budget)
     below: int | None = None
     while True:
         room = budget.bytes_left

@@ -14,6 +14,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Final
 
@@ -29,6 +30,7 @@ from chathistory.errors import ChatHistoryError, UnavailableError
 from chathistory.store import limits
 
 _UNAVAILABLE_SQLSTATE_PREFIXES: Final = ("08", "53", "57P", "28", "3D000", "25006")
+DEFAULT_STREAM_TIMEOUT: Final = timedelta(minutes=10)
 # The one statement that reads every shard on purpose: an export's snapshot on Citus.
 CITUS_SNAPSHOT_SQL: Final = "SELECT 1 FROM conversations LIMIT 1"
 
@@ -36,8 +38,11 @@ CITUS_SNAPSHOT_SQL: Final = "SELECT 1 FROM conversations LIMIT 1"
 class Database:
     """One engine, PostgreSQL (asyncpg) or SQLite (aiosqlite), as the rooms use it."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(
+        self, engine: AsyncEngine, stream_timeout: timedelta = DEFAULT_STREAM_TIMEOUT
+    ) -> None:
         self.engine = engine
+        self.stream_timeout = stream_timeout
         self.postgres = engine.dialect.name == "postgresql"
         self.size: ColumnElement[int] = limits.size_of(self.postgres)
         self._sync_engine = engine.sync_engine  # its pool is looked up per call (dispose)
@@ -46,6 +51,11 @@ class Database:
         self._gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
+
+    def stale_before(self, now: datetime) -> datetime:
+        """Before this instant an ``in_progress`` message's last update is too old: it reads
+        as ``incomplete`` (SPEC 10; :func:`chathistory.store.rows.settled`)."""
+        return now - self.stream_timeout
 
     def gate(self) -> asyncio.Semaphore | None:
         """First come, first served for the hot paths' borrows: at most as many borrowers as

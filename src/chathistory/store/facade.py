@@ -27,16 +27,16 @@ from chathistory import tokens
 from chathistory.db import create_engine
 from chathistory.errors import ConflictError, ConversationNotFoundError, ValidationError
 from chathistory.lifecycle_schemas import Flag, PurgeReport, flag
+from chathistory.models import utcnow
+from chathistory.record_schemas import ConversationRecord, MessageRecord
 from chathistory.schemas import (
     ContextWindow,
     ConversationCreate,
     ConversationRead,
-    ConversationRecord,
     ConversationUpdate,
     MessageCreate,
     MessagePage,
     MessageRead,
-    MessageRecord,
     Page,
     check_user_id,
 )
@@ -50,9 +50,11 @@ from chathistory.store import (
     reading,
     rows,
     search,
+    streaming,
 )
-from chathistory.store.database import Database
+from chathistory.store.database import DEFAULT_STREAM_TIMEOUT, Database
 from chathistory.store.reading import Order
+from chathistory.streaming_schemas import MessageUpdate
 
 DEFAULT_MAX_CONTENT_CHARS: Final = 100_000
 DEFAULT_MAX_BATCH_MESSAGES: Final = 1000
@@ -85,6 +87,7 @@ class ChatHistory:
         max_batch_messages: int = DEFAULT_MAX_BATCH_MESSAGES,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         encoding: str = tokens.DEFAULT_ENCODING,
+        stream_timeout: timedelta = DEFAULT_STREAM_TIMEOUT,
         owns_engine: bool = False,
     ) -> None:
         self.engine = engine
@@ -93,7 +96,7 @@ class ChatHistory:
         self.max_response_bytes = max_response_bytes
         self.tokens = tokens.counter(encoding)
         self._owns_engine = owns_engine
-        self._db = Database(engine)
+        self._db = Database(engine, stream_timeout)
         self._rules = appending.Rules(max_content_chars, max_batch_messages, self.tokens)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -108,6 +111,7 @@ class ChatHistory:
         max_batch_messages: int = DEFAULT_MAX_BATCH_MESSAGES,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         encoding: str = tokens.DEFAULT_ENCODING,
+        stream_timeout: timedelta = DEFAULT_STREAM_TIMEOUT,
         **engine_options: Any,
     ) -> _Opening:
         """Open a store on a database URL (or an existing engine, which stays the caller's).
@@ -124,6 +128,7 @@ class ChatHistory:
             "max_batch_messages": max_batch_messages,
             "max_response_bytes": max_response_bytes,
             "encoding": encoding,
+            "stream_timeout": stream_timeout,
         }
         return _Opening(cls, database, migrate, options, engine_options)
 
@@ -372,8 +377,9 @@ class ChatHistory:
         for _attempt in range(2):
             try:
                 async with self._db.transaction() as conn:
+                    stale_before = self._db.stale_before(utcnow())
                     return await appending.append(
-                        conn, self._rules, user_id, conversation_id, batch
+                        conn, self._rules, user_id, conversation_id, batch, stale_before
                     )
             except IntegrityError:
                 # Only a concurrent insert of one of these ids (into another conversation)
@@ -385,8 +391,32 @@ class ChatHistory:
         self, user_id: str, conversation_id: uuid.UUID, message_id: uuid.UUID
     ) -> MessageRead:
         check_user_id(user_id)
+        return await reading.one(self._db, user_id, conversation_id, message_id)
+
+    async def update_message(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        message_id: uuid.UUID,
+        change: MessageUpdate | Mapping[str, Any],
+    ) -> MessageRead:
+        """Update an ``in_progress`` assistant message as it streams (SPEC 10): ``content``,
+        ``append_text``, ``tool_calls``, ``status`` (``completed`` / ``incomplete`` finish it).
+        A finished message raises :class:`ConflictError` (:mod:`chathistory.store.streaming`)."""
+        check_user_id(user_id)
+        update: MessageUpdate = rows.parse(MessageUpdate, change)
+        now = utcnow()
         async with self._db.transaction() as conn:
-            return await reading.one(conn, user_id, conversation_id, message_id)
+            return await streaming.update_message(
+                conn,
+                self._rules,
+                user_id,
+                conversation_id,
+                message_id,
+                update,
+                now,
+                self._db.stale_before(now),
+            )
 
     async def list_messages(
         self,
@@ -471,9 +501,10 @@ class ChatHistory:
             return counter.count_message(row._mapping)
 
         budget = context.Budget(max_tokens, self.max_response_bytes, cost)
+        streaming_since = self._db.stale_before(utcnow())
         async with self._db.transaction() as conn:
             return await context.window(
-                conn, self._db.size, user_id, conversation_id, budget, counter
+                conn, self._db.size, user_id, conversation_id, budget, counter, streaming_since
             )
 
     # -- export and import -------------------------------------------------------------------

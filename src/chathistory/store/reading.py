@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import select
@@ -27,8 +28,20 @@ Order = Literal["asc", "desc"]
 
 
 async def one(
-    conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID, message_id: uuid.UUID
+    db: Database, user_id: str, conversation_id: uuid.UUID, message_id: uuid.UUID
 ) -> MessageRead:
+    async with db.transaction() as conn:
+        return await locate(conn, user_id, conversation_id, message_id, db.stale_before(utcnow()))
+
+
+async def locate(
+    conn: AsyncConnection,
+    user_id: str,
+    conversation_id: uuid.UUID,
+    message_id: uuid.UUID,
+    stale_before: datetime | None,
+) -> MessageRead:
+    """One message of a live conversation, or :class:`MessageNotFoundError`."""
     row = (
         await conn.execute(
             select(messages).where(
@@ -42,7 +55,7 @@ async def one(
     if row is None:
         await conversations.require(conn, user_id, conversation_id)
         raise MessageNotFoundError(message_id)
-    return rows.message(row._mapping)
+    return rows.message(row._mapping, stale_before)
 
 
 async def page(
@@ -102,7 +115,8 @@ async def page(
     # returned the row that crossed it; whether any follow it, only the next page knows).
     has_more = len(found) > fitting or total > max_bytes
     build = rows.message_record if db.postgres else rows.message
-    items = [build(row) for row in found[:fitting]]
+    stale_before = db.stale_before(utcnow())
+    items = [build(row, stale_before) for row in found[:fitting]]
     if scan_ascending != ascending:
         items.reverse()
     # After the last item; on an empty page, the position asked from (to poll again).
@@ -128,7 +142,8 @@ async def newest(
         async with db.transaction() as conn:
             await conversations.require(conn, user_id, conversation_id)
     build = rows.message_record if db.postgres else rows.message
-    items = [build(row) for row in found]
+    stale_before = db.stale_before(utcnow())
+    items = [build(row, stale_before) for row in found]
     if limit is not None:
         items.reverse()
     return items

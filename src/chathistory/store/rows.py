@@ -39,6 +39,9 @@ CONVERSATION_COLUMNS: Final = (
 )
 WINDOW_COLUMNS: Final = (
     M.extras,
+    M.status,
+    M.updated_at,
+    M.created_at,
     M.seq,
     M.role,
     M.content,
@@ -91,10 +94,23 @@ def conversation(row: Mapping[Any, Any]) -> ConversationRead:
     return model
 
 
-def message(row: Mapping[Any, Any]) -> MessageRead:
-    """A read model of a stored message row (see :func:`conversation`)."""
+def settled(status: str, updated_at: datetime, stale_before: datetime | None) -> str:
+    """A message's status as every read returns it: an ``in_progress`` message not updated
+    since ``stale_before`` (now less the stream timeout, SPEC 10) reads as ``incomplete``."""
+    if status == "in_progress" and stale_before is not None and updated_at < stale_before:
+        return "incomplete"
+    return status
+
+
+def message(row: Mapping[Any, Any], stale_before: datetime | None) -> MessageRead:
+    """A read model of a stored message row (see :func:`conversation`), its status settled
+    at ``stale_before`` (:func:`settled`; ``None`` for rows just written)."""
     model = _new(MessageRead)
     data = {name: row[name] for name in _STORED_NAMES}
+    if data["updated_at"] is None:  # never updated: NULL reads as created_at
+        data["updated_at"] = data["created_at"]
+    if data["status"] != "completed":
+        data["status"] = settled(data["status"], data["updated_at"], stale_before)
     extras = row["extras"] or _NONE
     data.update(
         object="message",
@@ -110,7 +126,7 @@ def message(row: Mapping[Any, Any]) -> MessageRead:
     return model
 
 
-def message_record(record: Any) -> MessageRead:
+def message_record(record: Any, stale_before: datetime | None) -> MessageRead:
     """:func:`message` of a row of :data:`sql.MESSAGE_COLUMNS` as asyncpg returns it (a trailing
     ``size`` column is left out): its values are in the read model's order (checked below), so
     they are unpacked and go into a dict display, built at its size in one step, instead of
@@ -128,8 +144,14 @@ def message_record(record: Any) -> MessageRead:
         metadata,
         token_count,
         created_at,
+        status,
+        updated_at,
         extras,
     ) = record[:_MESSAGE_WIDTH]
+    if updated_at is None:
+        updated_at = created_at
+    if status != "completed":
+        status = settled(status, updated_at, stale_before)
     data = {
         "id": id,
         "conversation_id": conversation_id,
@@ -143,6 +165,8 @@ def message_record(record: Any) -> MessageRead:
         "metadata": metadata,
         "token_count": token_count,
         "created_at": created_at,
+        "status": status,
+        "updated_at": updated_at,
         "object": "message",
         "refusal": None,
         "annotations": None,
@@ -212,7 +236,7 @@ _MESSAGE_WIDTH: Final = len(sql.MESSAGE_NAMES)
 if (
     (*_STORED_NAMES, "extras") != sql.MESSAGE_NAMES
     or _CONVERSATION_NAMES != sql.CONVERSATION_NAMES
-    or list(vars(message_record((*_STORED_NAMES, None))).values())[: len(_STORED_NAMES)]
+    or list(vars(message_record((*_STORED_NAMES, None), None)).values())[: len(_STORED_NAMES)]
     != list(_STORED_NAMES)
     or list(vars(conversation_record(_CONVERSATION_NAMES)).values())[:-1]
     != list(_CONVERSATION_NAMES)
@@ -230,6 +254,7 @@ def same_message(given: MessageCreate, stored: MessageRead, conversation_id: Any
         and stored.tool_calls == given.stored_tool_calls()
         and stored.tool_call_id == given.tool_call_id
         and stored.metadata == given.metadata
+        and stored.status == given.status
         and (given.stored_extras() or {})
         == {k: v for k in EXTRAS if (v := getattr(stored, k)) is not None}
     )

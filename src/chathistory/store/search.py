@@ -18,6 +18,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     cast,
+    delete,
     insert,
     literal,
     literal_column,
@@ -64,13 +65,14 @@ async def search(
             await conversation_room.require(conn, user_id, conversation_id)
         found = (await conn.execute(select_hits)).all()
     matched = parsed.matched_words()
+    stale_before = db.stale_before(utcnow())
     hits = []
     for row in found[:limit]:
         values = row._mapping
         text_ = search_syntax.searchable_text(values["content"], values["extras"]) or ""
         hits.append(  # built from stored, valid values: no second validation
             SearchHit.model_construct(
-                message=rows.message(values),
+                message=rows.message(values, stale_before),
                 conversation=HitConversation.model_construct(
                     id=values["conversation_id"], title=values["conversation_title"]
                 ),
@@ -167,6 +169,14 @@ async def index(conn: AsyncConnection, stored: list[dict[str, Any]]) -> None:
     found = index_rows(stored, conn.dialect.name == "postgresql")
     if found:
         await conn.execute(insert(message_search), found)
+
+
+async def reindex(conn: AsyncConnection, stored: dict[str, Any]) -> None:
+    """Index an updated message's words again (a streaming update, SPEC 10)."""
+    await conn.execute(
+        delete(message_search).where(S.message_id == stored["id"], S.user_id == stored["user_id"])
+    )
+    await index(conn, [stored])
 
 
 def words_column(stored: list[dict[str, Any]]) -> list[str | None]:

@@ -12,7 +12,7 @@ MAX_SEQ: Final = 2**31 - 1
 MAX_SIZE: Final = 2**31 - 1  # a row's size is an int4
 MESSAGE_COLUMNS: Final = (
     "id, conversation_id, user_id, seq, role, content, name, tool_calls,"
-    " tool_call_id, metadata, token_count, created_at, extras"
+    " tool_call_id, metadata, token_count, created_at, status, updated_at, extras"
 )
 MESSAGE_NAMES: Final = tuple(name.strip() for name in MESSAGE_COLUMNS.split(","))
 # A row's size: the bytes of its content, tool calls and extras as JSON text (concat skips a
@@ -52,7 +52,8 @@ PAGE_SHARE_SQL: Final = {
         "SELECT id, conversation_id, user_id, seq, role,"  # noqa: S608
         " CASE WHEN size <= $6 THEN content END AS content, name,"
         " CASE WHEN size <= $6 THEN tool_calls END AS tool_calls, tool_call_id, metadata,"
-        " token_count, created_at, CASE WHEN size <= $6 THEN extras END AS extras, size"
+        " token_count, created_at, status, updated_at,"
+        " CASE WHEN size <= $6 THEN extras END AS extras, size"
         f" FROM (SELECT {MESSAGE_COLUMNS}, {_SIZE} AS size FROM messages"
         f" WHERE conversation_id = $1 AND user_id = $2 AND seq > $3 AND seq < $4{_live('$7')}"
         f" ORDER BY seq {direction} LIMIT $5) AS page"

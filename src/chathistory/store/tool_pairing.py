@@ -116,6 +116,54 @@ async def apply(
         await conn.execute(statement, opened[start : start + _CHUNK])
 
 
+async def replace_calls(
+    conn: AsyncConnection,
+    user_id: str,
+    conversation_id: uuid.UUID,
+    seq: int,
+    old: Sequence[str],
+    new: Sequence[str],
+) -> None:
+    """A streaming update changed the tool calls of the message at ``seq`` (SPEC 10): the calls
+    it drops must still be open (a call that has its result stays), the calls it adds open,
+    unless a later message called the same id (the newest call is the open one)."""
+    dropped = sorted(set(old) - set(new))
+    added = [call for call in new if call not in set(old)]
+    if dropped:
+        closed = await conn.execute(
+            delete(open_tool_calls)
+            .where(
+                _T.user_id == user_id,
+                _T.conversation_id == conversation_id,
+                _T.call_id.in_(dropped),
+                _T.seq == seq,
+            )
+            .returning(_T.call_id)
+        )
+        answered = set(dropped) - set(closed.scalars())
+        if answered:
+            raise ValidationError(
+                f"tool call {sorted(answered)[0]!r} already has its result: it cannot be "
+                "taken back",
+                loc=("tool_calls",),
+            )
+    if added:
+        upsert: Any = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        statement = upsert(open_tool_calls)
+        statement = statement.on_conflict_do_update(
+            index_elements=[_T.conversation_id, _T.call_id, _T.user_id],
+            set_={"seq": statement.excluded.seq},
+            where=_T.seq < statement.excluded.seq,
+        )
+        await conn.execute(
+            statement,
+            [
+                {"user_id": user_id, "conversation_id": conversation_id, "call_id": c, "seq": seq}
+                for c in added
+            ],
+        )
+
+
 async def forget(conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID) -> None:
     """Drop every open call of a conversation (its messages are being deleted)."""
     await conn.execute(
@@ -133,4 +181,4 @@ def _error(batch: Sequence[MessageCreate], index: int) -> FieldError:
     )
 
 
-__all__ = ["Plan", "apply", "forget", "plan"]
+__all__ = ["Plan", "apply", "forget", "plan", "replace_calls"]

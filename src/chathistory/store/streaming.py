@@ -1,0 +1,103 @@
+"""Streaming turns (SPEC 10): an ``in_progress`` assistant message updated as it streams.
+
+An update runs in one transaction: it takes the conversation's row lock (the lock appends take,
+so an update and an append to one conversation queue, and a tool result sees calls set by an
+update before it), reads the message, refuses a finished one (409), applies the change and
+checks the message it makes by the rules of an append (422, nothing changed), re-pairs its tool
+calls, recounts its tokens, re-indexes its words for search, and stores it in place: same
+``id``, ``seq`` and ``created_at``, ``updated_at`` moved to now.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from chathistory.errors import ConflictError, ConversationNotFoundError, MessageNotFoundError
+from chathistory.models import conversations, messages
+from chathistory.schemas import EXTRAS, MessageCreate, MessageRead
+from chathistory.store import appending, rows, search, tool_pairing
+from chathistory.store.conversations import live
+from chathistory.store.rows import C, M
+from chathistory.streaming_schemas import MessageUpdate
+
+
+async def update_message(
+    conn: AsyncConnection,
+    rules: appending.Rules,
+    user_id: str,
+    conversation_id: uuid.UUID,
+    message_id: uuid.UUID,
+    change: MessageUpdate,
+    now: datetime,
+    stale_before: datetime,
+) -> MessageRead:
+    locked = (
+        await conn.execute(
+            update(conversations)
+            .where(C.user_id == user_id, C.id == conversation_id, live(now))
+            .values(updated_at=rows.forward(now))
+            .returning(C.id)
+        )
+    ).first()
+    if locked is None:
+        raise ConversationNotFoundError(conversation_id)
+    found = (
+        await conn.execute(
+            select(messages).where(
+                M.user_id == user_id, M.conversation_id == conversation_id, M.id == message_id
+            )
+        )
+    ).first()
+    if found is None:
+        raise MessageNotFoundError(message_id)
+    current = rows.message(found._mapping, stale_before)
+    if current.status != "in_progress":
+        raise ConflictError(
+            f"message {message_id} is {current.status}: a finished message never changes"
+        )
+    message: MessageCreate = rows.parse(MessageCreate, change.applied_to(_fields(current)))
+    appending.check_sizes(rules, [message])
+    await tool_pairing.replace_calls(
+        conn,
+        user_id,
+        conversation_id,
+        current.seq,
+        [call["id"] for call in current.tool_calls or ()],
+        [call.id for call in message.tool_calls or ()],
+    )
+    stored = appending.row(
+        rules, user_id, conversation_id, message, current.seq, current.created_at
+    )
+    stored["updated_at"] = max(now, current.updated_at)
+    await conn.execute(
+        update(messages)
+        .where(M.user_id == user_id, M.conversation_id == conversation_id, M.id == message_id)
+        .values(
+            {
+                name: stored[name]
+                for name in ("content", "tool_calls", "token_count", "status", "updated_at")
+            }
+        )
+    )
+    await search.reindex(conn, stored)
+    return rows.message(stored, None)
+
+
+def _fields(current: MessageRead) -> dict[str, Any]:
+    """A stored message as the append that would store it."""
+    fields: dict[str, Any] = {
+        "id": current.id,
+        "role": current.role,
+        "content": current.content,
+        "name": current.name,
+        "tool_calls": current.tool_calls,
+        "metadata": current.metadata,
+        "status": current.status,
+    }
+    fields.update({key: value for key in EXTRAS if (value := getattr(current, key)) is not None})
+    return fields
