@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Final, Literal
 
 from pydantic import AfterValidator, Field, StrictBool
+from pydantic.config import JsonDict
 
 from chathistory.errors import ValidationError
 
@@ -32,7 +33,7 @@ FutureInstant = Annotated[datetime, AfterValidator(_future)]
 """An aware timestamp after now, kept in UTC."""
 
 
-def optional_in_clients(schema: dict[str, object]) -> None:
+def optional_in_clients(schema: JsonDict) -> None:
     """No ``default`` in the document: typed clients (openapi-typescript) make a property
     with a default required, and these may be left out of a request."""
     schema.pop("default", None)
