@@ -156,6 +156,8 @@ class FloorApp:
             "metadata": {},
             "token_count": 90,
             "created_at": now,
+            "status": "completed",
+            "updated_at": now,
         }
         return 201, json.dumps(stored, default=_json).encode()
 

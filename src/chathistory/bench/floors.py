@@ -30,7 +30,7 @@ from chathistory.store import search_syntax
 
 MESSAGE_COLUMNS = (
     "id, user_id, conversation_id, seq, role, content, name, tool_calls, tool_call_id,"
-    " metadata, token_count, created_at"
+    " metadata, token_count, created_at, status, updated_at"
 )
 CONVERSATION_COLUMNS = (
     "id, user_id, title, metadata, created_at, updated_at, message_count,"
