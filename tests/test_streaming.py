@@ -3,15 +3,20 @@ backend, through the library and the HTTP API; and a server killed mid-stream.""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
 import signal
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import jwt
+import openai
 import pytest
 from sqlalchemy import update
 
@@ -292,3 +297,74 @@ def test_a_server_killed_mid_stream_keeps_the_partial_answer(tmp_path: Path) -> 
                 "incomplete",
             )
             assert http.patch(path, json={"append_text": "!"}, headers=auth).status_code == 409
+
+
+async def test_concurrent_updates_each_keep_their_text(store: ChatHistory, user: str) -> None:
+    conv, message = await _streaming(store, user)
+    pieces = [f"<{i}>" for i in range(20)]
+    await asyncio.gather(
+        *(store.update_message(user, conv, message.id, {"append_text": p}) for p in pieces)
+    )
+    stored = await store.get_message(user, conv, message.id)
+    assert sorted(re.findall(r"<\d+>", str(stored.content))) == sorted(pieces)
+    assert len(str(stored.content)) == sum(map(len, pieces))
+
+
+def _readme_example() -> Callable[..., Any]:
+    """The README's streaming example, run as written."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    after = readme.split("<!-- streaming-example -->", 1)[1]
+    code = after.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    return cast(Callable[..., Any], namespace["stream_answer"])
+
+
+def _openai(words: list[str], *, cut_after: int | None = None) -> openai.AsyncOpenAI:
+    """The openai SDK, talking to a chat completions endpoint that streams ``words`` as
+    server-sent events (and drops the connection after ``cut_after`` of them)."""
+
+    async def events() -> AsyncIterator[bytes]:
+        for index, word in enumerate(words):
+            if index == cut_after:
+                raise httpx.ReadError("connection reset by peer")
+            chunk = {
+                "id": "chatcmpl-1",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": "gpt-4o",
+                "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}],
+            }
+            yield f"data: {json.dumps(chunk)}\n\n".encode()
+        yield b"data: [DONE]\n\n"
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent = json.loads(request.content)
+        assert sent["stream"] is True and sent["messages"][-1]["role"] == "user"
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=events())
+
+    transport = httpx.MockTransport(answer)
+    return openai.AsyncOpenAI(
+        api_key="test",
+        base_url="http://llm.test/v1",
+        max_retries=0,
+        http_client=httpx.AsyncClient(transport=transport),
+    )
+
+
+async def test_the_readme_example_streams_from_the_openai_sdk(
+    store: ChatHistory, user: str
+) -> None:
+    stream_answer = _readme_example()
+    words = [f"word{i} " for i in range(120)]
+    conv = await store.create_conversation(user)
+    await store.add_message(user, conv.id, "user", "Tell me a long story")
+    done = await stream_answer(store, _openai(words), user, conv.id)
+    assert (done.content, done.status) == ("".join(words), "completed")
+    # The stream breaks after 50 words: those are stored, marked incomplete, and it raises.
+    cut = await store.create_conversation(user)
+    await store.add_message(user, cut.id, "user", "Again")
+    with pytest.raises(openai.APIConnectionError):
+        await stream_answer(store, _openai(words, cut_after=50), user, cut.id)
+    [_, partial] = await store.get_chat_history(user, cut.id)
+    assert (partial.content, partial.status) == ("".join(words[:50]), "incomplete")
