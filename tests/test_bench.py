@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import asyncpg
+import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -93,3 +94,64 @@ def test_cli_refuses_sizes_without_a_deep_page() -> None:
     result = CliRunner().invoke(app, ["bench", "--conversations", "10", "--no-load"])
     assert result.exit_code == 2
     assert "needs at least" in result.output
+
+
+def test_purge_sizes_need_a_phase_per_writer_count() -> None:
+    bench.PurgeSizes().check()
+    bench.PurgeSizes.quick().check()
+    with pytest.raises(ValueError, match="fewer purge batches"):
+        bench.PurgeSizes(conversations=600, victims=1, phase_batches=2).check()
+
+
+@pytest.mark.parametrize(("stale", "purges"), [(False, 2), (True, 1)])
+async def test_purge_scenario_times_appends_with_and_without_the_purge(
+    postgres_store_url: str, stale: bool, purges: int
+) -> None:
+    # 2 victims of 200 conversations: one batch each, a "purge running" phase per writer count.
+    sizes = bench.PurgeSizes(
+        conversations=400, victims=2, messages=2, phase_batches=1, stale=stale, purges=purges
+    )
+    lines: list[str] = []
+    report = await bench.run_purge(postgres_store_url, sizes, log=lines.append)
+
+    what = "old" if stale else "expired"
+    operations = ("append, 1 writer, other users", "append, 8 writers (1 conv. each), other users")
+    for operation in operations:
+        for contender in ("purge running", "no purge"):
+            figure = report.get(f"{operation}: library add_message, {contender} [unnamed]")
+            assert figure.runs >= 1 and figure.p50_ms > 0
+        for kind in ("purge", "purge p99"):
+            (ratio,) = [
+                r
+                for r in report.comparisons
+                if r.kind == kind and r.operation.startswith(f"{operation}:")
+            ]
+            assert ratio.target == 1.3
+            assert ratio.numerator.endswith("purge running [unnamed]")
+            assert ratio.denominator.endswith("no purge [unnamed]")
+            field = "p99_ms" if kind == "purge p99" else "p50_ms"
+            during, baseline = report.get(ratio.numerator), report.get(ratio.denominator)
+            assert ratio.value == round(getattr(during, field) / getattr(baseline, field), 2)
+    (purged,) = [f for f in report.figures if f.operation.startswith("purge ")]
+    assert f"purge 400 {what} conversations" in purged.operation
+    assert purged.runs == 2 * purges and purged.per_second > 0
+    assert report.setup["purge"]["conversations"] == 400 * purges
+    assert report.setup["purge"]["messages"] == 800 * purges
+
+    console = Console(record=True, width=200)
+    for table in bench.render(report):
+        console.print(table)
+    text = console.export_text()
+    assert "while a purge runs / with no purge" in text
+    assert "library purge, batches of 500" in text
+
+    # The victims went with the purge, the appenders' users with the clean-up.
+    conn = await asyncpg.connect(parse_database_url(postgres_store_url).connect_args["dsn"])
+    try:
+        left = await conn.fetchval(
+            "SELECT (SELECT count(*) FROM conversations WHERE user_id LIKE 'bench-%')"
+            " + (SELECT count(*) FROM message_search WHERE user_id LIKE 'bench-%')"
+        )
+    finally:
+        await conn.close()
+    assert left == 0

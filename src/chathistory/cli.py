@@ -433,6 +433,13 @@ def bench(
             help="search a user of 100,000 messages in a table of 1,000,000 (quick: 10x fewer)",
         ),
     ] = True,
+    purge: Annotated[
+        bool,
+        typer.Option(
+            "--purge/--no-purge",
+            help="other users' appends while 100,000 conversations are purged (quick: 10,000)",
+        ),
+    ] = True,
     open_loop: Annotated[
         bool,
         typer.Option(
@@ -496,6 +503,9 @@ def bench(
             report.setup.update(found.setup)
             for word, explained in found.setup["search_explain"].items():
                 log(f"search plan, {word}:\n{explained}")
+        if purge:
+            sizing = benchmarks.PurgeSizes.quick() if quick else benchmarks.PurgeSizes()
+            report.merge(await benchmarks.run_purge(url, sizing, log=log))
         if load:
             opened = benchmarks.OpenLoopPlan.quick() if quick else benchmarks.OpenLoopPlan()
             loaded = await benchmarks.run_load(

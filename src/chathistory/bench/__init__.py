@@ -10,6 +10,7 @@ one statement, the same statement handling) in alternating rounds.
 - :mod:`~chathistory.bench.rounds`: timing in alternating rounds;
 - :mod:`~chathistory.bench.fixtures`: bulk set-up and integrity checks;
 - :mod:`~chathistory.bench.search`: search against reading the newest 50, and its plans;
+- :mod:`~chathistory.bench.purge`: other users' appends while a purge of 100,000 runs;
 - :mod:`~chathistory.bench.load`: the HTTP service under load (clients in ``__main__``);
 - :mod:`~chathistory.bench.report`: figures, ratios, tables and JSON.
 """
@@ -17,6 +18,7 @@ one statement, the same statement handling) in alternating rounds.
 from chathistory.bench.embedded import with_embedded_server
 from chathistory.bench.load import LoadPlan, run_load
 from chathistory.bench.open_loop import OpenLoopPlan
+from chathistory.bench.purge import PurgeSizes, run_purge
 from chathistory.bench.report import Figure, Ratio, Report, render, write_json
 from chathistory.bench.scenarios import Sizes, run
 from chathistory.bench.search import SearchSizes, run_search
@@ -25,6 +27,7 @@ __all__ = [
     "Figure",
     "LoadPlan",
     "OpenLoopPlan",
+    "PurgeSizes",
     "Ratio",
     "Report",
     "SearchSizes",
@@ -32,6 +35,7 @@ __all__ = [
     "render",
     "run",
     "run_load",
+    "run_purge",
     "run_search",
     "with_embedded_server",
     "write_json",

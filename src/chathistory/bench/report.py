@@ -15,6 +15,7 @@ MODES: dict[str, str] = {
 }
 FLOOR_TARGET = 1.3  # section 6: library p50 at most 1.3x its floor's
 SCALE_TARGET = 1.3  # section 6: the newest 50 of 100,000 and page 1,000 cost what 100 / page 1 do
+PURGE_TARGET = 1.3  # section 9: other users' appends keep their latency while a purge runs
 
 
 @dataclass
@@ -38,7 +39,8 @@ class Figure:
 
 @dataclass
 class Ratio:
-    """``numerator`` p50 / ``denominator`` p50 (figure names), against a target."""
+    """``numerator`` p50 / ``denominator`` p50 (figure names), against a target (p99 / p99
+    for the kind "purge p99")."""
 
     kind: str  # "floor" / "pool": library / a floor; "scale": large / small, same contender
     operation: str
@@ -65,6 +67,13 @@ class Report:
         self.figures.append(figure)
         return figure
 
+    def merge(self, other: Report) -> None:
+        """Take another scenario's figures, ratios and set-up into this report."""
+        self.figures += other.figures
+        self.comparisons += other.comparisons
+        self.ratios.update(other.ratios)
+        self.setup.update(other.setup)
+
     def get(self, name: str) -> Figure:
         return next(f for f in self.figures if f.name == name)
 
@@ -84,10 +93,16 @@ class Report:
         self.comparisons.append(ratio)
         return ratio
 
+    def modes(self) -> list[str]:
+        """The statement modes measured: those of the run, then any other a figure has (the
+        search and purge scenarios' default mode, in a run of the cached mode only)."""
+        listed: list[str] = self.setup.get("modes", [])
+        return [*listed, *sorted({f.mode for f in self.figures} - {*listed, ""})]
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "setup": self.setup,
-            "modes": {mode: MODES[mode] for mode in self.setup.get("modes", [])},
+            "modes": {mode: MODES[mode] for mode in self.modes()},
             "figures": [{**asdict(f), "name": f.name} for f in self.figures],
             "comparisons": [{**asdict(r), "within": r.within} for r in self.comparisons],
             "ratios": self.ratios,
@@ -100,7 +115,7 @@ def render(report: Report) -> list[Any]:
     from rich.table import Table
 
     tables: list[Any] = []
-    for mode in [*report.setup.get("modes", []), ""]:
+    for mode in [*report.modes(), ""]:
         figures = [f for f in report.figures if f.mode == mode]
         if not figures:
             continue
@@ -129,6 +144,12 @@ def render(report: Report) -> list[Any]:
         ),
         ("scale", f"large / small p50, same contender (target: at most {SCALE_TARGET})"),
         ("search", "search p50 / reading the newest 50, same user (target: at most 10)"),
+        (
+            "purge",
+            "other users' append p50 while a purge runs / with no purge, interleaved "
+            f"(target: at most {PURGE_TARGET})",
+        ),
+        ("purge p99", f"the same, p99 / p99 (target: at most {PURGE_TARGET})"),
     ):
         rows = [r for r in report.comparisons if r.kind == kind]
         if not rows:
