@@ -49,6 +49,19 @@ NAMING_CONVENTION = {
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
+# Branches (SPEC 11) read the few messages that start a run of the tree (``fork`` set): by seq
+# (the run holding a message), by fork (a message's other children); tool pairing along a
+# branch walks its tool turns by seq. Partial: other messages are not in them.
+PARTIAL_INDEXES = (
+    ("ix_messages_conversation_id_seq_forks", "seq", "fork IS NOT NULL"),
+    ("ix_messages_conversation_id_fork", "fork", "fork IS NOT NULL"),
+    (
+        "ix_messages_conversation_id_seq_tool_turns",
+        "seq",
+        "tool_calls IS NOT NULL OR tool_call_id IS NOT NULL",
+    ),
+)
+
 
 def uuid7() -> uuid.UUID:
     """A time-ordered UUID (RFC 9562 version 7): 48 bits of Unix milliseconds, then randomness."""
@@ -122,6 +135,11 @@ class Conversation(Base, table=True):
     expires_at: datetime | None = Field(
         default=None, sa_column=Column(UTCDateTime(), nullable=True)
     )
+    # Branches (SPEC 11): the last message of the active branch, and that branch as the seq
+    # ranges [[lo, hi], ...] it runs through (store/branches.py); NULL while the active branch
+    # is every message in seq order, as in a conversation that never branched.
+    current_message_id: uuid.UUID | None = Field(default=None, nullable=True)
+    path: list[list[int]] | None = Field(default=None, sa_column=Column(json_type(), nullable=True))
 
 
 class Message(Base, table=True):
@@ -160,6 +178,16 @@ class Message(Base, table=True):
             postgresql_where=text("tool_call_id IS NOT NULL"),
             sqlite_where=text("tool_call_id IS NOT NULL"),
         ),
+        *(
+            Index(
+                name,
+                "conversation_id",
+                column,
+                postgresql_where=text(where),
+                sqlite_where=text(where),
+            )
+            for name, column, where in PARTIAL_INDEXES
+        ),
     )
 
     id: uuid.UUID = Field(primary_key=True)
@@ -193,6 +221,11 @@ class Message(Base, table=True):
     updated_at: datetime | None = Field(
         default=None, sa_column=Column(UTCDateTime(), nullable=True)
     )
+    # Branches (SPEC 11): the message this one follows (NULL for a first message), and for a
+    # message that starts a run — its parent is not the message one seq before — the parent's
+    # seq (0 for a new first message); NULL for every other message.
+    parent_id: uuid.UUID | None = Field(default=None, nullable=True)
+    fork: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
 
 
 class OpenToolCall(Base, table=True):

@@ -250,6 +250,12 @@ class MessageCreate(_Input):
         description="in_progress to store an assistant message as it streams (section 10)",
         json_schema_extra=optional_in_clients,
     )
+    parent_id: uuid.UUID | None = Field(
+        default=None,
+        description="branch from this message (null: a new first message); left out, the "
+        "message follows the conversation's current message (section 11)",
+        json_schema_extra=optional_in_clients,
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -402,6 +408,9 @@ class ConversationUpdate(_Input):
     archived: StrictBool | None = None
     pinned: StrictBool | None = None
     expires_at: FutureInstant | None = None
+    current_message_id: uuid.UUID | None = Field(
+        default=None, description="switch the active branch to the one ending at this message"
+    )
 
     @field_validator("metadata")
     @classmethod
@@ -432,6 +441,9 @@ class ConversationRead(BaseModel):
     archived: bool
     pinned: bool
     expires_at: datetime | None
+    current_message_id: uuid.UUID | None = Field(
+        description="the last message of the active branch (section 11)"
+    )
 
 
 # The JSON values of a read message stay the dicts that were stored (the store builds read
@@ -457,6 +469,9 @@ class MessageRead(BaseModel):
         "message not updated within the stream timeout reads as incomplete",
     )
     updated_at: datetime = Field(description="created_at until a streaming update")
+    parent_id: uuid.UUID | None = Field(description="the message this one follows (section 11)")
+    sibling_count: int = Field(default=1, description="messages with the same parent")
+    sibling_index: int = Field(default=1, description="1-based, in seq order")
     refusal: str | None = None
     annotations: Annotated[list[dict[str, Any]] | None, DocumentedAs(list[Annotation] | None)] = (
         None

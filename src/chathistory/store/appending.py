@@ -26,7 +26,7 @@ from chathistory.errors import (
 )
 from chathistory.models import conversations, messages, utcnow, uuid7
 from chathistory.schemas import MessageCreate, MessageRead, title_from
-from chathistory.store import rows, search, sql, tool_pairing
+from chathistory.store import branches, rows, search, sql, tool_pairing
 from chathistory.store.conversations import live
 from chathistory.store.database import Database
 from chathistory.store.rows import C, M
@@ -68,6 +68,11 @@ def parse_batch(
     if errors:
         raise ValidationError(errors)
     check_sizes(rules, parsed)
+    if any("parent_id" in m.model_fields_set for m in parsed[1:]):
+        raise ValidationError(
+            "only the first message of a batch can name parent_id (the others follow it)",
+            loc=("parent_id",),
+        )
     given = [m.id for m in parsed if m.id is not None]
     if len(set(given)) != len(given):
         raise ValidationError("the same id appears twice in one batch", loc=("id",))
@@ -97,6 +102,7 @@ def at_once(batch: Sequence[MessageCreate]) -> bool:
         or m.tool_calls
         or m.stored_extras()
         or m.status != "completed"
+        or "parent_id" in m.model_fields_set
         for m in batch
     )
 
@@ -107,7 +113,7 @@ async def append_at_once(
     user_id: str,
     conversation_id: uuid.UUID,
     batch: list[MessageCreate],
-) -> list[MessageRead]:
+) -> list[MessageRead] | None:
     """:func:`append` in one statement on PostgreSQL (:data:`sql.APPEND_SQL`): the same rules,
     one round trip, the row lock held for that one statement only."""
     now = utcnow()
@@ -129,12 +135,16 @@ async def append_at_once(
             [json.dumps(r["metadata"]) for r in stored],
             [r["token_count"] for r in stored],
             search.words_column(stored),
+            stored[-1]["id"],
+            [None, *(r["id"] for r in stored[:-1])],
         )
-    if not seqs:
-        raise ConversationNotFoundError(conversation_id)
+    if not seqs:  # not the user's, expired, or branched: the general path tells
+        return None
     first_seq = min(record["seq"] for record in seqs)
+    parents = {record["seq"]: record["parent_id"] for record in seqs}
     for offset, stored_row in enumerate(stored):
         stored_row["seq"] = first_seq + offset
+        stored_row["parent_id"] = parents[first_seq + offset]
     return [rows.message(r, None) for r in stored]
 
 
@@ -156,7 +166,7 @@ async def append(
             update(conversations)
             .where(C.user_id == user_id, C.id == conversation_id, live(now))
             .values(message_count=C.message_count + len(batch), updated_at=rows.forward(now))
-            .returning(C.message_count, C.title, C.has_user_message)
+            .returning(C.message_count, C.title, C.has_user_message, C.current_message_id, C.path)
         )
     ).first()
     if locked is None:
@@ -171,11 +181,30 @@ async def append(
             await conn.rollback()
             return replay, False
 
-    # 3. Tool results must answer an open tool call of an earlier assistant message.
-    seqs = range(first_seq, first_seq + len(batch))
-    await tool_pairing.apply(conn, user_id, conversation_id, batch, seqs)
+    # 3. Its place in the tree (SPEC 11): after the current message, or the parent named.
+    placed = await branches.place(
+        conn,
+        user_id,
+        conversation_id,
+        count=first_seq - 1,
+        current_id=locked.current_message_id,
+        current_path=locked.path,
+        parent=("parent_id" in batch[0].model_fields_set, batch[0].parent_id),
+        size=len(batch),
+    )
 
-    # 4. The first user message ever titles a conversation nobody titled.
+    # 4. Tool results must answer an open tool call of an earlier assistant message of the
+    #    branch: the open calls kept for a conversation that never branched, else the
+    #    branch's own tool turns.
+    seqs = range(first_seq, first_seq + len(batch))
+    if placed.linear:
+        await tool_pairing.apply(conn, user_id, conversation_id, batch, seqs)
+    else:
+        if locked.path is None:  # branching now: the open calls of one chain no longer tell
+            await tool_pairing.forget(conn, user_id, conversation_id)
+        await tool_pairing.check_along(conn, user_id, conversation_id, placed.base, batch, seqs)
+
+    # 5. The first user message ever titles a conversation nobody titled.
     if not locked.has_user_message:
         await _first_user_message(conn, user_id, conversation_id, batch, locked.title)
 
@@ -183,7 +212,16 @@ async def append(
         row(rules, user_id, conversation_id, message, first_seq + offset, now)
         for offset, message in enumerate(batch)
     ]
+    parent_id = placed.parent_id
+    for stored_row in stored:
+        stored_row["parent_id"], parent_id = parent_id, stored_row["id"]
+    stored[0]["fork"] = placed.fork
     await conn.execute(insert(messages), stored)
+    await conn.execute(
+        update(conversations)
+        .where(C.user_id == user_id, C.id == conversation_id)
+        .values(current_message_id=stored[-1]["id"], path=placed.path)
+    )
     await search.index(conn, stored)
     return [rows.message(r, None) for r in stored], True
 
@@ -256,6 +294,8 @@ def row(
         "extras": message.stored_extras(),
         "status": message.status,
         "updated_at": None,
+        "parent_id": None,
+        "fork": None,
     }
     stored["token_count"] = rules.tokens.count_message(stored)
     return stored

@@ -14,7 +14,7 @@ index, so the cost follows what fits, not the history's length.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
 
@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from chathistory import tokens
 from chathistory.errors import ValidationError
 from chathistory.schemas import ContextWindow, input_message
-from chathistory.store import conversations, limits
+from chathistory.store import branches, limits
 from chathistory.store.rows import WINDOW_COLUMNS, M, settled
 
 _FIRST_CHUNK: Final = 32
@@ -113,20 +113,22 @@ async def window(
     counter: tokens.TokenCounter,
     stale_before: datetime,
 ) -> ContextWindow:
-    owned = (
-        M.conversation_id == conversation_id,
-        M.user_id == user_id,
-        conversations.exists_live(user_id, conversation_id),
-    )
-    system = await _system_prefix(conn, size, owned, budget)
-    if not system:
-        await conversations.require(conn, user_id, conversation_id)
-        if budget.tokens > budget.max_tokens:  # the reply's priming alone
-            raise ValidationError(f"must be at least {budget.tokens}", loc=("max_tokens",))
+    path, _ = await branches.active(conn, user_id, conversation_id)  # 404 here
+    owned = (M.conversation_id == conversation_id, M.user_id == user_id)
+
+    async def read(**bounds: Any) -> Sequence[Any]:
+        if path is None:  # every message, in one statement
+            query = limits.bounded_range(WINDOW_COLUMNS, owned, size, **bounds)
+            found: Sequence[Any] = (await conn.execute(query)).all()
+            return found
+        rows = await branches.read(conn, size, owned, path, columns=WINDOW_COLUMNS, **bounds)
+        return [_Row(row) for row in rows]
+
+    system = await _system_prefix(read, budget)
+    if not system and budget.tokens > budget.max_tokens:  # the reply's priming alone
+        raise ValidationError(f"must be at least {budget.tokens}", loc=("max_tokens",))
     after_seq = system[-1].seq if system else 0
-    run, truncated = await _newest_run(
-        conn, size, owned, after_seq, Selection(budget, stale_before)
-    )
+    run, truncated = await _newest_run(read, after_seq, Selection(budget, stale_before))
     return ContextWindow(
         messages=[input_message(row) for row in [*system, *run]],
         token_count=budget.tokens,
@@ -137,28 +139,34 @@ async def window(
     )
 
 
-async def _system_prefix(
-    conn: AsyncConnection,
-    size: ColumnElement[int],
-    owned: tuple[ColumnElement[bool], ...],
-    budget: Budget,
-) -> list[Any]:
+class _Row:
+    """A row read along a branch (a mapping), with the attribute access of a result row."""
+
+    __slots__ = ("_mapping",)
+
+    def __init__(self, mapping: Mapping[Any, Any]) -> None:
+        self._mapping = mapping
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._mapping[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+Read = Callable[..., Awaitable[Sequence[Any]]]
+
+
+async def _system_prefix(read: Read, budget: Budget) -> list[Any]:
     """The conversation's leading system messages, read forwards in small LIMITed pages
     (a LIMIT keeps the planner on the index, whatever the conversation's length); an error
     as soon as they pass the token or byte budget."""
     prefix: list[Any] = []
     after = 0
     while True:
-        query = limits.bounded_range(
-            WINDOW_COLUMNS,
-            owned,
-            size,
-            ascending=True,
-            limit=_SYSTEM_CHUNK,
-            past=after,
-            max_bytes=budget.bytes_left,
+        rows = await read(
+            ascending=True, limit=_SYSTEM_CHUNK, past=after, max_bytes=budget.bytes_left
         )
-        rows = (await conn.execute(query)).all()
         for row in rows:
             if row.role != "system":
                 return prefix
@@ -174,13 +182,7 @@ async def _system_prefix(
         after = rows[-1].seq
 
 
-async def _newest_run(
-    conn: AsyncConnection,
-    size: ColumnElement[int],
-    owned: tuple[ColumnElement[bool], ...],
-    after_seq: int,
-    selection: Selection,
-) -> tuple[list[Any], bool]:
+async def _newest_run(read: Read, after_seq: int, selection: Selection) -> tuple[list[Any], bool]:
     """Feed the selection from the newest message backwards: chunks start small and grow
     fourfold (few statements; rows read stay within four times what fits, plus the first
     chunk). Every message costs at least TOKENS_PER_MESSAGE, which bounds how many can fit at
@@ -191,17 +193,7 @@ async def _newest_run(
     below: int | None = None
     while True:
         room = budget.bytes_left
-        query = limits.bounded_range(
-            WINDOW_COLUMNS,
-            owned,
-            size,
-            ascending=False,
-            limit=chunk,
-            past=after_seq,
-            until=below,
-            max_bytes=room,
-        )
-        rows = (await conn.execute(query)).all()
+        rows = await read(ascending=False, limit=chunk, past=after_seq, until=below, max_bytes=room)
         if selection.feed(rows):
             return selection.run, True
         if len(rows) < chunk:

@@ -25,13 +25,13 @@ from chathistory import pagination
 from chathistory.errors import ConflictError, ConversationNotFoundError, ValidationError
 from chathistory.models import conversations, messages, utcnow, uuid7
 from chathistory.schemas import ConversationCreate, ConversationRead, ConversationUpdate, Page
-from chathistory.store import rows, sql, tool_pairing
+from chathistory.store import branches, rows, sql, tool_pairing
 from chathistory.store.database import Database
 from chathistory.store.rows import CONVERSATION_COLUMNS, C, M
 
 # What a change of these columns is not: a change of the conversation's content, so it does
 # not move updated_at (SPEC 9: archiving or pinning a conversation keeps its place).
-LIFECYCLE: Final = frozenset({"archived", "pinned", "expires_at"})
+LIFECYCLE: Final = frozenset({"archived", "pinned", "expires_at", "current_message_id"})
 
 
 def live(now: datetime) -> ColumnElement[bool]:
@@ -46,13 +46,15 @@ def expired(now: datetime) -> ColumnElement[bool]:
 
 
 def exists_live(
-    user_id: str, conversation_id: uuid.UUID, now: datetime | None = None
+    user_id: str, conversation_id: uuid.UUID, now: datetime | None = None, *, linear: bool = False
 ) -> ColumnElement[bool]:
     """A condition for a read of messages: their conversation exists and has not expired, so
-    an expired conversation's messages never come back (:data:`sql._live` on the hot path)."""
-    return exists().where(
+    an expired conversation's messages never come back (:data:`sql._live` on the hot path);
+    with ``linear``, and never branched (SPEC 11: its active branch is every message)."""
+    query = exists().where(
         C.user_id == user_id, C.id == conversation_id, live(utcnow() if now is None else now)
     )
+    return query.where(C.path.is_(None)) if linear else query
 
 
 async def create(
@@ -90,6 +92,7 @@ async def create(
         "archived": spec.archived,
         "pinned": spec.pinned,
         "expires_at": spec.expires_at,
+        "current_message_id": None,
     }
     await conn.execute(insert(conversations).values(values))
     return rows.conversation(values), True
@@ -196,6 +199,8 @@ def changes(data: dict[str, Any]) -> dict[str, Any]:
     for flag in ("archived", "pinned"):
         if flag in values and values[flag] is None:
             raise ValidationError("must be true or false", loc=(flag,))
+    if "current_message_id" in values and values["current_message_id"] is None:
+        raise ValidationError("must be a message of this conversation", loc=("current_message_id",))
     return values
 
 
@@ -205,7 +210,9 @@ async def update_columns(
     """Set ``values``; a change of the title or metadata moves ``updated_at`` forward, one of
     the lifecycle only (archive, pin, expiry) does not."""
     now = utcnow()
-    if set(values) - LIFECYCLE:
+    if "current_message_id" in values:
+        values = {**values, **await _switch(conn, user_id, conversation_id, values, now)}
+    if set(values) - LIFECYCLE - {"path"}:
         values = {**values, "updated_at": rows.forward(now)}
     row = (
         await conn.execute(
@@ -218,6 +225,36 @@ async def update_columns(
     if row is None:
         raise ConversationNotFoundError(conversation_id)
     return rows.conversation(row._mapping)
+
+
+async def _switch(
+    conn: AsyncConnection,
+    user_id: str,
+    conversation_id: uuid.UUID,
+    values: dict[str, Any],
+    now: datetime,
+) -> dict[str, Any]:
+    """The columns that make the branch ending at ``current_message_id`` active (SPEC 11),
+    under the conversation's row lock (the no-op write takes it, as an append's does)."""
+    locked = (
+        await conn.execute(
+            update(conversations)
+            .where(C.user_id == user_id, C.id == conversation_id, live(now))
+            .values(message_count=C.message_count)
+            .returning(C.message_count, C.path)
+        )
+    ).first()
+    if locked is None:
+        raise ConversationNotFoundError(conversation_id)
+    target = values["current_message_id"]
+    seq = await branches.message_seq(conn, user_id, conversation_id, target, "current_message_id")
+    path = await branches.path_to(conn, user_id, conversation_id, seq)
+    stored = branches.stored(path, locked.message_count)
+    if stored is None and locked.path is None:  # the last message of one that never branched
+        return {"current_message_id": target}
+    # Once off its one chain, a conversation pairs tool calls along its branch (tool_pairing).
+    await tool_pairing.forget(conn, user_id, conversation_id)
+    return {"current_message_id": target, "path": [[lo, hi] for lo, hi in path]}
 
 
 async def remove(conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID) -> None:
@@ -236,7 +273,13 @@ async def clear(conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID)
         await conn.execute(
             update(conversations)
             .where(C.user_id == user_id, C.id == conversation_id, live(now))
-            .values(message_count=0, has_user_message=False, updated_at=rows.forward(now))
+            .values(
+                message_count=0,
+                has_user_message=False,
+                updated_at=rows.forward(now),
+                current_message_id=None,
+                path=None,
+            )
             .returning(C.id)
         )
     ).first()

@@ -53,7 +53,7 @@ from chathistory.store import (
     streaming,
 )
 from chathistory.store.database import DEFAULT_STREAM_TIMEOUT, Database
-from chathistory.store.reading import Order
+from chathistory.store.reading import Branch, Order
 from chathistory.streaming_schemas import MessageUpdate
 
 DEFAULT_MAX_CONTENT_CHARS: Final = 100_000
@@ -248,10 +248,12 @@ class ChatHistory:
         archived: bool | _Unset = UNSET,
         pinned: bool | _Unset = UNSET,
         expires_at: datetime | _Unset | None = UNSET,
+        current_message_id: uuid.UUID | _Unset = UNSET,
     ) -> ConversationRead:
         """Change the title and/or replace the metadata, archive or pin it, set or clear
-        (``None``) its expiry; fields not given stay as they are. A change of the title or
-        metadata moves ``updated_at``; archiving, pinning and the expiry do not."""
+        (``None``) its expiry, switch its active branch (``current_message_id``, SPEC 11);
+        fields not given stay as they are. A change of the title or metadata moves
+        ``updated_at``; archiving, pinning, the expiry and switching branches do not."""
         check_user_id(user_id)
         data: dict[str, Any] = {}
         if isinstance(changes, ConversationUpdate):
@@ -264,7 +266,12 @@ class ChatHistory:
             data["title"] = title
         if not isinstance(metadata, _Unset):
             data["metadata"] = metadata
-        for name, value in (("archived", archived), ("pinned", pinned), ("expires_at", expires_at)):
+        for name, value in (
+            ("archived", archived),
+            ("pinned", pinned),
+            ("expires_at", expires_at),
+            ("current_message_id", current_message_id),
+        ):
             if not isinstance(value, _Unset):
                 data[name] = value
         values = conversations.changes(data)
@@ -373,7 +380,8 @@ class ChatHistory:
             stored = await appending.append_at_once(
                 self._db, self._rules, user_id, conversation_id, batch
             )
-            return stored, True
+            if stored is not None:
+                return stored, True
         for _attempt in range(2):
             try:
                 async with self._db.transaction() as conn:
@@ -428,6 +436,7 @@ class ChatHistory:
         cursor: str | None = None,
         after: uuid.UUID | None = None,
         before: uuid.UUID | None = None,
+        branch: Branch = "active",
     ) -> MessagePage:
         """A page of the conversation's messages by ``seq``.
 
@@ -435,6 +444,8 @@ class ChatHistory:
         ``after`` / ``before`` message ids: ``after`` gives the items that follow that message
         in the list's order, ``before`` the ones just preceding it (still in list order). A page
         stops at ``max_response_bytes`` of content (it always holds at least one message).
+        The messages are those of the active branch (SPEC 11), or with ``branch="all"`` every
+        message of the conversation.
         """
         check_user_id(user_id)
         return await reading.page(
@@ -447,6 +458,7 @@ class ChatHistory:
             after=after,
             before=before,
             max_bytes=self.max_response_bytes,
+            branch=branch,
         )
 
     async def get_chat_history(

@@ -9,7 +9,7 @@ nothing checks that the conversation exists (404), so the common case costs one 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -20,11 +20,12 @@ from chathistory import pagination
 from chathistory.errors import InvalidCursorError, MessageNotFoundError, ValidationError
 from chathistory.models import messages, utcnow
 from chathistory.schemas import MessagePage, MessageRead
-from chathistory.store import conversations, limits, rows, sql
+from chathistory.store import branches, conversations, limits, rows, sql
 from chathistory.store.database import Database
 from chathistory.store.rows import M
 
 Order = Literal["asc", "desc"]
+Branch = Literal["active", "all"]
 
 
 async def one(
@@ -55,7 +56,46 @@ async def locate(
     if row is None:
         await conversations.require(conn, user_id, conversation_id)
         raise MessageNotFoundError(message_id)
-    return rows.message(row._mapping, stale_before)
+    [found] = await _numbered(conn, user_id, conversation_id, [row._mapping], stale_before)
+    return found
+
+
+async def _numbered(
+    conn: AsyncConnection,
+    user_id: str,
+    conversation_id: uuid.UUID,
+    found: Sequence[Mapping[Any, Any]],
+    stale_before: datetime | None,
+) -> list[MessageRead]:
+    """Read models of stored rows of a branched conversation, with their sibling numbers."""
+    items = [rows.message(row, stale_before) for row in found]
+    placed = [(row["seq"], row["fork"]) for row in found]
+    numbers = await branches.siblings(conn, user_id, conversation_id, placed)
+    for item in items:
+        rows.numbered(item, *numbers[item.seq])
+    return items
+
+
+async def _along_branch(
+    db: Database,
+    user_id: str,
+    conversation_id: uuid.UUID,
+    branch: Branch,
+    **bounds: Any,
+) -> tuple[list[Mapping[Any, Any]], list[MessageRead]] | None:
+    """What the one-statement read found nothing for: ``None`` for a conversation that never
+    branched (it has no such messages), else the rows read along its active branch (or every
+    message, ``branch="all"``) and their read models with sibling numbers; 404 if the
+    conversation does not exist."""
+    async with db.transaction() as conn:
+        path, count = await branches.active(conn, user_id, conversation_id)
+        if path is None:
+            return None
+        along = branches.linear(count) if branch == "all" else path
+        owned = (M.conversation_id == conversation_id, M.user_id == user_id)
+        found = await branches.read(conn, db.size, owned, along, **bounds)
+        items = await _numbered(conn, user_id, conversation_id, found, db.stale_before(utcnow()))
+    return found, items
 
 
 async def page(
@@ -69,11 +109,14 @@ async def page(
     after: uuid.UUID | None,
     before: uuid.UUID | None,
     max_bytes: int,
+    branch: Branch = "active",
 ) -> MessagePage:
     """A page of at most ``limit`` messages and ``max_bytes`` of content (at least one)."""
     rows.check_limit(limit)
     if order not in ("asc", "desc"):
         raise ValidationError("must be 'asc' or 'desc'", loc=("order",))
+    if branch not in ("active", "all"):
+        raise ValidationError("must be 'active' or 'all'", loc=("branch",))
     if cursor is not None and (after is not None or before is not None):
         raise InvalidCursorError("give either a cursor or after/before ids, not both")
     # Bounds in seq, both exclusive: forward in list order is "past", backward "until".
@@ -91,19 +134,15 @@ async def page(
     low, high = (past, until) if ascending else (until, past)
     # Only "before" given: take the items nearest to it, scanning away from it.
     scan_ascending = ascending != (until is not None and past is None)
-    found = await read_range(
-        db,
-        user_id,
-        conversation_id,
-        ascending=scan_ascending,
-        limit=limit + 1,
-        past=low,
-        until=high,
-        max_bytes=max_bytes,
-    )
+    bounds = {"limit": limit + 1, "past": low, "until": high, "max_bytes": max_bytes}
+    found = await read_range(db, user_id, conversation_id, ascending=scan_ascending, **bounds)
+    built: list[MessageRead] | None = None
     if not found:
-        async with db.transaction() as conn:
-            await conversations.require(conn, user_id, conversation_id)
+        branched = await _along_branch(
+            db, user_id, conversation_id, branch, ascending=scan_ascending, **bounds
+        )
+        if branched is not None:
+            found, built = branched
     sizes = [row["size"] for row in found]
     total = sum(sizes)
     fitting = (
@@ -114,9 +153,11 @@ async def page(
     # More: a row past the limit came back, or the byte budget cut the read (the database
     # returned the row that crossed it; whether any follow it, only the next page knows).
     has_more = len(found) > fitting or total > max_bytes
-    build = rows.message_record if db.postgres else rows.message
-    stale_before = db.stale_before(utcnow())
-    items = [build(row, stale_before) for row in found[:fitting]]
+    if built is None:
+        build = rows.message_record if db.postgres else rows.message
+        stale_before = db.stale_before(utcnow())
+        built = [build(row, stale_before) for row in found]
+    items = built[:fitting]
     if scan_ascending != ascending:
         items.reverse()
     # After the last item; on an empty page, the position asked from (to poll again).
@@ -138,12 +179,17 @@ async def newest(
     if limit is not None and (isinstance(limit, bool) or limit < 1):
         raise ValidationError("must be a positive integer or None", loc=("limit",))
     found = await read_range(db, user_id, conversation_id, ascending=limit is None, limit=limit)
+    branched = None
     if not found:
-        async with db.transaction() as conn:
-            await conversations.require(conn, user_id, conversation_id)
-    build = rows.message_record if db.postgres else rows.message
-    stale_before = db.stale_before(utcnow())
-    items = [build(row, stale_before) for row in found]
+        branched = await _along_branch(
+            db, user_id, conversation_id, "active", ascending=limit is None, limit=limit
+        )
+    if branched is not None:
+        items = branched[1]
+    else:
+        build = rows.message_record if db.postgres else rows.message
+        stale_before = db.stale_before(utcnow())
+        items = [build(row, stale_before) for row in found]
     if limit is not None:
         items.reverse()
     return items
@@ -196,7 +242,7 @@ async def read_range(
         (
             M.conversation_id == conversation_id,
             M.user_id == user_id,
-            conversations.exists_live(user_id, conversation_id, now),
+            conversations.exists_live(user_id, conversation_id, now, linear=True),
         ),
         db.size,
         ascending=ascending,

@@ -36,6 +36,7 @@ CONVERSATION_COLUMNS: Final = (
     C.archived,
     C.pinned,
     C.expires_at,
+    C.current_message_id,
 )
 WINDOW_COLUMNS: Final = (
     M.extras,
@@ -111,6 +112,7 @@ def message(row: Mapping[Any, Any], stale_before: datetime | None) -> MessageRea
         data["updated_at"] = data["created_at"]
     if data["status"] != "completed":
         data["status"] = settled(data["status"], data["updated_at"], stale_before)
+    data["sibling_count"] = data["sibling_index"] = 1
     extras = row["extras"] or _NONE
     data.update(
         object="message",
@@ -146,6 +148,7 @@ def message_record(record: Any, stale_before: datetime | None) -> MessageRead:
         created_at,
         status,
         updated_at,
+        parent_id,
         extras,
     ) = record[:_MESSAGE_WIDTH]
     if updated_at is None:
@@ -167,6 +170,9 @@ def message_record(record: Any, stale_before: datetime | None) -> MessageRead:
         "created_at": created_at,
         "status": status,
         "updated_at": updated_at,
+        "parent_id": parent_id,
+        "sibling_count": 1,
+        "sibling_index": 1,
         "object": "message",
         "refusal": None,
         "annotations": None,
@@ -200,6 +206,7 @@ def conversation_record(record: Any) -> ConversationRead:
         archived,
         pinned,
         expires_at,
+        current_message_id,
     ) = record
     model = _new(ConversationRead)
     _set(
@@ -216,6 +223,7 @@ def conversation_record(record: Any) -> ConversationRead:
             "archived": archived,
             "pinned": pinned,
             "expires_at": expires_at,
+            "current_message_id": current_message_id,
             "object": "conversation",
         },
     )
@@ -228,8 +236,12 @@ def conversation_record(record: Any) -> ConversationRead:
 # The stored columns: every field but ``object``, which is a constant.
 _CONVERSATION_NAMES: Final = tuple(f for f in ConversationRead.model_fields if f != "object")
 _CONVERSATION_WIDTH: Final = len(_CONVERSATION_NAMES)
-# A message row's columns, but ``extras`` (refusal, annotations, audio, function_call).
-_STORED_NAMES: Final = tuple(f for f in MessageRead.model_fields if f not in ("object", *EXTRAS))
+# A message row's columns, but ``extras`` (refusal, annotations, audio, function_call) and the
+# sibling numbers (counted for branched conversations, SPEC 11: :func:`numbered`).
+_SIBLINGS: Final = ("sibling_count", "sibling_index")
+_STORED_NAMES: Final = tuple(
+    f for f in MessageRead.model_fields if f not in ("object", *_SIBLINGS, *EXTRAS)
+)
 _NONE: Final[Mapping[str, Any]] = {}
 # message_record and conversation_record name the columns of the hot statements in this order.
 _MESSAGE_WIDTH: Final = len(sql.MESSAGE_NAMES)
@@ -244,6 +256,12 @@ if (
     raise RuntimeError("the hot statements' columns must be in the read models' order")
 
 
+def numbered(model: MessageRead, count: int, index: int) -> None:
+    """Set a read message's sibling numbers (it is the store's own, not yet handed out)."""
+    model.__dict__["sibling_count"] = count
+    model.__dict__["sibling_index"] = index
+
+
 def same_message(given: MessageCreate, stored: MessageRead, conversation_id: Any) -> bool:
     """Whether an append of ``given`` replays ``stored`` (idempotency)."""
     return (
@@ -255,6 +273,7 @@ def same_message(given: MessageCreate, stored: MessageRead, conversation_id: Any
         and stored.tool_call_id == given.tool_call_id
         and stored.metadata == given.metadata
         and stored.status == given.status
+        and ("parent_id" not in given.model_fields_set or stored.parent_id == given.parent_id)
         and (given.stored_extras() or {})
         == {k: v for k in EXTRAS if (v := getattr(stored, k)) is not None}
     )

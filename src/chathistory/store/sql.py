@@ -12,7 +12,7 @@ MAX_SEQ: Final = 2**31 - 1
 MAX_SIZE: Final = 2**31 - 1  # a row's size is an int4
 MESSAGE_COLUMNS: Final = (
     "id, conversation_id, user_id, seq, role, content, name, tool_calls,"
-    " tool_call_id, metadata, token_count, created_at, status, updated_at, extras"
+    " tool_call_id, metadata, token_count, created_at, status, updated_at, parent_id, extras"
 )
 MESSAGE_NAMES: Final = tuple(name.strip() for name in MESSAGE_COLUMNS.split(","))
 # A row's size: the bytes of its content, tool calls and extras as JSON text (concat skips a
@@ -22,11 +22,13 @@ _SIZE: Final = "octet_length(concat(content, tool_calls, extras))"
 
 
 def _live(now: str) -> str:
-    """The conversation ($1, of user $2) exists and has not expired at ``now`` (SPEC 9): an
-    expired conversation's messages never come back, whatever the read."""
+    """The conversation ($1, of user $2) exists, has not expired at ``now`` (SPEC 9: an expired
+    conversation's messages never come back, whatever the read) and never branched (its
+    active branch is every message in seq order; a branched one is read along its path by
+    :mod:`chathistory.store.branches`)."""
     return (
         " AND EXISTS (SELECT FROM conversations AS c WHERE c.id = $1 AND c.user_id = $2"
-        f" AND (c.expires_at IS NULL OR c.expires_at > {now}))"
+        f" AND (c.expires_at IS NULL OR c.expires_at > {now}) AND c.path IS NULL)"
     )
 
 
@@ -52,7 +54,7 @@ PAGE_SHARE_SQL: Final = {
         "SELECT id, conversation_id, user_id, seq, role,"  # noqa: S608
         " CASE WHEN size <= $6 THEN content END AS content, name,"
         " CASE WHEN size <= $6 THEN tool_calls END AS tool_calls, tool_call_id, metadata,"
-        " token_count, created_at, status, updated_at,"
+        " token_count, created_at, status, updated_at, parent_id,"
         " CASE WHEN size <= $6 THEN extras END AS extras, size"
         f" FROM (SELECT {MESSAGE_COLUMNS}, {_SIZE} AS size FROM messages"
         f" WHERE conversation_id = $1 AND user_id = $2 AND seq > $3 AND seq < $4{_live('$7')}"
@@ -73,7 +75,7 @@ RANGE_SQL: Final = {
 
 CONVERSATION_COLUMNS: Final = (
     "id, user_id, title, metadata, created_at, updated_at, message_count,"
-    " archived, pinned, expires_at"
+    " archived, pinned, expires_at, current_message_id"
 )
 CONVERSATION_NAMES: Final = tuple(name.strip() for name in CONVERSATION_COLUMNS.split(","))
 
@@ -103,28 +105,41 @@ LIST_SQL: Final = {
     for after in (False, True)
 }
 
-# An append in ONE statement (the common case: no client ids, no tool calls or results): the
-# conversation's UPDATE takes the row lock, hands out the seq numbers, moves updated_at
-# forward and titles it from its first user message ever; the INSERT takes its numbers.
+# An append in ONE statement (the common case: no client ids, no tool calls or results, a
+# conversation that never branched): o locks the conversation and reads its current message
+# (FOR UPDATE waits for a concurrent appender and reads what it committed), the UPDATE hands
+# out the seq numbers, moves updated_at forward, titles it from its first user message ever
+# and makes the last new message current; the INSERT takes the numbers, each message
+# following the one before it (SPEC 11).
 # $1 conversation, $2 user, $3 how many, $4 now, $5 the batch has a user message, $6 the title
 # that message gives (or NULL), then one array per column, and last ($13) each message's words
-# for search as tsvector text (NULL: nothing to index), inserted in the same statement. jsonb
+# for search as tsvector text (NULL: nothing to index), inserted in the same statement, $14
+# the last new message's id and $15 each message's parent within the batch (NULL for the
+# first, which follows the current message). No array subscripts: Citus 14 crashes on a
+# subscripted parameter in an UPDATE's SET. jsonb
 # values go in as JSON text (the engine's codec). No row comes back when the conversation is
 # not the user's, or has expired.
 APPEND_SQL: Final = (
-    "WITH c AS (UPDATE conversations SET message_count = message_count + $3,"
-    " updated_at = greatest(updated_at, $4), has_user_message = has_user_message OR $5,"
-    " title = CASE WHEN title IS NULL AND NOT has_user_message THEN $6 ELSE title END"
+    "WITH o AS (SELECT current_message_id FROM conversations"
     " WHERE id = $1 AND user_id = $2 AND (expires_at IS NULL OR expires_at > $4)"
-    " RETURNING message_count),"
+    " AND path IS NULL FOR UPDATE),"
+    " c AS (UPDATE conversations SET message_count = message_count + $3,"
+    " updated_at = greatest(updated_at, $4), has_user_message = has_user_message OR $5,"
+    " title = CASE WHEN title IS NULL AND NOT has_user_message THEN $6 ELSE title END,"
+    " current_message_id = $14"
+    " FROM o WHERE id = $1 AND user_id = $2"
+    " RETURNING message_count, o.current_message_id AS parent),"
     " i AS (INSERT INTO messages (id, user_id, conversation_id, seq, role, content, name,"
-    " tool_calls, tool_call_id, metadata, token_count, created_at)"
+    " tool_calls, tool_call_id, metadata, token_count, created_at, parent_id)"
     " SELECT m.id, $2, $1, c.message_count - $3 + m.ord, m.role, m.content, m.name, NULL,"
-    " NULL, m.metadata, m.token_count, $4 FROM c, unnest($7::uuid[], $8::text[], $9::jsonb[],"
-    " $10::text[], $11::jsonb[], $12::int[]) WITH ORDINALITY"
-    " AS m(id, role, content, name, metadata, token_count, ord) RETURNING seq),"
+    " NULL, m.metadata, m.token_count, $4,"
+    " coalesce(m.parent, c.parent)"
+    " FROM c, unnest($7::uuid[], $8::text[], $9::jsonb[],"
+    " $10::text[], $11::jsonb[], $12::int[], $15::uuid[]) WITH ORDINALITY"
+    " AS m(id, role, content, name, metadata, token_count, parent, ord)"
+    " RETURNING seq, parent_id),"
     " s AS (INSERT INTO message_search (message_id, user_id, conversation_id, created_at, words)"
     " SELECT w.id, $2, $1, $4, w.words::tsvector FROM c, unnest($7::uuid[], $13::text[])"
     " AS w(id, words) WHERE w.words IS NOT NULL)"
-    " SELECT seq FROM i"
+    " SELECT seq, parent_id FROM i"
 )

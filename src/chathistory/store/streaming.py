@@ -41,7 +41,7 @@ async def update_message(
             update(conversations)
             .where(C.user_id == user_id, C.id == conversation_id, live(now))
             .values(updated_at=rows.forward(now))
-            .returning(C.id)
+            .returning(C.path)
         )
     ).first()
     if locked is None:
@@ -67,13 +67,17 @@ async def update_message(
         user_id,
         conversation_id,
         current.seq,
-        [call["id"] for call in current.tool_calls or ()],
-        [call.id for call in message.tool_calls or ()],
+        (
+            [call["id"] for call in current.tool_calls or ()],
+            [c.id for c in message.tool_calls or ()],
+        ),
+        linear=locked.path is None,
     )
     stored = appending.row(
         rules, user_id, conversation_id, message, current.seq, current.created_at
     )
     stored["updated_at"] = max(now, current.updated_at)
+    stored["parent_id"] = current.parent_id
     await conn.execute(
         update(messages)
         .where(M.user_id == user_id, M.conversation_id == conversation_id, M.id == message_id)
@@ -85,7 +89,9 @@ async def update_message(
         )
     )
     await search.reindex(conn, stored)
-    return rows.message(stored, None)
+    updated = rows.message(stored, None)
+    rows.numbered(updated, current.sibling_count, current.sibling_index)
+    return updated
 
 
 def _fields(current: MessageRead) -> dict[str, Any]:

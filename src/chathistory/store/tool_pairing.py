@@ -19,15 +19,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from sqlalchemy import delete
+from sqlalchemy import delete, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chathistory.errors import FieldError, ValidationError
-from chathistory.models import open_tool_calls
+from chathistory.models import messages, open_tool_calls
 from chathistory.schemas import MessageCreate
+from chathistory.store.branches import Path, clipped
 
 _T = open_tool_calls.c
+_M = messages.c
+_WALK = 200  # tool turns per statement of a walk along a branch
 # Rows or ids per statement: far under PostgreSQL's and SQLite's bound-parameter limits.
 _CHUNK: Final = 1000
 
@@ -116,38 +119,92 @@ async def apply(
         await conn.execute(statement, opened[start : start + _CHUNK])
 
 
+async def check_along(
+    conn: AsyncConnection,
+    user_id: str,
+    conversation_id: uuid.UUID,
+    branch: Path,
+    batch: Sequence[MessageCreate],
+    seqs: Sequence[int],
+) -> None:
+    """:func:`apply` for a branched conversation (SPEC 11): a result answers an open call of
+    an earlier assistant message of its own branch, found by walking the branch's tool turns
+    newest first (a partial index holds only those) until each result met its call (open) or
+    an earlier result for it (answered): the walk goes back as far as the calls it looks for."""
+    todo = plan(batch, seqs)
+    bad = list(todo.bad)
+    pending = dict(todo.answers_stored)  # call id -> batch index
+    for after, before in clipped(branch, False, None, None):
+        while pending and after + 1 < before:
+            turns = (
+                await conn.execute(
+                    select(_M.seq, _M.tool_calls, _M.tool_call_id)
+                    .where(
+                        _M.conversation_id == conversation_id,
+                        _M.user_id == user_id,
+                        or_(_M.tool_calls.is_not(None), _M.tool_call_id.is_not(None)),
+                        _M.seq > after,
+                        _M.seq < before,
+                    )
+                    .order_by(_M.seq.desc())
+                    .limit(_WALK)
+                )
+            ).all()
+            for turn in turns:
+                if turn.tool_call_id in pending:  # answered after its newest call
+                    bad.append(pending.pop(turn.tool_call_id))
+                for call in turn.tool_calls or ():
+                    pending.pop(call["id"], None)  # the newest call: open
+            before = turns[-1].seq if len(turns) == _WALK else after + 1
+    bad += pending.values()  # no call of that id on the branch
+    if bad:
+        raise ValidationError([_error(batch, index) for index in sorted(bad)])
+
+
 async def replace_calls(
     conn: AsyncConnection,
     user_id: str,
     conversation_id: uuid.UUID,
     seq: int,
-    old: Sequence[str],
-    new: Sequence[str],
+    change: tuple[Sequence[str], Sequence[str]],
+    *,
+    linear: bool,
 ) -> None:
-    """A streaming update changed the tool calls of the message at ``seq`` (SPEC 10): the calls
-    it drops must still be open (a call that has its result stays), the calls it adds open,
-    unless a later message called the same id (the newest call is the open one)."""
+    """A streaming update changed the tool calls of the message at ``seq`` from ``old`` to
+    ``new`` (SPEC 10): a call it drops must have no result stored after it (a call that has
+    its result stays); the open calls of a conversation that never branched follow (added
+    ones open, unless a later message called the same id: the newest call is the open one)."""
+    old, new = change
     dropped = sorted(set(old) - set(new))
     added = [call for call in new if call not in set(old)]
     if dropped:
-        closed = await conn.execute(
-            delete(open_tool_calls)
-            .where(
-                _T.user_id == user_id,
-                _T.conversation_id == conversation_id,
-                _T.call_id.in_(dropped),
-                _T.seq == seq,
+        answered = (
+            await conn.execute(
+                select(_M.tool_call_id)
+                .where(
+                    _M.conversation_id == conversation_id,
+                    _M.user_id == user_id,
+                    _M.tool_call_id.in_(dropped),
+                    _M.seq > seq,
+                )
+                .limit(1)
             )
-            .returning(_T.call_id)
-        )
-        answered = set(dropped) - set(closed.scalars())
-        if answered:
+        ).scalar()
+        if answered is not None:
             raise ValidationError(
-                f"tool call {sorted(answered)[0]!r} already has its result: it cannot be "
-                "taken back",
+                f"tool call {answered!r} already has its result: it cannot be taken back",
                 loc=("tool_calls",),
             )
-    if added:
+        if linear:
+            await conn.execute(
+                delete(open_tool_calls).where(
+                    _T.user_id == user_id,
+                    _T.conversation_id == conversation_id,
+                    _T.call_id.in_(dropped),
+                    _T.seq == seq,
+                )
+            )
+    if added and linear:
         upsert: Any = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
         statement = upsert(open_tool_calls)
         statement = statement.on_conflict_do_update(
@@ -181,4 +238,4 @@ def _error(batch: Sequence[MessageCreate], index: int) -> FieldError:
     )
 
 
-__all__ = ["Plan", "apply", "forget", "plan", "replace_calls"]
+__all__ = ["Plan", "apply", "check_along", "forget", "plan", "replace_calls"]
