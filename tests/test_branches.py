@@ -90,7 +90,7 @@ async def test_regenerate_edit_and_switch(store: ChatHistory, user: str) -> None
 
 
 async def test_pages_walk_the_branch(store: ChatHistory, user: str) -> None:
-    conv, (u1, a1, u2, a2) = await _chat(store, user)
+    conv, (_, _, u2, a2) = await _chat(store, user)
     await store.add_messages(
         user, conv, [{"role": "assistant", "content": "x", "parent_id": u2.id}]
     )
@@ -147,7 +147,7 @@ async def test_new_first_message_and_bad_parents(
 
 
 async def test_tool_results_pair_along_their_branch(store: ChatHistory, user: str) -> None:
-    conv, (u1, a1, u2, a2) = await _chat(store, user)
+    conv, (*_, a2) = await _chat(store, user)
     [call, result] = await store.add_messages(
         user,
         conv,
