@@ -22,6 +22,18 @@ def texts(messages: Any) -> list[Any]:
     return [m.content for m in messages]
 
 
+async def walk(store: ChatHistory, user: str, conv: uuid.UUID, order: Any, limit: int) -> list[Any]:
+    """The contents of the active branch, page by page along the cursor."""
+    seen: list[Any] = []
+    cursor = None
+    while True:
+        page = await store.list_messages(user, conv, limit=limit, order=order, cursor=cursor)
+        seen += texts(page.data)
+        if not page.has_more:
+            return seen
+        cursor = page.next_cursor
+
+
 async def _chat(store: ChatHistory, user: str) -> tuple[uuid.UUID, list[Any]]:
     conv = await store.create_conversation(user)
     stored = await store.add_messages(
@@ -97,16 +109,8 @@ async def test_pages_walk_the_branch(store: ChatHistory, user: str) -> None:
     await store.update_conversation(user, conv, current_message_id=a2.id)
     await store.add_messages(user, conv, [{"role": "user", "content": "u3"}])
     expected = ["u1", "a1", "u2", "a2", "u3"]
-    for order in ("asc", "desc"):
-        seen: list[Any] = []
-        cursor = None
-        while True:
-            page = await store.list_messages(user, conv, limit=2, order=order, cursor=cursor)
-            seen += texts(page.data)
-            if not page.has_more:
-                break
-            cursor = page.next_cursor
-        assert seen == (expected if order == "asc" else expected[::-1])
+    assert await walk(store, user, conv, "asc", 2) == expected
+    assert await walk(store, user, conv, "desc", 2) == expected[::-1]
     newest = await store.list_messages(user, conv, order="desc", limit=3)
     assert texts(newest.data) == ["u3", "a2", "u2"] and newest.has_more
 
@@ -252,16 +256,8 @@ async def test_branches_agree_with_a_tree_in_memory(store: ChatHistory, ops: Any
         model.siblings(i) for i in model.path()
     ]
     assert texts(await store.get_chat_history(user, conv, limit=3)) == path[-3:]
-    for order in ("asc", "desc"):
-        seen: list[Any] = []
-        cursor = None
-        while True:
-            page = await store.list_messages(user, conv, limit=3, order=order, cursor=cursor)
-            seen += texts(page.data)
-            if not page.has_more:
-                break
-            cursor = page.next_cursor
-        assert seen == (path if order == "asc" else path[::-1])
+    assert await walk(store, user, conv, "asc", 3) == path
+    assert await walk(store, user, conv, "desc", 3) == path[::-1]
     window = await store.get_context_window(user, conv, max_tokens=100_000)
     assert [m["content"] for m in window.messages] == path
     every = await store.list_messages(user, conv, branch="all")
@@ -271,3 +267,127 @@ async def test_branches_agree_with_a_tree_in_memory(store: ChatHistory, ops: Any
     assert conversation.current_message_id == (
         None if model.current is None else ids[model.current]
     )
+
+
+async def test_export_import_keeps_the_tree(store: ChatHistory, user: str, tmp_path: Any) -> None:
+    import io
+
+    from chathistory.transfer import export_jsonl, import_jsonl
+
+    conv, (_, a1, u2, a2) = await _chat(store, user)
+    await store.add_messages(
+        user, conv, [{"role": "assistant", "content": "a2b", "parent_id": u2.id}]
+    )
+    await store.add_messages(user, conv, [{"role": "user", "content": "u2b", "parent_id": a1.id}])
+    await store.add_messages(user, conv, [{"role": "user", "content": "new", "parent_id": None}])
+    await store.update_conversation(user, conv, current_message_id=a2.id)
+    linear = await store.create_conversation(user)
+    await store.add_messages(user, linear.id, [{"role": "user", "content": "plain"}])
+    first = io.StringIO()
+    await export_jsonl(store, first, user_ids=[user])
+    plain = next(line for line in first.getvalue().splitlines() if '"plain"' in line)
+    assert '"parent_id"' not in plain  # a conversation that never branched is written as before
+    target_url = f"sqlite:///{tmp_path / 'tree.db'}"
+    async with ChatHistory.open(target_url) as target:
+        report = await import_jsonl(target, io.StringIO(first.getvalue()))
+        assert (report.created, report.errors) == (2, [])
+        second = io.StringIO()
+        await export_jsonl(target, second)
+        assert second.getvalue() == first.getvalue()
+        assert texts(await target.get_chat_history(user, conv)) == ["u1", "a1", "u2", "a2"]
+        every = await target.list_messages(user, conv, branch="all")
+        assert [m.parent_id for m in every.data] == [
+            m.parent_id for m in (await store.list_messages(user, conv, branch="all")).data
+        ]
+        # Carries on like the original: a tool call and its result pair along the branch.
+        await target.add_messages(
+            user,
+            conv,
+            [
+                {"role": "assistant", "content": None, "tool_calls": [CALL]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "22"},
+            ],
+        )
+
+
+async def test_search_finds_the_active_branch(store: ChatHistory, user: str) -> None:
+    conv, (_, _, u2, a2) = await _chat(store, user)
+    await store.add_messages(
+        user, conv, [{"role": "assistant", "content": "zebra answer", "parent_id": u2.id}]
+    )
+    found = await store.search_messages(user, "zebra")
+    assert [(h.message.content, h.message.sibling_index) for h in found.data] == [
+        ("zebra answer", 2)
+    ]
+    await store.update_conversation(user, conv, current_message_id=a2.id)
+    assert (await store.search_messages(user, "zebra")).data == []
+    assert [h.message.id for h in (await store.search_messages(user, "a2")).data] == [a2.id]
+
+
+async def test_the_http_api_edits_regenerates_and_switches(store: ChatHistory, user: str) -> None:
+    import httpx
+
+    from chathistory.http import create_app
+    from test_http_api import bearer, problem, settings
+
+    conv, (_, a1, u2, a2) = await _chat(store, user)
+    app = create_app(settings(), store=store)
+    base = f"/api/{user}/conversations/{conv}"
+    auth = bearer(user)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as http:
+        regenerated = await http.post(
+            f"{base}/messages",
+            json={"role": "assistant", "content": "a2b", "parent_id": str(u2.id)},
+            headers=auth,
+        )
+        assert regenerated.status_code == 201, regenerated.text
+        body = regenerated.json()
+        assert (body["parent_id"], body["seq"]) == (str(u2.id), 5)
+        listed = (await http.get(f"{base}/messages", headers=auth)).json()["data"]
+        assert [(m["content"], m["sibling_count"], m["sibling_index"]) for m in listed][-1] == (
+            "a2b",
+            2,
+            2,
+        )
+        switched = await http.patch(base, json={"current_message_id": str(a2.id)}, headers=auth)
+        assert switched.json()["current_message_id"] == str(a2.id)
+        listed = (await http.get(f"{base}/messages?order=desc&limit=1", headers=auth)).json()
+        assert listed["data"][0]["content"] == "a2"
+        every = (await http.get(f"{base}/messages?branch=all", headers=auth)).json()["data"]
+        assert [m["content"] for m in every] == ["u1", "a1", "u2", "a2", "a2b"]
+        bad = await http.patch(base, json={"current_message_id": str(uuid.uuid4())}, headers=auth)
+        assert problem(bad, 422)["errors"][0]["loc"][-1] == "current_message_id"
+        bad = await http.post(
+            f"{base}/messages",
+            json={"role": "user", "content": "x", "parent_id": str(uuid.uuid4())},
+            headers=auth,
+        )
+        assert problem(bad, 422)["errors"][0]["loc"][-1] == "parent_id"
+        problem(await http.get(f"{base}/messages?branch=some", headers=auth), 422)
+        edited = await http.post(
+            f"{base}/messages",
+            json={"role": "user", "content": "u2b", "parent_id": str(a1.id)},
+            headers=auth,
+        )
+        assert (edited.json()["sibling_count"], edited.json()["sibling_index"]) == (2, 2)
+
+
+@pytest.mark.parametrize("backend_url", ["postgres", "pgbouncer", "citus"], indirect=True)
+@pytest.mark.parametrize("statement", ["APPEND_SQL", "APPEND_LOCKING_SQL"])
+async def test_concurrent_appends_each_follow_the_one_before(
+    store: ChatHistory, user: str, statement: str
+) -> None:
+    """Appenders racing on one conversation: each message's parent is the message stored just
+    before it, whichever form of the one-statement append the server gets (PostgreSQL 18's
+    ``RETURNING old``, or the locking read before 18)."""
+    import asyncio
+
+    from chathistory.store import sql
+
+    store._db._append = getattr(sql, statement)  # as chosen for the server's version
+    conv = (await store.create_conversation(user)).id
+    await asyncio.gather(*(store.add_message(user, conv, "user", f"m{i}") for i in range(40)))
+    history = await store.get_chat_history(user, conv)
+    assert [m.seq for m in history] == list(range(1, 41))
+    assert [m.parent_id for m in history] == [None, *(m.id for m in history[:-1])]
+    assert (await store.get_conversation(user, conv)).current_message_id == history[-1].id

@@ -53,7 +53,7 @@ def test_distribute_is_idempotent_and_refuses_what_it_cannot_do(
     url = citus_cluster.database("distribute_cli")
     refused = _distribute(url)  # not migrated yet
     assert refused.exit_code == 1
-    assert "run `chathistory db upgrade` first" in refused.output
+    assert "run `chathistory db upgrade` first" in " ".join(refused.output.split())  # wrapped
 
     asyncio.run(migrations.upgrade(url))
     first = _distribute(url)
@@ -241,9 +241,21 @@ async def test_moving_a_users_shard_under_appends_loses_nothing(
                     reached.set()
 
         writers = [asyncio.create_task(write(c)) for c in conversations]
+
+        async def progress() -> None:
+            """Until `goal` appends are acknowledged; a writer's failure ends the test."""
+            waiting = asyncio.ensure_future(reached.wait())
+            finished, _ = await asyncio.wait(
+                [waiting, *writers], return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in finished:
+                if task is not waiting:
+                    task.result()  # raises what the writer met
+                    raise AssertionError("a writer stopped")
+
         admin = await asyncpg.connect(citus_store_url)
         try:
-            await reached.wait()  # the writers are under way
+            await progress()  # the writers are under way
             moving.set()
             await admin.execute(
                 "SELECT citus_move_shard_placement($1, '127.0.0.1', $2, '127.0.0.1', $3, "
@@ -255,7 +267,7 @@ async def test_moving_a_users_shard_under_appends_loses_nothing(
             moving.clear()
             reached.clear()
             goal = sum(map(len, acknowledged.values())) + 40
-            await reached.wait()  # and they go on after it
+            await progress()  # and they go on after it
         finally:
             done.set()
             await asyncio.gather(*writers)

@@ -82,7 +82,8 @@ async def test_tool_results_cost_statements_per_batch_not_per_history(
     assert [e.loc for e in info.value.errors] == [(100, "tool_call_id")]
     with statements(store) as seen:
         await store.add_messages(user, conv.id, answers[:100])
-    assert len(seen) <= 4, seen
+    # lock, the open-call lookup, the insert, the new current message, the search rows
+    assert len(seen) <= 5, seen
     with pytest.raises(ValidationError):  # answered now
         await store.add_message(user, conv.id, "tool", "again", tool_call_id="t1-1-b")
 

@@ -298,3 +298,62 @@ async def test_stored_messages_read_as_completed_after_0006(fresh_url: str) -> N
     await migrations.downgrade(fresh_url, "0005_conversation_lifecycle")
     await migrations.upgrade(fresh_url)
     assert await migrations.drift(fresh_url) == []
+
+
+async def test_0007_links_every_stored_message_to_the_one_before(fresh_url: str) -> None:
+    """Migration 0007 gives each stored message its parent (the message one seq before) and
+    each conversation its current message (the last), more conversations than one batch."""
+    await migrations.upgrade(fresh_url, "0006_streaming_turns")
+    engine = create_engine(fresh_url)
+    created = datetime(2026, 1, 2, tzinfo=UTC)
+    convs = [uuid.uuid4() for _ in range(1203)]
+    ids = {conv: [uuid.uuid4() for _ in range(3)] for conv in convs[:3]}
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(conversations),
+                [
+                    {
+                        "id": conv,
+                        "user_id": f"u{n % 7}",
+                        "metadata": {},
+                        "created_at": created,
+                        "updated_at": created,
+                        "message_count": len(ids.get(conv, [])),
+                    }
+                    for n, conv in enumerate(convs)
+                ],
+            )
+            user_of = {conv: f"u{n % 7}" for n, conv in enumerate(convs)}
+            await conn.execute(
+                insert(messages),
+                [
+                    {
+                        "id": message_id,
+                        "user_id": user_of[conv],
+                        "conversation_id": conv,
+                        "seq": seq,
+                        "role": "user",
+                        "content": f"m{seq}",
+                        "metadata": {},
+                        "created_at": created,
+                    }
+                    for conv, chain in ids.items()
+                    for seq, message_id in enumerate(chain, start=1)
+                ],
+            )
+    finally:
+        await engine.dispose()
+    await migrations.upgrade(fresh_url)
+    assert await migrations.drift(fresh_url) == []
+    async with ChatHistory.open(fresh_url, migrate=False) as store:
+        for conv, chain in ids.items():
+            user = user_of[conv]
+            history = await store.get_chat_history(user, conv)
+            assert [m.parent_id for m in history] == [None, *chain[:-1]]
+            assert (await store.get_conversation(user, conv)).current_message_id == chain[-1]
+            [added] = await store.add_messages(user, conv, [{"role": "user", "content": "next"}])
+            assert added.parent_id == chain[-1]
+        assert (
+            await store.get_conversation(user_of[convs[-1]], convs[-1])
+        ).current_message_id is None

@@ -19,6 +19,7 @@ from chathistory.config import Settings
 from chathistory.db import parse_database_url
 from chathistory.errors import ChatHistoryError
 from chathistory.lifecycle_schemas import parse_duration
+from chathistory.mcp_server.cli import mcp_command
 
 app = typer.Typer(
     help="Durable, multi-tenant chat history for AI assistants.", no_args_is_help=True
@@ -27,6 +28,7 @@ db_app = typer.Typer(
     help="Schema migrations (own version table: chathistory_alembic_version) and Citus."
 )
 app.add_typer(db_app, name="db")
+app.command("mcp")(mcp_command)
 
 console = Console(stderr=True)
 

@@ -69,6 +69,16 @@ class Settings(BaseSettings):
         description="comma-separated origins whose browser apps may call the API (CORS)",
     )
 
+    # MCP (SPEC 12): ``/mcp`` of the HTTP service
+    mcp_allow_delete: bool = Field(
+        default=False, description="offer the MCP tools that delete (delete_conversation, ...)"
+    )
+    mcp_allowed_hosts: str = Field(
+        default="localhost,localhost:*,127.0.0.1,127.0.0.1:*,[::1],[::1]:*",
+        description="comma-separated Host values /mcp answers (host:* for any port; * for "
+        "any host), against DNS rebinding",
+    )
+
     # Authentication: a shared secret (HS256), a JWKS URL (EdDSA, ES256, RS256), or both.
     jwt_secret: SecretStr | None = Field(default=None, description="HS256 secret, 32 bytes or more")
     jwt_jwks_url: str | None = Field(default=None, description="http(s) URL of a JSON Web Key Set")
@@ -93,6 +103,10 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+    @property
+    def mcp_allowed_host_list(self) -> list[str]:
+        return [host.strip() for host in self.mcp_allowed_hosts.split(",") if host.strip()]
 
     def engine_options(self) -> dict[str, object]:
         return {

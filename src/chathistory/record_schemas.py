@@ -49,6 +49,7 @@ class ConversationRecord(_Input):
     archived: Switch = False  # the lifecycle (SPEC 9), in a file only when set
     pinned: Switch = False
     expires_at: datetime | None = None
+    current_message_id: uuid.UUID | None = None  # the active branch's last message (SPEC 11)
     messages: list[MessageRecord] = Field(default_factory=list)
 
     @field_validator("metadata")

@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import re
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -72,7 +73,10 @@ def _time(value: datetime) -> str:
     return value.isoformat(timespec="microseconds")
 
 
-def message_record(message: MessageRead) -> dict[str, Any]:
+def message_record(message: MessageRead, previous: uuid.UUID | None = None) -> dict[str, Any]:
+    """A message as the file carries it; ``parent_id`` only when it does not follow
+    ``previous``, the message before it in the file (SPEC 11: a conversation that never
+    branched is written as before)."""
     record: dict[str, Any] = {
         "id": str(message.id),
         "seq": message.seq,
@@ -86,6 +90,8 @@ def message_record(message: MessageRead) -> dict[str, Any]:
         record["status"] = message.status
     if message.updated_at != message.created_at:
         record["updated_at"] = _time(message.updated_at)
+    if message.parent_id != previous:
+        record["parent_id"] = None if message.parent_id is None else str(message.parent_id)
     return record
 
 
@@ -105,6 +111,8 @@ def _conversation_head(conversation: ConversationRead) -> str:
         head["pinned"] = True
     if conversation.expires_at is not None:
         head["expires_at"] = _time(conversation.expires_at)
+    if conversation.current_message_id is not None:
+        head["current_message_id"] = str(conversation.current_message_id)
     return _dumps(head)[:-1] + ',"messages":['  # last, so messages can stream after the head
 
 
@@ -119,6 +127,7 @@ async def export_jsonl(
     were when the export began (one snapshot; writes meanwhile are not in the file)."""
     report = ExportReport()
     first = True
+    previous: uuid.UUID | None = None
     async with aclosing(store.iter_export(user_ids)) as items:
         async for item in items:
             if isinstance(item, ConversationRead):
@@ -126,9 +135,10 @@ async def export_jsonl(
                     out.write("]}\n")
                 out.write(_conversation_head(item))
                 report.conversations += 1
-                first = True
+                first, previous = True, None
                 continue
-            out.write(("" if first else ",") + _dumps(message_record(item)))
+            out.write(("" if first else ",") + _dumps(message_record(item, previous)))
+            previous = item.id
             first = False
             report.messages += 1
             if progress:

@@ -8,7 +8,8 @@ development switch is on, tags every request with a request id (``X-Request-ID``
 the client sends a sane one) and logs one line per request, and refuses bodies over
 ``max_body_bytes`` with 413 before reading them. With bearer-token authentication, the hot reads
 and appends of messages are answered by :class:`~chathistory.http.fastlane.FastLane`, exactly as
-the routes answer them, without FastAPI's per-request machinery.
+the routes answer them, without FastAPI's per-request machinery, and MCP's streamable HTTP
+transport is served at ``/mcp`` (:mod:`chathistory.mcp_server.http`, run in the lifespan).
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
+from contextlib import (
+    AbstractAsyncContextManager,
+    asynccontextmanager,
+    contextmanager,
+    nullcontext,
+    suppress,
+)
 from datetime import timedelta
 from typing import Any, Final, cast
 
@@ -41,6 +48,7 @@ from chathistory.http.problems import (
     problem_response,
 )
 from chathistory.http.router import build_health_router, build_router, finish_openapi
+from chathistory.mcp_server import http as mcp_http
 from chathistory.store import ChatHistory
 
 log = logging.getLogger("chathistory.http")
@@ -183,6 +191,15 @@ def create_app(settings: Settings | None = None, *, store: ChatHistory | None = 
     """
     settings = settings or Settings()
     authenticate = authenticator_from_settings(settings)  # refuses to build without auth
+    # MCP at /mcp (SPEC 12) needs a token's `sub`: not served with authentication off.
+    mcp = (
+        mcp_http.McpEndpoint(settings, authenticate)
+        if isinstance(authenticate, BearerAuthenticator)
+        else None
+    )
+
+    def mcp_running() -> AbstractAsyncContextManager[None]:
+        return mcp.running() if mcp is not None else nullcontext()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -190,7 +207,8 @@ def create_app(settings: Settings | None = None, *, store: ChatHistory | None = 
             log.warning(INSECURE_WARNING)
         if store is not None:
             app.state.store = store
-            yield
+            async with mcp_running():
+                yield
             return
         engine_options: dict[str, Any] = settings.engine_options()
         async with ChatHistory.open(
@@ -203,8 +221,9 @@ def create_app(settings: Settings | None = None, *, store: ChatHistory | None = 
             **engine_options,
         ) as opened:
             app.state.store = opened
-            with _startup_objects_frozen():
-                yield
+            async with mcp_running():
+                with _startup_objects_frozen():
+                    yield
 
     app = FastAPI(
         title="chathistory",
@@ -229,6 +248,8 @@ def create_app(settings: Settings | None = None, *, store: ChatHistory | None = 
         )
     )
     app.include_router(build_health_router(get_store=_get_store, retry_after_seconds=retry_after))
+    if mcp is not None:
+        app.router.routes.append(mcp.route())
     install_problem_handlers(app, retry_after_seconds=retry_after)
     if isinstance(authenticate, BearerAuthenticator):  # the hot reads and appends, directly
         app.add_middleware(
@@ -241,8 +262,18 @@ def create_app(settings: Settings | None = None, *, store: ChatHistory | None = 
             CORSMiddleware,
             allow_origins=settings.cors_origin_list,
             allow_methods=list(CORS_METHODS),
-            allow_headers=["Authorization", "Content-Type", REQUEST_ID_HEADER],
-            expose_headers=[REQUEST_ID_HEADER, "Retry-After", "Location"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                REQUEST_ID_HEADER,
+                *mcp_http.REQUEST_HEADERS,
+            ],
+            expose_headers=[
+                REQUEST_ID_HEADER,
+                "Retry-After",
+                "Location",
+                *mcp_http.RESPONSE_HEADERS,
+            ],
             max_age=600,
         )
 

@@ -41,6 +41,7 @@ CONVERSATION_EXAMPLE: Final[dict[str, Any]] = {
     "archived": False,
     "pinned": False,
     "expires_at": None,
+    "current_message_id": EXAMPLE_MESSAGE_IDS[1],
 }
 MESSAGE_EXAMPLES: Final[list[dict[str, Any]]] = [
     {
@@ -59,6 +60,9 @@ MESSAGE_EXAMPLES: Final[list[dict[str, Any]]] = [
         "created_at": "2026-11-23T17:05:12.345678Z",
         "status": "completed",
         "updated_at": "2026-11-23T17:05:12.345678Z",
+        "parent_id": None,
+        "sibling_count": 1,
+        "sibling_index": 1,
         "refusal": None,
         "annotations": None,
         "audio": None,
@@ -80,6 +84,9 @@ MESSAGE_EXAMPLES: Final[list[dict[str, Any]]] = [
         "created_at": "2026-11-23T17:05:12.345678Z",
         "status": "completed",
         "updated_at": "2026-11-23T17:05:12.345678Z",
+        "parent_id": EXAMPLE_MESSAGE_IDS[0],
+        "sibling_count": 1,
+        "sibling_index": 1,
         "refusal": None,
         "annotations": None,
         "audio": None,

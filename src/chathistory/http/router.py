@@ -362,6 +362,13 @@ def build_router(
             uuid.UUID | None,
             Query(description="The messages just preceding this message id, in list order."),
         ] = None,
+        branch: Annotated[
+            Literal["active", "all"],
+            Query(
+                description="The active branch (root to `current_message_id`), or every "
+                "message of every branch, by position."
+            ),
+        ] = "active",
     ) -> MessagePage:
         """Continue with `cursor` (the previous page's `next_cursor`, also present on an empty
         page so a client can poll for new messages) or OpenAI-style with `after` / `before`."""
@@ -373,6 +380,7 @@ def build_router(
             cursor=cursor,
             after=after,
             before=before,
+            branch=branch,
         )
 
     @router.get(

@@ -26,7 +26,7 @@ from chathistory.errors import (
 )
 from chathistory.models import conversations, messages, utcnow, uuid7
 from chathistory.schemas import MessageCreate, MessageRead, title_from
-from chathistory.store import branches, rows, search, sql, tool_pairing
+from chathistory.store import branches, rows, search, tool_pairing
 from chathistory.store.conversations import live
 from chathistory.store.database import Database
 from chathistory.store.rows import C, M
@@ -121,7 +121,7 @@ async def append_at_once(
     first_user = next((m for m in batch if m.role == "user"), None)
     async with db.driver() as driver:
         seqs = await driver.fetch(
-            sql.APPEND_SQL,
+            db.append_statement(driver),
             conversation_id,
             user_id,
             len(batch),
@@ -223,7 +223,12 @@ async def append(
         .values(current_message_id=stored[-1]["id"], path=placed.path)
     )
     await search.index(conn, stored)
-    return [rows.message(r, None) for r in stored], True
+    made = [rows.message(r, None) for r in stored]
+    if not placed.linear:  # a branch: the first message may have siblings
+        placing = [(placed_row["seq"], placed_row["fork"]) for placed_row in stored[:1]]
+        numbers = await branches.siblings(conn, user_id, conversation_id, placing)
+        rows.numbered(made[0], *numbers[made[0].seq])
+    return made, True
 
 
 async def _replay(

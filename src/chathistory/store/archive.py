@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
@@ -21,7 +22,7 @@ from chathistory.schemas import (
     MessageRead,
     check_user_id,
 )
-from chathistory.store import appending, rows, search, tool_pairing
+from chathistory.store import appending, branches, rows, search, tool_pairing
 from chathistory.store import conversations as rooms_conversations
 from chathistory.store.database import Database
 from chathistory.store.rows import CONVERSATION_COLUMNS, C, M
@@ -194,9 +195,10 @@ async def _import(
             )
         )
     count, last, had_user = 0, None, False
+    tree = _Tree()
     for batch in _import_batches(rules, items, chunk):
         if existing is None:
-            await _import_batch(conn, rules, spec, count, batch)
+            await _import_batch(conn, rules, spec, count, batch, tree)
         count += len(batch)
         last = batch[-1].id
         had_user = had_user or any(m.role == "user" for m in batch)
@@ -213,12 +215,30 @@ async def _import(
             return False
         raise ConflictError(f"conversation {spec.id} is already stored with other messages")
     if count:
+        current = spec.current_message_id or last
+        values: dict[str, Any] = {"current_message_id": current}
+        if current is not None and (tree.branched or current != last):
+            seq = await branches.message_seq(
+                conn, spec.user_id, spec.id, current, "current_message_id"
+            )
+            path = await branches.path_to(conn, spec.user_id, spec.id, seq)
+            values["path"] = [[lo, hi] for lo, hi in path]
+            await tool_pairing.forget(conn, spec.user_id, spec.id)
         await conn.execute(
             update(conversations)
             .where(C.user_id == spec.user_id, C.id == spec.id)
-            .values(message_count=count, has_user_message=had_user)
+            .values(message_count=count, has_user_message=had_user, **values)
         )
     return True
+
+
+@dataclass
+class _Tree:
+    """An import's place in the tree it rebuilds (SPEC 11): the message before, and whether a
+    message has started a run yet (until then tool calls pair as in one chain)."""
+
+    last_id: uuid.UUID | None = None
+    branched: bool = False
 
 
 def _import_batches(
@@ -262,16 +282,67 @@ async def _import_batch(
     spec: ConversationRecord,
     start: int,
     batch: list[MessageRecord],
+    tree: _Tree,
 ) -> None:
+    stored = [appending.row(rules, spec.user_id, spec.id, m, m.seq, m.created_at) for m in batch]
+    runs: list[int] = []  # where each run of this batch begins (a message with a fork)
+    seqs = {m.id: m.seq for m in batch}
+    for index, (message, row) in enumerate(zip(batch, stored, strict=True)):
+        row["updated_at"] = message.updated_at
+        named = "parent_id" in message.model_fields_set and message.parent_id != tree.last_id
+        row["parent_id"] = message.parent_id if named else tree.last_id
+        if named:
+            parent = 0
+            if message.parent_id is not None:
+                parent = seqs.get(message.parent_id) or await _stored_seq(
+                    conn, spec, message.parent_id, start + index
+                )
+            if parent >= message.seq:
+                raise ValidationError(
+                    "must be a message earlier in this conversation",
+                    loc=("messages", start + index, "parent_id"),
+                )
+            row["fork"] = parent
+            runs.append(index)
+        tree.last_id = row["id"]
+    await conn.execute(insert(messages), stored)
+    if runs and not tree.branched:  # its first fork: tool calls pair along branches now
+        await tool_pairing.forget(conn, spec.user_id, spec.id)
+        tree.branched = True
     try:
-        await tool_pairing.apply(conn, spec.user_id, spec.id, batch, [m.seq for m in batch])
+        if not tree.branched:
+            await tool_pairing.apply(conn, spec.user_id, spec.id, batch, [m.seq for m in batch])
+        else:
+            for begin, end in zip([0, *runs], [*runs, len(batch)], strict=True):
+                if begin == end:
+                    continue
+                part = batch[begin:end]
+                parent = stored[begin]["fork"] if begin in runs else part[0].seq - 1
+                base = await branches.path_to(conn, spec.user_id, spec.id, parent)
+                await tool_pairing.check_along(
+                    conn, spec.user_id, spec.id, base, part, [m.seq for m in part]
+                )
     except ValidationError as exc:  # its locations count from the batch's first message
         raise ValidationError([_shift(e, start) for e in exc.errors]) from None
-    stored = [appending.row(rules, spec.user_id, spec.id, m, m.seq, m.created_at) for m in batch]
-    for row, message in zip(stored, batch, strict=True):
-        row["updated_at"] = message.updated_at
-    await conn.execute(insert(messages), stored)
     await search.index(conn, stored)
+
+
+async def _stored_seq(
+    conn: AsyncConnection, spec: ConversationRecord, message_id: uuid.UUID, index: int
+) -> int:
+    seq = (
+        await conn.execute(
+            select(M.seq).where(
+                M.conversation_id == spec.id, M.user_id == spec.user_id, M.id == message_id
+            )
+        )
+    ).scalar()
+    if seq is None:
+        raise ValidationError(
+            "must be a message earlier in this conversation",
+            loc=("messages", index, "parent_id"),
+        )
+    return int(seq)
 
 
 def _shift(error: FieldError, start: int) -> FieldError:

@@ -27,7 +27,7 @@ from sqlalchemy.util import greenlet_spawn
 
 from chathistory.db import _replace_closed
 from chathistory.errors import ChatHistoryError, UnavailableError
-from chathistory.store import limits
+from chathistory.store import limits, sql
 
 _UNAVAILABLE_SQLSTATE_PREFIXES: Final = ("08", "53", "57P", "28", "3D000", "25006")
 DEFAULT_STREAM_TIMEOUT: Final = timedelta(minutes=10)
@@ -48,9 +48,18 @@ class Database:
         self._sync_engine = engine.sync_engine  # its pool is looked up per call (dispose)
         self._dbapi: Any = engine.dialect.loaded_dbapi
         self._citus: bool | None = None  # the citus extension, looked up on first export
+        self._append: str | None = None  # the one-statement append for the server's version
         self._gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
+
+    def append_statement(self, driver: Any) -> str:
+        """The one-statement append for this server (:data:`sql.APPEND_SQL` from PostgreSQL
+        18, which returns old values; :data:`sql.APPEND_LOCKING_SQL` before), chosen once."""
+        if self._append is None:
+            major = driver.get_server_version().major
+            self._append = sql.APPEND_SQL if major >= 18 else sql.APPEND_LOCKING_SQL
+        return self._append
 
     def stale_before(self, now: datetime) -> datetime:
         """Before this instant an ``in_progress`` message's last update is too old: it reads

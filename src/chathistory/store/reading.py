@@ -262,14 +262,8 @@ async def _seq_of(
     message_id: uuid.UUID,
     field: str,
 ) -> int:
-    seq = (
-        await conn.execute(
-            select(M.seq).where(
-                M.user_id == user_id, M.conversation_id == conversation_id, M.id == message_id
-            )
-        )
-    ).scalar()
-    if seq is None:
+    try:
+        return await branches.message_seq(conn, user_id, conversation_id, message_id, field)
+    except ValidationError:
         await conversations.require(conn, user_id, conversation_id)
-        raise InvalidCursorError("is not a message of this conversation", loc=(field,))
-    return int(seq)
+        raise InvalidCursorError("is not a message of this conversation", loc=(field,)) from None

@@ -34,8 +34,8 @@ from chathistory import pagination
 from chathistory.errors import ValidationError
 from chathistory.models import ROLES, conversations, message_search, messages, utcnow
 from chathistory.search_schemas import HitConversation, SearchHit, SearchPage
+from chathistory.store import branches, rows, search_syntax
 from chathistory.store import conversations as conversation_room
-from chathistory.store import rows, search_syntax
 from chathistory.store.database import Database
 
 S = message_search.c
@@ -60,31 +60,62 @@ async def search(
         raise ValidationError(f"must be one of {', '.join(ROLES)}", loc=("role",))
     after = pagination.decode_search_cursor(cursor) if cursor is not None else None
     select_hits = statement(db, user_id, parsed, conversation_id, role, after, limit + 1)
+    stale_before = db.stale_before(utcnow())
     async with db.transaction() as conn:
         if conversation_id is not None:
             await conversation_room.require(conn, user_id, conversation_id)
         found = (await conn.execute(select_hits)).all()
+        examined = [row._mapping for row in found[:limit]]
+        kept, numbers = await _on_active_branches(conn, user_id, examined)
     matched = parsed.matched_words()
-    stale_before = db.stale_before(utcnow())
     hits = []
-    for row in found[:limit]:
-        values = row._mapping
+    for values in kept:
         text_ = search_syntax.searchable_text(values["content"], values["extras"]) or ""
+        message = rows.message(values, stale_before)
+        if (values["conversation_id"], values["seq"]) in numbers:
+            rows.numbered(message, *numbers[values["conversation_id"], values["seq"]])
         hits.append(  # built from stored, valid values: no second validation
             SearchHit.model_construct(
-                message=rows.message(values, stale_before),
+                message=message,
                 conversation=HitConversation.model_construct(
                     id=values["conversation_id"], title=values["conversation_title"]
                 ),
                 snippet=search_syntax.snippet(text_, matched),
             )
         )
-    last = hits[-1].message if hits else None
+    # After the last row looked at, kept or not (a page may hold fewer hits than the limit).
+    last = examined[-1] if examined else None
     return SearchPage.model_construct(
         data=hits,
         has_more=len(found) > limit,
-        next_cursor=pagination.encode_search_cursor(last.created_at, last.id) if last else None,
+        next_cursor=pagination.encode_search_cursor(last["created_at"], last["id"])
+        if last
+        else None,
     )
+
+
+async def _on_active_branches(
+    conn: AsyncConnection, user_id: str, found: list[Any]
+) -> tuple[list[Any], dict[tuple[uuid.UUID, int], tuple[int, int]]]:
+    """The hits on their conversation's active branch (SPEC 11: every message of one that
+    never branched), and the sibling numbers of those in branched conversations."""
+    paths = {
+        row["conversation_id"]: branches.loaded(row["conversation_path"], 0)
+        for row in found
+        if row["conversation_path"] is not None
+    }
+    kept = [
+        row
+        for row in found
+        if row["conversation_id"] not in paths
+        or branches.contains(paths[row["conversation_id"]], row["seq"])
+    ]
+    numbers: dict[tuple[uuid.UUID, int], tuple[int, int]] = {}
+    for conversation in paths:
+        placed = [(r["seq"], r["fork"]) for r in kept if r["conversation_id"] == conversation]
+        counted = await branches.siblings(conn, user_id, conversation, placed)
+        numbers.update({(conversation, seq): pair for seq, pair in counted.items()})
+    return kept, numbers
 
 
 def statement(
@@ -142,7 +173,7 @@ def statement(
         conversations, and_(C.id == hits.c.conversation_id, C.user_id == user_id)
     )
     return (
-        select(messages, C.title.label("conversation_title"))
+        select(messages, C.title.label("conversation_title"), C.path.label("conversation_path"))
         .select_from(found)
         .order_by(hits.c.created_at.desc(), hits.c.message_id.desc())
     )

@@ -106,34 +106,25 @@ LIST_SQL: Final = {
 }
 
 # An append in ONE statement (the common case: no client ids, no tool calls or results, a
-# conversation that never branched): o locks the conversation and reads its current message
-# (FOR UPDATE waits for a concurrent appender and reads what it committed), the UPDATE hands
-# out the seq numbers, moves updated_at forward, titles it from its first user message ever
-# and makes the last new message current; the INSERT takes the numbers, each message
-# following the one before it (SPEC 11).
+# conversation that never branched): the conversation's UPDATE takes the row lock, hands out
+# the seq numbers, moves updated_at forward, titles it from its first user message ever and
+# makes the last new message current, returning the message that was current (each new
+# message follows the one before it, SPEC 11); the INSERT takes the numbers.
 # $1 conversation, $2 user, $3 how many, $4 now, $5 the batch has a user message, $6 the title
-# that message gives (or NULL), then one array per column, and last ($13) each message's words
-# for search as tsvector text (NULL: nothing to index), inserted in the same statement, $14
-# the last new message's id and $15 each message's parent within the batch (NULL for the
-# first, which follows the current message). No array subscripts: Citus 14 crashes on a
-# subscripted parameter in an UPDATE's SET. jsonb
-# values go in as JSON text (the engine's codec). No row comes back when the conversation is
-# not the user's, or has expired.
-APPEND_SQL: Final = (
-    "WITH o AS (SELECT current_message_id FROM conversations"
-    " WHERE id = $1 AND user_id = $2 AND (expires_at IS NULL OR expires_at > $4)"
-    " AND path IS NULL FOR UPDATE),"
-    " c AS (UPDATE conversations SET message_count = message_count + $3,"
-    " updated_at = greatest(updated_at, $4), has_user_message = has_user_message OR $5,"
-    " title = CASE WHEN title IS NULL AND NOT has_user_message THEN $6 ELSE title END,"
-    " current_message_id = $14"
-    " FROM o WHERE id = $1 AND user_id = $2"
-    " RETURNING message_count, o.current_message_id AS parent),"
+# that message gives (or NULL), then one array per column, ($13) each message's words for
+# search as tsvector text (NULL: nothing to index), inserted in the same statement, $14 the
+# last new message's id and $15 each message's parent within the batch (NULL for the first,
+# which follows the current message). jsonb values go in as JSON text (the engine's codec).
+# No row comes back when the conversation is not the user's, has expired or has branched.
+# The message that was current: PostgreSQL 18 returns it as ``old.current_message_id``; before
+# 18 a ``SELECT ... FOR UPDATE`` in the statement reads it under the lock (APPEND_LOCKING_SQL:
+# a plain read would see the snapshot from before a concurrent appender committed). No array
+# subscripts: Citus 14 crashes on a subscripted parameter in an UPDATE's SET.
+_APPEND_REST: Final = (
     " i AS (INSERT INTO messages (id, user_id, conversation_id, seq, role, content, name,"
     " tool_calls, tool_call_id, metadata, token_count, created_at, parent_id)"
     " SELECT m.id, $2, $1, c.message_count - $3 + m.ord, m.role, m.content, m.name, NULL,"
-    " NULL, m.metadata, m.token_count, $4,"
-    " coalesce(m.parent, c.parent)"
+    " NULL, m.metadata, m.token_count, $4, coalesce(m.parent, c.parent)"
     " FROM c, unnest($7::uuid[], $8::text[], $9::jsonb[],"
     " $10::text[], $11::jsonb[], $12::int[], $15::uuid[]) WITH ORDINALITY"
     " AS m(id, role, content, name, metadata, token_count, parent, ord)"
@@ -142,4 +133,25 @@ APPEND_SQL: Final = (
     " SELECT w.id, $2, $1, $4, w.words::tsvector FROM c, unnest($7::uuid[], $13::text[])"
     " AS w(id, words) WHERE w.words IS NOT NULL)"
     " SELECT seq, parent_id FROM i"
+)
+_APPEND_SET: Final = (
+    " SET message_count = message_count + $3,"
+    " updated_at = greatest(updated_at, $4), has_user_message = has_user_message OR $5,"
+    " title = CASE WHEN title IS NULL AND NOT has_user_message THEN $6 ELSE title END,"
+    " current_message_id = $14"
+)
+_LIVE_LINEAR: Final = (
+    "id = $1 AND user_id = $2 AND (expires_at IS NULL OR expires_at > $4) AND path IS NULL"
+)
+APPEND_SQL: Final = (
+    f"WITH c AS (UPDATE conversations{_APPEND_SET} WHERE {_LIVE_LINEAR}"
+    " RETURNING message_count, old.current_message_id AS parent),"
+    f"{_APPEND_REST}"
+)
+APPEND_LOCKING_SQL: Final = (
+    f"WITH o AS (SELECT current_message_id FROM conversations WHERE {_LIVE_LINEAR}"  # noqa: S608
+    " FOR UPDATE),"
+    f" c AS (UPDATE conversations{_APPEND_SET} FROM o WHERE id = $1 AND user_id = $2"
+    " RETURNING message_count, o.current_message_id AS parent),"
+    f"{_APPEND_REST}"
 )
