@@ -41,7 +41,7 @@ def _json(value: Any) -> str:
 
 
 def _message(row: Any) -> dict[str, Any]:
-    return {"object": "message", **dict(row)}
+    return {"object": "message", **dict(row), "sibling_count": 1, "sibling_index": 1}
 
 
 class FloorApp:
@@ -125,7 +125,7 @@ class FloorApp:
         sent = json.loads(body)
         now = datetime.now(UTC)
         message_id = uuid7()
-        seq = await self.pool.fetchval(
+        stored_row = await self.pool.fetchrow(
             APPEND_SQL,
             conversation,
             user,
@@ -140,8 +140,9 @@ class FloorApp:
             90,
             search_syntax.tsvector_text(sent["content"]),
         )
-        if seq is None:
+        if stored_row is None:
             return 404, b'{"detail": "not found"}'
+        seq, parent_id = stored_row
         stored = {
             "object": "message",
             "id": message_id,
@@ -158,6 +159,9 @@ class FloorApp:
             "created_at": now,
             "status": "completed",
             "updated_at": now,
+            "parent_id": parent_id,
+            "sibling_count": 1,
+            "sibling_index": 1,
         }
         return 201, json.dumps(stored, default=_json).encode()
 

@@ -30,7 +30,7 @@ from chathistory.store import search_syntax
 
 MESSAGE_COLUMNS = (
     "id, user_id, conversation_id, seq, role, content, name, tool_calls, tool_call_id,"
-    " metadata, token_count, created_at, status, updated_at"
+    " metadata, token_count, created_at, status, updated_at, parent_id"
 )
 CONVERSATION_COLUMNS = (
     "id, user_id, title, metadata, created_at, updated_at, message_count,"
@@ -39,18 +39,22 @@ CONVERSATION_COLUMNS = (
 # SPEC 9: every read and write of a conversation refuses an expired one, as the store's do.
 LIVE = "(expires_at IS NULL OR expires_at > now())"
 
+# The message follows the conversation's current message and becomes it (SPEC 11), as the
+# store's one-statement append does (PostgreSQL 18's RETURNING old).
 APPEND_SQL = (
     "WITH c AS (UPDATE conversations SET message_count = message_count + 1,"
-    " updated_at = greatest(updated_at, $3) WHERE id = $1 AND user_id = $2"
-    " AND (expires_at IS NULL OR expires_at > $3) RETURNING message_count),"
+    " updated_at = greatest(updated_at, $3), current_message_id = $4"
+    " WHERE id = $1 AND user_id = $2"
+    " AND (expires_at IS NULL OR expires_at > $3)"
+    " RETURNING message_count, old.current_message_id AS parent),"
     " i AS (INSERT INTO messages (id, user_id, conversation_id, seq, role, content, name,"
-    " tool_calls, tool_call_id, metadata, token_count, created_at)"
+    " tool_calls, tool_call_id, metadata, token_count, created_at, parent_id)"
     " SELECT $4, $2, $1, c.message_count, $5, $6::jsonb, $7, $8::jsonb, $9, $10::jsonb,"
-    " $11, $3"
-    " FROM c RETURNING seq),"
+    " $11, $3, c.parent"
+    " FROM c RETURNING seq, parent_id),"
     " s AS (INSERT INTO message_search (message_id, user_id, conversation_id, created_at, words)"
     " SELECT $4, $2, $1, $3, $12::tsvector FROM c WHERE $12::text IS NOT NULL)"
-    " SELECT seq FROM i"
+    " SELECT seq, parent_id FROM i"
 )
 READ_NEWEST_SQL = (
     f"SELECT {MESSAGE_COLUMNS} FROM messages"  # noqa: S608 - constant columns
