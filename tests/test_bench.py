@@ -11,6 +11,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from chathistory import bench
+from chathistory.bench.branches import shape
 from chathistory.cli import app
 from chathistory.db import parse_database_url
 
@@ -155,3 +156,73 @@ async def test_purge_scenario_times_appends_with_and_without_the_purge(
     finally:
         await conn.close()
     assert left == 0
+
+
+def test_branch_shape_is_the_same_at_every_size() -> None:
+    sizes = bench.BranchSizes()
+    crossed = set()
+    for count in (*sizes.sizes, *bench.BranchSizes.quick().sizes):
+        tree, tip = shape(count, sizes)
+        path = tree.path(tip)
+        newest = tree.branch(tip)[-sizes.limit :]
+        assert tree.count == count and tip < count  # the active branch ends before the end
+        assert [seq for lo, hi in path for seq in range(lo, hi + 1)] == tree.branch(tip)
+        crossed.add(sum(1 for lo, hi in path if hi >= newest[0]))
+        # Each message follows an earlier one, a question an answer and an answer a question.
+        assert all(tree.parents[s] < s for s in range(1, count + 1))
+        assert all(tree.role(s) != tree.role(tree.parents[s]) for s in range(2, count + 1))
+    assert crossed == {sizes.visits}
+    tree, tip = shape(100_000, sizes)
+    assert len(tree.path(tip)) > 900  # a range for every regenerated answer before it
+
+
+async def test_branches_scenario_checks_its_fixture_and_times_both_sizes(
+    postgres_store_url: str,
+) -> None:
+    sizes = bench.BranchSizes(sizes=(80, 400), regenerate_every=10, reads=4, switches=2, rounds=2)
+    lines: list[str] = []
+    report = await bench.run_branches(postgres_store_url, sizes, log=lines.append)
+
+    for count, ranges in (("80", 10), ("400", 24)):
+        checked = report.setup["branches"][count]
+        assert checked["checked"] == {"newest": 50, "all": int(count), "switch_path": True}
+        assert checked["active_path_ranges"] == ranges and checked["runs_in_newest"] == 9
+    operations = {
+        "branched: read newest 50": (
+            "library get_chat_history",
+            "library list_messages desc",
+        ),
+        "branched: regenerate an answer": ("library add_messages parent_id",),
+        "branched: switch back": ("library update_conversation current_message_id",),
+    }
+    scale = [r for r in report.comparisons if r.kind == "scale"]
+    assert len(report.figures) == 8 and len(scale) == 4
+    for operation, contenders in operations.items():
+        for contender in contenders:
+            small = report.get(f"{operation}, 80 messages: {contender} [unnamed]")
+            large = report.get(f"{operation}, 400 messages: {contender} [unnamed]")
+            assert min(small.runs, large.runs) >= sizes.rounds and small.p50_ms > 0
+            (ratio,) = [r for r in scale if r.numerator == large.name]
+            assert ratio.operation == f"{operation}: 400 / 80"
+            assert ratio.denominator == small.name and ratio.target == 1.3
+            assert ratio.value == round(large.p50_ms / small.p50_ms, 2)
+
+    console = Console(record=True, width=200)
+    for table in bench.render(report):
+        console.print(table)
+    assert "branched: switch back: 400 / 80" in console.export_text()
+
+    conn = await asyncpg.connect(parse_database_url(postgres_store_url).connect_args["dsn"])
+    try:
+        left = await conn.fetchval(
+            "SELECT (SELECT count(*) FROM conversations WHERE user_id LIKE 'bench-%')"
+            " + (SELECT count(*) FROM message_search WHERE user_id LIKE 'bench-%')"
+        )
+    finally:
+        await conn.close()
+    assert left == 0
+
+
+def test_cli_bench_has_the_branches_scenario() -> None:
+    result = CliRunner().invoke(app, ["bench", "--help"])
+    assert result.exit_code == 0 and "--no-branches" in result.output

@@ -442,6 +442,13 @@ def bench(
             help="other users' appends while 100,000 conversations are purged (quick: 10,000)",
         ),
     ] = True,
+    branches: Annotated[
+        bool,
+        typer.Option(
+            "--branches/--no-branches",
+            help="the active branch of a branched 100,000 against 100 (quick: 10,000)",
+        ),
+    ] = True,
     open_loop: Annotated[
         bool,
         typer.Option(
@@ -500,14 +507,15 @@ def bench(
                 benchmarks.SearchSizes.quick() if quick else benchmarks.SearchSizes(),
                 log=log,
             )
-            report.figures += found.figures
-            report.comparisons += found.comparisons
-            report.setup.update(found.setup)
+            report.merge(found)
             for word, explained in found.setup["search_explain"].items():
                 log(f"search plan, {word}:\n{explained}")
         if purge:
             sizing = benchmarks.PurgeSizes.quick() if quick else benchmarks.PurgeSizes()
             report.merge(await benchmarks.run_purge(url, sizing, log=log))
+        if branches:
+            sized = benchmarks.BranchSizes.quick() if quick else benchmarks.BranchSizes()
+            report.merge(await benchmarks.run_branches(url, sized, log=log))
         if load:
             opened = benchmarks.OpenLoopPlan.quick() if quick else benchmarks.OpenLoopPlan()
             loaded = await benchmarks.run_load(

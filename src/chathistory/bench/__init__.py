@@ -11,10 +11,12 @@ one statement, the same statement handling) in alternating rounds.
 - :mod:`~chathistory.bench.fixtures`: bulk set-up and integrity checks;
 - :mod:`~chathistory.bench.search`: search against reading the newest 50, and its plans;
 - :mod:`~chathistory.bench.purge`: other users' appends while a purge of 100,000 runs;
+- :mod:`~chathistory.bench.branches`: the active branch of a branched 100,000 against 100;
 - :mod:`~chathistory.bench.load`: the HTTP service under load (clients in ``__main__``);
 - :mod:`~chathistory.bench.report`: figures, ratios, tables and JSON.
 """
 
+from chathistory.bench.branches import BranchSizes, run_branches
 from chathistory.bench.embedded import with_embedded_server
 from chathistory.bench.load import LoadPlan, run_load
 from chathistory.bench.open_loop import OpenLoopPlan
@@ -24,6 +26,7 @@ from chathistory.bench.scenarios import Sizes, run
 from chathistory.bench.search import SearchSizes, run_search
 
 __all__ = [
+    "BranchSizes",
     "Figure",
     "LoadPlan",
     "OpenLoopPlan",
@@ -34,6 +37,7 @@ __all__ = [
     "Sizes",
     "render",
     "run",
+    "run_branches",
     "run_load",
     "run_purge",
     "run_search",
