@@ -104,11 +104,21 @@ async def active(
 
 
 async def path_to(
-    conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID, seq: int
+    conn: AsyncConnection,
+    user_id: str,
+    conversation_id: uuid.UUID,
+    seq: int,
+    known: Path | None = None,
 ) -> Path:
-    """The branch from the first message to the message at ``seq``: one lookup per run."""
+    """The branch from the first message to the message at ``seq``: one lookup per run
+    walked back, until a message of the ``known`` branch (the active one: where it meets
+    it, the rest is its prefix). Switching between siblings or to a message of the active
+    branch costs a lookup or two, however many runs the branch has."""
     ranges: Path = []
     while seq > 0:
+        shared = None if known is None else up_to(known, seq)
+        if shared is not None:
+            return shared + ranges[::-1]
         start = (
             await conn.execute(
                 select(M.seq, M.fork)
@@ -184,9 +194,7 @@ async def place(
         parent_seq, base = 0, []
     else:
         parent_seq = await message_seq(conn, user_id, conversation_id, parent_id, "parent_id")
-        base = up_to(current, parent_seq) or await path_to(
-            conn, user_id, conversation_id, parent_seq
-        )
+        base = await path_to(conn, user_id, conversation_id, parent_seq, current)
     fork = None if parent_seq == first - 1 else parent_seq
     branch = extended(base, first, last)
     if current_path is None and stored(branch, last) is None:  # still one chain

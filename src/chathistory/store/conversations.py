@@ -248,7 +248,8 @@ async def _switch(
         raise ConversationNotFoundError(conversation_id)
     target = values["current_message_id"]
     seq = await branches.message_seq(conn, user_id, conversation_id, target, "current_message_id")
-    path = await branches.path_to(conn, user_id, conversation_id, seq)
+    active = branches.loaded(locked.path, locked.message_count)
+    path = await branches.path_to(conn, user_id, conversation_id, seq, active)
     stored = branches.stored(path, locked.message_count)
     if stored is None and locked.path is None:  # the last message of one that never branched
         return {"current_message_id": target}
