@@ -82,6 +82,18 @@ def clipped(
             yield after, before
 
 
+def seqs(path: Path, ascending: bool, limit: int, past: int | None, until: int | None) -> list[int]:
+    """The seqs of the first ``limit`` messages of ``path`` with ``past < seq < until``, in
+    reading order."""
+    found: list[int] = []
+    for after, before in clipped(path, ascending, past, until):
+        span = range(after + 1, before) if ascending else range(before - 1, after, -1)
+        found += span[: limit - len(found)]
+        if len(found) == limit:
+            break
+    return found
+
+
 async def active(
     conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID
 ) -> tuple[Path | None, int]:
@@ -216,8 +228,24 @@ async def read(
     until: int | None = None,
     max_bytes: int | None = None,
 ) -> list[Mapping[Any, Any]]:
-    """:func:`~chathistory.store.limits.bounded_range` along a branch: its ranges in reading
-    order, each read only for what the previous ones left of ``limit`` and ``max_bytes``."""
+    """:func:`~chathistory.store.limits.bounded_range` along a branch. A run holds every seq
+    from its start to its end, so the branch says which seqs the first ``limit`` messages are:
+    with a limit they are read in one statement, by those seqs (index lookups, whatever lies
+    between the runs); without one, range by range."""
+    columns = list(messages.c) if columns is None else columns
+    if limit is not None:
+        wanted = seqs(path, ascending, limit, past, until)
+        if not wanted:
+            return []
+        query = limits.bounded_range(
+            columns,
+            [*owned, M.seq.in_(wanted)],
+            size,
+            ascending=ascending,
+            limit=limit,
+            max_bytes=max_bytes,
+        )
+        return [row._mapping for row in await conn.execute(query)]
     found: list[Mapping[Any, Any]] = []
     used = 0
     for after, before in clipped(path, ascending, past, until):
@@ -225,7 +253,7 @@ async def read(
         if left == 0 or (max_bytes is not None and used > max_bytes):
             break
         query = limits.bounded_range(
-            list(messages.c) if columns is None else columns,
+            columns,
             owned,
             size,
             ascending=ascending,
@@ -286,6 +314,7 @@ __all__ = [
     "path_to",
     "place",
     "read",
+    "seqs",
     "siblings",
     "stored",
     "up_to",
