@@ -135,11 +135,13 @@ class Conversation(Base, table=True):
     expires_at: datetime | None = Field(
         default=None, sa_column=Column(UTCDateTime(), nullable=True)
     )
-    # Branches (SPEC 11): the last message of the active branch, and that branch as the seq
-    # ranges [[lo, hi], ...] it runs through (store/branches.py); NULL while the active branch
-    # is every message in seq order, as in a conversation that never branched.
+    # Branches (SPEC 11): the last message of the active branch; whether it ever branched
+    # (until then the active branch is every message in seq order, and ``conversation_paths``
+    # holds nothing for it).
     current_message_id: uuid.UUID | None = Field(default=None, nullable=True)
-    path: list[list[int]] | None = Field(default=None, sa_column=Column(json_type(), nullable=True))
+    branched: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
+    )
 
 
 class Message(Base, table=True):
@@ -252,6 +254,27 @@ class OpenToolCall(Base, table=True):
     seq: int = Field(sa_column=Column(Integer, nullable=False))
 
 
+class ConversationPath(Base, table=True):
+    """The active branch of a branched conversation (SPEC 11) as the seq ranges it runs
+    through, one row per run (store/branches.py): a read takes the rows it needs, an append
+    changes one, a switch the few where the branches part."""
+
+    __tablename__ = "conversation_paths"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["conversation_id", "user_id"],
+            ["conversations.id", "conversations.user_id"],
+            ondelete="CASCADE",
+        ),
+        CheckConstraint("lo >= 1 AND hi >= lo", name="range"),
+    )
+
+    conversation_id: uuid.UUID = Field(primary_key=True)
+    lo: int = Field(sa_column_kwargs={"primary_key": True}, sa_type=Integer)
+    user_id: str = Field(sa_column_kwargs={"primary_key": True}, max_length=255)
+    hi: int = Field(sa_column=Column(Integer, nullable=False))
+
+
 class MessageSearch(Base, table=True):
     """What search finds of a message (SPEC 8): its words, written with the message in the same
     transaction; a message with no searchable text has no row. This is PostgreSQL's shape
@@ -282,6 +305,7 @@ class MessageSearch(Base, table=True):
 
 
 conversations = Conversation.__table__  # type: ignore[attr-defined]
+conversation_paths = ConversationPath.__table__  # type: ignore[attr-defined]
 message_search = MessageSearch.__table__  # type: ignore[attr-defined]
 open_tool_calls = OpenToolCall.__table__  # type: ignore[attr-defined]
 
@@ -317,9 +341,11 @@ __all__ = [
     "ROLES",
     "STATUSES",
     "Conversation",
+    "ConversationPath",
     "Message",
     "MessageSearch",
     "OpenToolCall",
+    "conversation_paths",
     "conversations",
     "message_search",
     "messages",

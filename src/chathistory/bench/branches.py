@@ -15,17 +15,17 @@ same 9 at every size), and its path holds a range for every regeneration before 
 
 The fixtures are bulk SQL (untimed) writing the tree exactly as the store keeps it
 (:mod:`chathistory.store.branches`): ``parent_id`` and ``fork`` on each message (and its search
-row, as an append writes one), ``message_count``, ``current_message_id`` and ``path`` on the
-conversation. Before anything is timed they are checked through the library against the tree
-built in memory: the newest 50 (both reads) and their sibling numbers, every message with
-``branch="all"`` (ids, parents, sibling numbers), and a switch to the active branch's last
-message stores the path the fixture wrote. The timed branches and switches go on after the
-reads: the branch regenerates the active branch's last answer, the switch goes back to it.
+row, as an append writes one), ``message_count``, ``current_message_id`` and ``branched`` on the
+conversation, and the active branch's ranges in ``conversation_paths``. Before anything is timed
+they are checked through the library against the tree built in memory: the newest 50 (both
+reads) and their sibling numbers, every message with ``branch="all"`` (ids, parents, sibling
+numbers), and a switch to the active branch's last message stores the path the fixture wrote.
+The timed branches and switches go on after the reads: the branch regenerates the active
+branch's last answer, the switch goes back to it.
 """
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -230,13 +230,21 @@ async def _write(conn: Any, user: str, tree: Tree, tip: int) -> _Conversation:
     ids = made.ids
     await conn.execute(
         "INSERT INTO conversations (id, user_id, title, metadata, created_at, updated_at,"
-        " message_count, has_user_message, current_message_id, path)"
-        " VALUES ($1, $2, 'branches bench', '{}', now(), now(), $3, true, $4, $5::jsonb)",
+        " message_count, has_user_message, current_message_id, branched)"
+        " VALUES ($1, $2, 'branches bench', '{}', now(), now(), $3, true, $4, true)",
         made.id,
         user,
         tree.count,
         ids[tip],
-        json.dumps(tree.path(tip)),
+    )
+    path = tree.path(tip)
+    await conn.execute(
+        "INSERT INTO conversation_paths (conversation_id, user_id, lo, hi)"
+        " SELECT $1, $2, lo, hi FROM unnest($3::int[], $4::int[]) AS r(lo, hi)",
+        made.id,
+        user,
+        [lo for lo, _ in path],
+        [hi for _, hi in path],
     )
     for start in range(1, tree.count + 1, CHUNK):
         seqs = range(start, min(start + CHUNK, tree.count + 1))
@@ -299,11 +307,17 @@ async def _verify(
     path = tree.path(made.tip)
     await _switch(store, user, made)(0, 0)
     stored = await conn.fetchrow(
-        "SELECT path, current_message_id FROM conversations WHERE id = $1 AND user_id = $2",
+        "SELECT current_message_id FROM conversations WHERE id = $1 AND user_id = $2",
         made.id,
         user,
     )
-    if json.loads(stored["path"]) != path or stored["current_message_id"] != ids[made.tip]:
+    rows = await conn.fetch(
+        "SELECT lo, hi FROM conversation_paths WHERE conversation_id = $1 AND user_id = $2"
+        " ORDER BY lo",
+        made.id,
+        user,
+    )
+    if [[r["lo"], r["hi"]] for r in rows] != path or stored["current_message_id"] != ids[made.tip]:
         raise RuntimeError(f"switching in {made.count:,} stored another path than the fixture")
     newest = tree.branch(made.tip)[-sizes.limit :]
     return {

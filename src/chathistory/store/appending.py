@@ -166,7 +166,9 @@ async def append(
             update(conversations)
             .where(C.user_id == user_id, C.id == conversation_id, live(now))
             .values(message_count=C.message_count + len(batch), updated_at=rows.forward(now))
-            .returning(C.message_count, C.title, C.has_user_message, C.current_message_id, C.path)
+            .returning(
+                C.message_count, C.title, C.has_user_message, C.current_message_id, C.branched
+            )
         )
     ).first()
     if locked is None:
@@ -182,15 +184,15 @@ async def append(
             return replay, False
 
     # 3. Its place in the tree (SPEC 11): after the current message, or the parent named.
+    branched = bool(locked.branched)
     placed = await branches.place(
         conn,
         user_id,
         conversation_id,
         count=first_seq - 1,
         current_id=locked.current_message_id,
-        current_path=locked.path,
+        branched=branched,
         parent=("parent_id" in batch[0].model_fields_set, batch[0].parent_id),
-        size=len(batch),
     )
 
     # 4. Tool results must answer an open tool call of an earlier assistant message of the
@@ -200,9 +202,15 @@ async def append(
     if placed.linear:
         await tool_pairing.apply(conn, user_id, conversation_id, batch, seqs)
     else:
-        if locked.path is None:  # branching now: the open calls of one chain no longer tell
+        if not branched:  # branching now: the open calls of one chain no longer tell
             await tool_pairing.forget(conn, user_id, conversation_id)
-        await tool_pairing.check_along(conn, user_id, conversation_id, placed.base, batch, seqs)
+        base: branches.Path = []
+        if any(m.role == "tool" for m in batch):
+            reached = await branches.up_to_meeting(
+                conn, user_id, conversation_id, placed.meet, branched=branched
+            )
+            base = reached + placed.after
+        await tool_pairing.check_along(conn, user_id, conversation_id, base, batch, seqs)
 
     # 5. The first user message ever titles a conversation nobody titled.
     if not locked.has_user_message:
@@ -217,10 +225,15 @@ async def append(
         stored_row["parent_id"], parent_id = parent_id, stored_row["id"]
     stored[0]["fork"] = placed.fork
     await conn.execute(insert(messages), stored)
+    last_seq = first_seq + len(batch) - 1
+    await branches.follow(
+        conn, user_id, conversation_id, placed, branched=branched, first=first_seq, last=last_seq
+    )
+    current: dict[str, Any] = {"current_message_id": stored[-1]["id"]}
+    if not placed.linear:
+        current["branched"] = True
     await conn.execute(
-        update(conversations)
-        .where(C.user_id == user_id, C.id == conversation_id)
-        .values(current_message_id=stored[-1]["id"], path=placed.path)
+        update(conversations).where(C.user_id == user_id, C.id == conversation_id).values(current)
     )
     await search.index(conn, stored)
     made = [rows.message(r, None) for r in stored]

@@ -221,8 +221,11 @@ async def _import(
             seq = await branches.message_seq(
                 conn, spec.user_id, spec.id, current, "current_message_id"
             )
-            path = await branches.path_to(conn, spec.user_id, spec.id, seq)
-            values["path"] = [[lo, hi] for lo, hi in path]
+            path = await branches.whole(conn, spec.user_id, spec.id, seq)
+            await branches.make_active(
+                conn, spec.user_id, spec.id, branched=False, meet=0, after=path
+            )
+            values["branched"] = True
             await tool_pairing.forget(conn, spec.user_id, spec.id)
         await conn.execute(
             update(conversations)
@@ -318,7 +321,7 @@ async def _import_batch(
                     continue
                 part = batch[begin:end]
                 parent = stored[begin]["fork"] if begin in runs else part[0].seq - 1
-                base = await branches.path_to(conn, spec.user_id, spec.id, parent)
+                base = await branches.whole(conn, spec.user_id, spec.id, parent)
                 await tool_pairing.check_along(
                     conn, spec.user_id, spec.id, base, part, [m.seq for m in part]
                 )

@@ -4,17 +4,19 @@ The tree is kept without copying anything. A *run* is a stretch of consecutive s
 each message follows the one before it; a message that does not (an edit, a regenerated answer,
 a new first message) starts a run and records its parent's seq in ``fork`` (0 for a new first
 message). A branch — the chain from the first message to any message — is therefore a few seq
-ranges ``[(lo, hi), ...]``, increasing: one per run it passes through. The active branch is
-stored on the conversation as ``path`` (NULL while it is every message in seq order: a
-conversation that never branched, the common case, which keeps v1's one-statement reads and
-appends). Reading a branch reads its ranges through the ``(conversation_id, seq)`` index, newest
-or oldest first as asked, so its cost follows the rows returned and the number of runs crossed,
-never the conversation's length; finding the branch of a message walks its runs back through a
-partial index holding only the messages that start one.
+ranges ``[(lo, hi), ...]``, increasing: one per run it passes through. Only the newest run of a
+conversation can grow (a message whose parent is not the conversation's last message starts a
+new one), so a run holds every seq from its start to its end.
 
-Only the newest run of a conversation can grow: a message whose parent is the conversation's
-last message continues it; any other parent starts a new run. So a run's messages are exactly
-the seqs from its start to its end, with no other run's message between them.
+A conversation that never branched (``branched`` false, the common case) has every message on
+its active branch and keeps v1's one-statement appends and reads. A branched one keeps its
+active branch in ``conversation_paths``, one row per range: a read takes the rows it needs
+(the newest few for the newest messages), and since those ranges say exactly which seqs the
+messages are, reads them in one statement through the ``(conversation_id, seq)`` index; an
+append changes a row or adds one; a switch or an append after another message walks the new
+branch back, run by run through a partial index of the messages that start one, only until it
+meets the active branch, and rewrites the rows from there. Nothing costs more as the
+conversation grows longer, or as branches pile up elsewhere in it.
 """
 
 from __future__ import annotations
@@ -24,38 +26,21 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy import ColumnElement, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chathistory.errors import ConversationNotFoundError, ValidationError
-from chathistory.models import messages, utcnow
+from chathistory.models import conversation_paths, messages, utcnow
 from chathistory.store import limits
 from chathistory.store.rows import C, M
 
 Path = list[tuple[int, int]]
+P = conversation_paths.c
 
 
 def linear(count: int) -> Path:
     """The branch of a conversation that never branched: every message."""
     return [(1, count)] if count else []
-
-
-def loaded(value: Any, count: int) -> Path:
-    """The stored ``path`` as ranges (NULL: every message in seq order)."""
-    return linear(count) if value is None else [(int(lo), int(hi)) for lo, hi in value]
-
-
-def stored(path: Path, count: int) -> list[list[int]] | None:
-    """What ``path`` stores for a branch: NULL when it is every message in seq order."""
-    return None if path == linear(count) else [[lo, hi] for lo, hi in path]
-
-
-def up_to(path: Path, seq: int) -> Path | None:
-    """The part of ``path`` up to and including ``seq``, or ``None`` if ``seq`` is not on it."""
-    for index, (lo, hi) in enumerate(path):
-        if lo <= seq <= hi:
-            return [*path[:index], (lo, seq)]
-    return None
 
 
 def extended(path: Path, first: int, last: int) -> Path:
@@ -65,8 +50,9 @@ def extended(path: Path, first: int, last: int) -> Path:
     return [*path, (first, last)]
 
 
-def contains(path: Path, seq: int) -> bool:
-    return any(lo <= seq <= hi for lo, hi in path)
+def up_to(path: Path, seq: int) -> Path:
+    """The part of ``path`` up to and including ``seq`` (which is on it)."""
+    return [(lo, min(hi, seq)) for lo, hi in path if lo <= seq]
 
 
 def clipped(
@@ -96,13 +82,12 @@ def seqs(path: Path, ascending: bool, limit: int, past: int | None, until: int |
 
 async def active(
     conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID
-) -> tuple[Path | None, int]:
-    """The conversation's active branch (``None`` while it is every message in seq order) and
-    how many messages it has; :class:`ConversationNotFoundError` if the user has no such
-    (live) conversation."""
+) -> tuple[bool, int]:
+    """Whether the conversation ever branched, and how many messages it has;
+    :class:`ConversationNotFoundError` if the user has no such (live) conversation."""
     found = (
         await conn.execute(
-            select(C.path, C.message_count).where(
+            select(C.branched, C.message_count).where(
                 C.user_id == user_id,
                 C.id == conversation_id,
                 or_(C.expires_at.is_(None), C.expires_at > utcnow()),
@@ -111,45 +96,174 @@ async def active(
     ).first()
     if found is None:
         raise ConversationNotFoundError(conversation_id)
-    count = int(found.message_count)
-    return (None if found.path is None else loaded(found.path, count)), count
+    return bool(found.branched), int(found.message_count)
 
 
-async def path_to(
+def _rows(user_id: str, conversation_id: uuid.UUID) -> tuple[ColumnElement[bool], ...]:
+    return (P.conversation_id == conversation_id, P.user_id == user_id)
+
+
+async def ranges(
+    conn: AsyncConnection,
+    user_id: str,
+    conversation_id: uuid.UUID,
+    *,
+    ascending: bool,
+    limit: int | None,
+    past: int | None = None,
+    until: int | None = None,
+) -> Path:
+    """The ranges of a branched conversation's active branch that a read of ``limit``
+    messages with ``past < seq < until`` needs (every range without a limit), increasing:
+    at most ``limit + 1`` rows, from where the read starts."""
+    query = select(P.lo, P.hi).where(*_rows(user_id, conversation_id))
+    if until is not None:
+        query = query.where(P.lo < until)
+    if limit is None:
+        found = (await conn.execute(query.order_by(P.lo))).all()
+    elif ascending:
+        start = (
+            select(func.coalesce(func.max(P.lo), 0))
+            .where(*_rows(user_id, conversation_id), P.lo <= (past or 0) + 1)
+            .scalar_subquery()
+        )
+        query = query.where(P.lo >= start).order_by(P.lo.asc()).limit(limit + 1)
+        found = (await conn.execute(query)).all()
+    else:
+        found = (await conn.execute(query.order_by(P.lo.desc()).limit(limit + 1))).all()[::-1]
+    return [(row.lo, row.hi) for row in found]
+
+
+async def holds(conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID, seq: int) -> bool:
+    """Whether the message at ``seq`` is on a branched conversation's active branch."""
+    hi = (
+        await conn.execute(
+            select(P.hi)
+            .where(*_rows(user_id, conversation_id), P.lo <= seq)
+            .order_by(P.lo.desc())
+            .limit(1)
+        )
+    ).scalar()
+    return hi is not None and hi >= seq
+
+
+async def _run_start(
+    conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID, seq: int
+) -> tuple[int, int]:
+    """The first seq of the run holding ``seq``, and the seq of that message's parent."""
+    start = (
+        await conn.execute(
+            select(M.seq, M.fork)
+            .where(
+                M.conversation_id == conversation_id,
+                M.user_id == user_id,
+                M.fork.is_not(None),
+                M.seq <= seq,
+            )
+            .order_by(M.seq.desc())
+            .limit(1)
+        )
+    ).first()
+    return (1, 0) if start is None else (int(start.seq), int(start.fork))
+
+
+async def route(
     conn: AsyncConnection,
     user_id: str,
     conversation_id: uuid.UUID,
     seq: int,
-    known: Path | None = None,
-) -> Path:
-    """The branch from the first message to the message at ``seq``: one lookup per run
-    walked back, until a message of the ``known`` branch (the active one: where it meets
-    it, the rest is its prefix). Switching between siblings or to a message of the active
-    branch costs a lookup or two, however many runs the branch has."""
-    ranges: Path = []
+    *,
+    branched: bool,
+    count: int,
+) -> tuple[int, Path]:
+    """The branch ending at ``seq`` against the active one: the last seq they share (0 for
+    none) and the ranges it runs through after that, walked back run by run only until it
+    meets the active branch (a lookup or two for a sibling, an edit or a regeneration)."""
+    walked: Path = []
     while seq > 0:
-        shared = None if known is None else up_to(known, seq)
-        if shared is not None:
-            return shared + ranges[::-1]
-        start = (
-            await conn.execute(
-                select(M.seq, M.fork)
-                .where(
-                    M.conversation_id == conversation_id,
-                    M.user_id == user_id,
-                    M.fork.is_not(None),
-                    M.seq <= seq,
-                )
-                .order_by(M.seq.desc())
-                .limit(1)
-            )
-        ).first()
-        if start is None:
-            ranges.append((1, seq))
+        on_active = seq <= count  # a conversation that never branched: every message
+        if branched:
+            on_active = await holds(conn, user_id, conversation_id, seq)
+        if on_active:
             break
-        ranges.append((start.seq, seq))
-        seq = start.fork
-    return ranges[::-1]
+        start, parent = await _run_start(conn, user_id, conversation_id, seq)
+        walked.append((start, seq))
+        seq = parent
+    return seq, walked[::-1]
+
+
+async def whole(conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID, seq: int) -> Path:
+    """The whole branch ending at ``seq``, whatever is active (an import rebuilding a tree)."""
+    walked: Path = []
+    while seq > 0:
+        start, parent = await _run_start(conn, user_id, conversation_id, seq)
+        walked.append((start, seq))
+        seq = parent
+    return walked[::-1]
+
+
+async def up_to_meeting(
+    conn: AsyncConnection,
+    user_id: str,
+    conversation_id: uuid.UUID,
+    meet: int,
+    *,
+    branched: bool,
+) -> Path:
+    """The active branch up to ``meet`` (tool pairing along a branch reads it whole)."""
+    if not branched:
+        return linear(meet)
+    found = await ranges(conn, user_id, conversation_id, ascending=True, limit=None)
+    return up_to(found, meet)
+
+
+async def make_active(
+    conn: AsyncConnection,
+    user_id: str,
+    conversation_id: uuid.UUID,
+    *,
+    branched: bool,
+    meet: int,
+    after: Path,
+) -> None:
+    """Store the active branch as the current one up to ``meet``, then the ranges ``after``:
+    the rows past ``meet`` go, the one holding it ends there, the new ones are added (merged
+    into it when they go straight on)."""
+    owned = _rows(user_id, conversation_id)
+    kept: Path = linear(meet)[-1:] if not branched else []
+    if branched:
+        await conn.execute(delete(conversation_paths).where(*owned, P.lo > meet))
+        if meet > 0:
+            holding = (
+                await conn.execute(
+                    select(P.lo).where(*owned, P.lo <= meet).order_by(P.lo.desc()).limit(1)
+                )
+            ).scalar()
+            if holding is not None:
+                kept = [(int(holding), meet)]
+                await conn.execute(delete(conversation_paths).where(*owned, P.lo == holding))
+    rows = kept
+    for lo, hi in after:
+        rows = extended(rows, lo, hi)
+    if rows:
+        await conn.execute(
+            insert(conversation_paths),
+            [
+                {"conversation_id": conversation_id, "user_id": user_id, "lo": lo, "hi": hi}
+                for lo, hi in rows
+            ],
+        )
+
+
+async def grow(
+    conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID, current: int, last: int
+) -> None:
+    """The active branch goes on from its last message ``current`` to ``last``."""
+    await conn.execute(
+        update(conversation_paths)
+        .where(*_rows(user_id, conversation_id), P.hi == current)
+        .values(hi=last)
+    )
 
 
 async def message_seq(
@@ -170,49 +284,6 @@ async def message_seq(
     if seq is None:
         raise ValidationError("is not a message of this conversation", loc=(field,))
     return int(seq)
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where an append's messages go in the tree."""
-
-    parent_id: uuid.UUID | None  # of the first message; the others follow each other
-    fork: int | None  # the first message's ``fork`` (None: it continues its parent's run)
-    base: Path  # the branch up to the parent
-    path: list[list[int]] | None  # the conversation's active branch after the append
-    linear: bool  # the conversation never branched, and still has not
-
-
-async def place(
-    conn: AsyncConnection,
-    user_id: str,
-    conversation_id: uuid.UUID,
-    *,
-    count: int,
-    current_id: uuid.UUID | None,
-    current_path: Any,
-    parent: tuple[bool, uuid.UUID | None],
-    size: int,
-) -> Placement:
-    """Place ``size`` messages appended after ``count`` others: after the current message, or
-    (``parent`` = ``(True, id)``) after the message named, or as a new first message
-    (``(True, None)``)."""
-    first, last = count + 1, count + size
-    current = loaded(current_path, count)
-    named, parent_id = parent
-    if not named or (parent_id is not None and parent_id == current_id):
-        parent_id, parent_seq, base = current_id, (current[-1][1] if current else 0), current
-    elif parent_id is None:
-        parent_seq, base = 0, []
-    else:
-        parent_seq = await message_seq(conn, user_id, conversation_id, parent_id, "parent_id")
-        base = await path_to(conn, user_id, conversation_id, parent_seq, current)
-    fork = None if parent_seq == first - 1 else parent_seq
-    branch = extended(base, first, last)
-    if current_path is None and stored(branch, last) is None:  # still one chain
-        return Placement(parent_id, fork, base, None, True)
-    # Once off its one chain a conversation keeps its path (and pairs tool calls along it).
-    return Placement(parent_id, fork, base, [[lo, hi] for lo, hi in branch], False)
 
 
 async def read(
@@ -301,21 +372,93 @@ async def siblings(
     return numbers
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where an append's messages go in the tree."""
+
+    parent_id: uuid.UUID | None  # of the first message; the others follow each other
+    parent_seq: int  # 0: a first message
+    fork: int | None  # the first message's ``fork`` (None: it continues its parent's run)
+    meet: int  # where the branch the messages join meets the active one
+    after: Path  # the ranges of that branch past ``meet``, up to the parent
+    linear: bool  # the conversation never branched, and still has not
+
+
+async def place(
+    conn: AsyncConnection,
+    user_id: str,
+    conversation_id: uuid.UUID,
+    *,
+    count: int,
+    current_id: uuid.UUID | None,
+    branched: bool,
+    parent: tuple[bool, uuid.UUID | None],
+) -> Placement:
+    """Place messages appended after ``count`` others: after the current message, or
+    (``parent`` = ``(True, id)``) after the message named, or as a new first message
+    (``(True, None)``)."""
+    named, parent_id = parent
+    meet, after = 0, list[tuple[int, int]]()
+    if not named or (parent_id is not None and parent_id == current_id):
+        parent_id, parent_seq = current_id, count
+        if branched and current_id is not None:
+            parent_seq = await message_seq(conn, user_id, conversation_id, current_id, "parent_id")
+        meet = parent_seq if current_id is not None else 0
+    elif parent_id is None:
+        parent_seq = 0
+    else:
+        parent_seq = await message_seq(conn, user_id, conversation_id, parent_id, "parent_id")
+        meet, after = await route(
+            conn, user_id, conversation_id, parent_seq, branched=branched, count=count
+        )
+    fork = None if parent_seq == count else parent_seq
+    stays = not branched and fork is None and meet == count and not after
+    return Placement(parent_id, parent_seq, fork, meet, after, stays)
+
+
+async def follow(
+    conn: AsyncConnection,
+    user_id: str,
+    conversation_id: uuid.UUID,
+    placed: Placement,
+    *,
+    branched: bool,
+    first: int,
+    last: int,
+) -> None:
+    """Make the appended messages the end of the active branch (a conversation that still
+    never branched needs nothing)."""
+    if placed.linear:
+        return
+    if branched and placed.fork is None and not placed.after and placed.meet == first - 1:
+        await grow(conn, user_id, conversation_id, first - 1, last)  # straight on
+        return
+    after = extended(placed.after, first, last)
+    await make_active(
+        conn, user_id, conversation_id, branched=branched, meet=placed.meet, after=after
+    )
+
+
 __all__ = [
+    "P",
     "Path",
     "Placement",
     "active",
     "clipped",
-    "contains",
     "extended",
+    "follow",
+    "grow",
+    "holds",
     "linear",
-    "loaded",
+    "make_active",
     "message_seq",
-    "path_to",
     "place",
+    "ranges",
     "read",
+    "route",
     "seqs",
     "siblings",
-    "stored",
     "up_to",
+    "up_to_meeting",
+    "whole",
 ]

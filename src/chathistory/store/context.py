@@ -113,14 +113,23 @@ async def window(
     counter: tokens.TokenCounter,
     stale_before: datetime,
 ) -> ContextWindow:
-    path, _ = await branches.active(conn, user_id, conversation_id)  # 404 here
+    branched, _ = await branches.active(conn, user_id, conversation_id)  # 404 here
     owned = (M.conversation_id == conversation_id, M.user_id == user_id)
 
     async def read(**bounds: Any) -> Sequence[Any]:
-        if path is None:  # every message, in one statement
+        if not branched:  # every message, in one statement
             query = limits.bounded_range(WINDOW_COLUMNS, owned, size, **bounds)
             found: Sequence[Any] = (await conn.execute(query)).all()
             return found
+        path = await branches.ranges(
+            conn,
+            user_id,
+            conversation_id,
+            ascending=bounds["ascending"],
+            limit=bounds.get("limit"),
+            past=bounds.get("past"),
+            until=bounds.get("until"),
+        )
         rows = await branches.read(conn, size, owned, path, columns=WINDOW_COLUMNS, **bounds)
         return [_Row(row) for row in rows]
 

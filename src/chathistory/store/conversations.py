@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chathistory import pagination
 from chathistory.errors import ConflictError, ConversationNotFoundError, ValidationError
-from chathistory.models import conversations, messages, utcnow, uuid7
+from chathistory.models import conversation_paths, conversations, messages, utcnow, uuid7
 from chathistory.schemas import ConversationCreate, ConversationRead, ConversationUpdate, Page
 from chathistory.store import branches, rows, sql, tool_pairing
 from chathistory.store.database import Database
@@ -54,7 +54,7 @@ def exists_live(
     query = exists().where(
         C.user_id == user_id, C.id == conversation_id, live(utcnow() if now is None else now)
     )
-    return query.where(C.path.is_(None)) if linear else query
+    return query.where(C.branched == false()) if linear else query
 
 
 async def create(
@@ -212,7 +212,7 @@ async def update_columns(
     now = utcnow()
     if "current_message_id" in values:
         values = {**values, **await _switch(conn, user_id, conversation_id, values, now)}
-    if set(values) - LIFECYCLE - {"path"}:
+    if set(values) - LIFECYCLE - {"branched"}:
         values = {**values, "updated_at": rows.forward(now)}
     row = (
         await conn.execute(
@@ -241,21 +241,25 @@ async def _switch(
             update(conversations)
             .where(C.user_id == user_id, C.id == conversation_id, live(now))
             .values(message_count=C.message_count)
-            .returning(C.message_count, C.path)
+            .returning(C.message_count, C.branched)
         )
     ).first()
     if locked is None:
         raise ConversationNotFoundError(conversation_id)
     target = values["current_message_id"]
     seq = await branches.message_seq(conn, user_id, conversation_id, target, "current_message_id")
-    active = branches.loaded(locked.path, locked.message_count)
-    path = await branches.path_to(conn, user_id, conversation_id, seq, active)
-    stored = branches.stored(path, locked.message_count)
-    if stored is None and locked.path is None:  # the last message of one that never branched
+    branched, count = bool(locked.branched), int(locked.message_count)
+    if not branched and seq == count:  # the last message of one that never branched
         return {"current_message_id": target}
+    meet, after = await branches.route(
+        conn, user_id, conversation_id, seq, branched=branched, count=count
+    )
+    await branches.make_active(
+        conn, user_id, conversation_id, branched=branched, meet=meet, after=after
+    )
     # Once off its one chain, a conversation pairs tool calls along its branch (tool_pairing).
     await tool_pairing.forget(conn, user_id, conversation_id)
-    return {"current_message_id": target, "path": [[lo, hi] for lo, hi in path]}
+    return {"current_message_id": target, "branched": True}
 
 
 async def remove(conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID) -> None:
@@ -279,7 +283,7 @@ async def clear(conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID)
                 has_user_message=False,
                 updated_at=rows.forward(now),
                 current_message_id=None,
-                path=None,
+                branched=False,
             )
             .returning(C.id)
         )
@@ -287,6 +291,12 @@ async def clear(conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID)
     if locked is None:
         raise ConversationNotFoundError(conversation_id)
     await tool_pairing.forget(conn, user_id, conversation_id)
+    await conn.execute(
+        delete(conversation_paths).where(
+            conversation_paths.c.conversation_id == conversation_id,
+            conversation_paths.c.user_id == user_id,
+        )
+    )
     result = await conn.execute(
         delete(messages).where(M.conversation_id == conversation_id, M.user_id == user_id)
     )

@@ -88,10 +88,20 @@ async def _along_branch(
     message, ``branch="all"``) and their read models with sibling numbers; 404 if the
     conversation does not exist."""
     async with db.transaction() as conn:
-        path, count = await branches.active(conn, user_id, conversation_id)
-        if path is None:
+        branched, count = await branches.active(conn, user_id, conversation_id)
+        if not branched:
             return None
-        along = branches.linear(count) if branch == "all" else path
+        along = branches.linear(count)
+        if branch != "all":
+            along = await branches.ranges(
+                conn,
+                user_id,
+                conversation_id,
+                ascending=bounds["ascending"],
+                limit=bounds.get("limit"),
+                past=bounds.get("past"),
+                until=bounds.get("until"),
+            )
         owned = (M.conversation_id == conversation_id, M.user_id == user_id)
         found = await branches.read(conn, db.size, owned, along, **bounds)
         items = await _numbered(conn, user_id, conversation_id, found, db.stale_before(utcnow()))

@@ -99,19 +99,14 @@ async def _on_active_branches(
 ) -> tuple[list[Any], dict[tuple[uuid.UUID, int], tuple[int, int]]]:
     """The hits on their conversation's active branch (SPEC 11: every message of one that
     never branched), and the sibling numbers of those in branched conversations."""
-    paths = {
-        row["conversation_id"]: branches.loaded(row["conversation_path"], 0)
-        for row in found
-        if row["conversation_path"] is not None
-    }
-    kept = [
-        row
-        for row in found
-        if row["conversation_id"] not in paths
-        or branches.contains(paths[row["conversation_id"]], row["seq"])
-    ]
+    kept = []
+    for row in found:
+        if not row["conversation_branched"] or await branches.holds(
+            conn, user_id, row["conversation_id"], row["seq"]
+        ):
+            kept.append(row)
     numbers: dict[tuple[uuid.UUID, int], tuple[int, int]] = {}
-    for conversation in paths:
+    for conversation in {r["conversation_id"] for r in kept if r["conversation_branched"]}:
         placed = [(r["seq"], r["fork"]) for r in kept if r["conversation_id"] == conversation]
         counted = await branches.siblings(conn, user_id, conversation, placed)
         numbers.update({(conversation, seq): pair for seq, pair in counted.items()})
@@ -173,7 +168,9 @@ def statement(
         conversations, and_(C.id == hits.c.conversation_id, C.user_id == user_id)
     )
     return (
-        select(messages, C.title.label("conversation_title"), C.path.label("conversation_path"))
+        select(
+            messages, C.title.label("conversation_title"), C.branched.label("conversation_branched")
+        )
         .select_from(found)
         .order_by(hits.c.created_at.desc(), hits.c.message_id.desc())
     )

@@ -28,7 +28,7 @@ def _live(now: str) -> str:
     :mod:`chathistory.store.branches`)."""
     return (
         " AND EXISTS (SELECT FROM conversations AS c WHERE c.id = $1 AND c.user_id = $2"
-        f" AND (c.expires_at IS NULL OR c.expires_at > {now}) AND c.path IS NULL)"
+        f" AND (c.expires_at IS NULL OR c.expires_at > {now}) AND NOT c.branched)"
     )
 
 
@@ -141,7 +141,7 @@ _APPEND_SET: Final = (
     " current_message_id = $14"
 )
 _LIVE_LINEAR: Final = (
-    "id = $1 AND user_id = $2 AND (expires_at IS NULL OR expires_at > $4) AND path IS NULL"
+    "id = $1 AND user_id = $2 AND (expires_at IS NULL OR expires_at > $4) AND NOT branched"
 )
 APPEND_SQL: Final = (
     f"WITH c AS (UPDATE conversations{_APPEND_SET} WHERE {_LIVE_LINEAR}"

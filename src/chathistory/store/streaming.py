@@ -41,7 +41,7 @@ async def update_message(
             update(conversations)
             .where(C.user_id == user_id, C.id == conversation_id, live(now))
             .values(updated_at=rows.forward(now))
-            .returning(C.path)
+            .returning(C.branched)
         )
     ).first()
     if locked is None:
@@ -71,7 +71,7 @@ async def update_message(
             [call["id"] for call in current.tool_calls or ()],
             [c.id for c in message.tool_calls or ()],
         ),
-        linear=locked.path is None,
+        linear=not locked.branched,
     )
     stored = appending.row(
         rules, user_id, conversation_id, message, current.seq, current.created_at

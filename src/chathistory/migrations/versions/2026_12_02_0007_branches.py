@@ -1,15 +1,18 @@
 """Branches (SPEC 11): ``parent_id`` and ``fork`` on messages, ``current_message_id`` and
-``path`` on conversations, and three partial indexes.
+``branched`` on conversations, the table ``conversation_paths`` (a branched conversation's
+active branch, one row per run), and three partial indexes.
 
 Every stored conversation is one chain, so each message's parent is the message one seq
 before it (the first has none), no message starts a run (``fork`` NULL), the current message
-is the last one and ``path`` stays NULL (the active branch is every message in seq order).
+is the last one, ``branched`` is false and ``conversation_paths`` holds nothing (the active
+branch is every message in seq order).
 The backfill sets ``parent_id`` and ``current_message_id`` a batch of conversations at a time
 (``UPDATE ... FROM`` joining each message to the one before it on ``(conversation_id,
 user_id, seq)``, the unique index), each batch its own statement; expect about a minute per
-ten million messages on PostgreSQL. The new columns are NULL-able, so adding them rewrites
-nothing; the partial indexes hold only messages that start a run (none yet) and tool turns.
-Citus propagates the ALTER TABLEs and indexes; the joins are on the distribution column.
+ten million messages on PostgreSQL. The new columns are NULL-able or have a constant default,
+so adding them rewrites nothing; the partial indexes hold only messages that start a run (none
+yet) and tool turns. Citus propagates the ALTER TABLEs and indexes (the joins are on the
+distribution column) and the new table is distributed like the others.
 
 Revision ID: 0007_branches
 Revises: 0006_streaming_turns
@@ -22,7 +25,8 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-from chathistory.models import PARTIAL_INDEXES, json_type
+from chathistory.migrations.citus import distribute_new_table
+from chathistory.models import PARTIAL_INDEXES
 
 revision: str = "0007_branches"
 down_revision: str | None = "0006_streaming_turns"
@@ -36,7 +40,28 @@ def upgrade() -> None:
     op.add_column("messages", sa.Column("parent_id", sa.Uuid(), nullable=True))
     op.add_column("messages", sa.Column("fork", sa.Integer(), nullable=True))
     op.add_column("conversations", sa.Column("current_message_id", sa.Uuid(), nullable=True))
-    op.add_column("conversations", sa.Column("path", json_type(), nullable=True))
+    op.add_column(
+        "conversations",
+        sa.Column("branched", sa.Boolean(), server_default=sa.false(), nullable=False),
+    )
+    op.create_table(
+        "conversation_paths",
+        sa.Column("conversation_id", sa.Uuid(), nullable=False),
+        sa.Column("lo", sa.Integer(), nullable=False),
+        sa.Column("user_id", sa.String(length=255), nullable=False),
+        sa.Column("hi", sa.Integer(), nullable=False),
+        sa.CheckConstraint("lo >= 1 AND hi >= lo", name=op.f("ck_conversation_paths_range")),
+        sa.ForeignKeyConstraint(
+            ["conversation_id", "user_id"],
+            ["conversations.id", "conversations.user_id"],
+            name=op.f("fk_conversation_paths_conversation_id_user_id_conversations"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint(
+            "conversation_id", "lo", "user_id", name=op.f("pk_conversation_paths")
+        ),
+    )
+    distribute_new_table(op.get_bind(), "conversation_paths")
     _backfill(op.get_bind())
     for name, column, where in PARTIAL_INDEXES:
         op.create_index(
@@ -108,7 +133,8 @@ def _backfill(bind: Any) -> None:
 def downgrade() -> None:
     for name, _, _ in reversed(PARTIAL_INDEXES):
         op.drop_index(name, table_name="messages")
-    op.drop_column("conversations", "path")
+    op.drop_table("conversation_paths")
+    op.drop_column("conversations", "branched")
     op.drop_column("conversations", "current_message_id")
     op.drop_column("messages", "fork")
     op.drop_column("messages", "parent_id")
