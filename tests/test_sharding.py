@@ -53,6 +53,16 @@ async def _exercise(store: ChatHistory, user: str) -> None:
     await store.update_message(user, conv.id, streamed.id, {"tool_calls": [{**call, "id": "g"}]})
     await store.add_message(user, conv.id, "tool", "r", tool_call_id="g")
     await store.update_message(user, conv.id, streamed.id, {"status": "completed"})
+    [regenerated] = await store.add_messages(
+        user, conv.id, [{"role": "assistant", "content": "again", "parent_id": streamed.parent_id}]
+    )
+    await store.add_messages(user, conv.id, [{"role": "user", "content": "on"}])
+    await store.update_conversation(user, conv.id, current_message_id=regenerated.id)
+    await store.update_conversation(user, conv.id, current_message_id=streamed.id)
+    await store.list_messages(user, conv.id, branch="all", limit=3)
+    await store.list_messages(user, conv.id, limit=2, order="desc")
+    await store.get_chat_history(user, conv.id, limit=3)
+    await store.add_message(user, conv.id, "tool", "r2", tool_call_id="g")  # open on this branch
     await store.get_message(user, conv.id, first.id)
     listed = await store.list_messages(user, conv.id, limit=2)
     await store.list_messages(user, conv.id, cursor=listed.next_cursor)
