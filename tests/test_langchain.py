@@ -143,3 +143,22 @@ def test_background_store_is_thread_safe(tmp_path: Path) -> None:
         assert uuid.UUID(history.messages[0].id or "")
     finally:
         background.close()
+
+
+async def test_history_follows_the_active_branch(store: ChatHistory, user: str) -> None:
+    """SPEC 11: LangChain's history is the branch the user is on, and what it adds follows it."""
+    conv = await store.create_conversation(user)
+    history = ChatHistoryMessageHistory(store, user, conv.id)
+    await history.aadd_messages([HumanMessage("Plan a trip"), AIMessage("Lisbon?")])
+    question, answer = await store.get_chat_history(user, conv.id)
+    await store.add_messages(
+        user, conv.id, [{"role": "assistant", "content": "Porto?", "parent_id": question.id}]
+    )
+    assert [m.content for m in await history.aget_messages()] == ["Plan a trip", "Porto?"]
+    await store.update_conversation(user, conv.id, current_message_id=answer.id)
+    await history.aadd_messages([HumanMessage("Yes, Lisbon")])
+    assert [m.content for m in await history.aget_messages()] == [
+        "Plan a trip",
+        "Lisbon?",
+        "Yes, Lisbon",
+    ]
