@@ -12,7 +12,6 @@ from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
     Callable,
-    Generator,
     Iterable,
     Mapping,
     Sequence,
@@ -24,7 +23,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chathistory import tokens
-from chathistory.db import create_engine
 from chathistory.errors import ConflictError, ConversationNotFoundError, ValidationError
 from chathistory.lifecycle_schemas import Flag, PurgeReport, flag
 from chathistory.models import utcnow
@@ -53,6 +51,7 @@ from chathistory.store import (
     streaming,
 )
 from chathistory.store.database import DEFAULT_STREAM_TIMEOUT, Database
+from chathistory.store.opening import Opening
 from chathistory.store.reading import Branch, Order
 from chathistory.streaming_schemas import MessageUpdate
 
@@ -113,7 +112,7 @@ class ChatHistory:
         encoding: str = tokens.DEFAULT_ENCODING,
         stream_timeout: timedelta = DEFAULT_STREAM_TIMEOUT,
         **engine_options: Any,
-    ) -> _Opening:
+    ) -> Opening:
         """Open a store on a database URL (or an existing engine, which stays the caller's).
 
         With ``migrate=True`` (the default) the schema is brought up to date first, which is a
@@ -130,7 +129,7 @@ class ChatHistory:
             "encoding": encoding,
             "stream_timeout": stream_timeout,
         }
-        return _Opening(cls, database, migrate, options, engine_options)
+        return Opening(cls, database, migrate, options, engine_options)
 
     async def close(self) -> None:
         """Release the connection pool if this store created it."""
@@ -564,48 +563,3 @@ class ChatHistory:
         about 4 million characters) at a time inside the one transaction, so memory holds one
         chunk, never the conversation. An exception from ``items`` rolls it all back."""
         return await archive.import_conversation(self._db, self._rules, record, items, chunk)
-
-
-class _Opening:
-    """What :meth:`ChatHistory.open` returns: an async context manager, or an awaitable."""
-
-    def __init__(
-        self,
-        cls: type[ChatHistory],
-        database: str | AsyncEngine,
-        migrate: bool,
-        store_options: dict[str, Any],
-        engine_options: dict[str, Any],
-    ) -> None:
-        self._args = (cls, database, migrate, store_options, engine_options)
-        self._store: ChatHistory | None = None
-
-    async def _open(self) -> ChatHistory:
-        cls, database, migrate, store_options, engine_options = self._args
-        owns = not isinstance(database, AsyncEngine)
-        engine = (
-            database
-            if isinstance(database, AsyncEngine)
-            else create_engine(database, **engine_options)
-        )
-        store = cls(engine, **store_options, owns_engine=owns)
-        if migrate:
-            from chathistory import migrations
-
-            try:
-                await migrations.upgrade(engine)
-            except BaseException:
-                await store.close()
-                raise
-        return store
-
-    def __await__(self) -> Generator[Any, None, ChatHistory]:
-        return self._open().__await__()
-
-    async def __aenter__(self) -> ChatHistory:
-        self._store = await self._open()
-        return self._store
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._store is not None:
-            await self._store.close()
