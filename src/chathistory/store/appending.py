@@ -202,8 +202,6 @@ async def append(
     if placed.linear:
         await tool_pairing.apply(conn, user_id, conversation_id, batch, seqs)
     else:
-        if not branched:  # branching now: the open calls of one chain no longer tell
-            await tool_pairing.forget(conn, user_id, conversation_id)
         base: branches.Path = []
         if any(m.role == "tool" for m in batch):
             reached = await branches.up_to_meeting(

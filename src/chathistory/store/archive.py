@@ -221,12 +221,13 @@ async def _import(
             seq = await branches.message_seq(
                 conn, spec.user_id, spec.id, current, "current_message_id"
             )
-            path = await branches.whole(conn, spec.user_id, spec.id, seq)
+            _, path = await branches.route(
+                conn, spec.user_id, spec.id, seq, branched=False, count=0
+            )  # the whole branch: nothing is active yet
             await branches.make_active(
                 conn, spec.user_id, spec.id, branched=False, meet=0, after=path
             )
             values["branched"] = True
-            await tool_pairing.forget(conn, spec.user_id, spec.id)
         await conn.execute(
             update(conversations)
             .where(C.user_id == spec.user_id, C.id == spec.id)
@@ -310,7 +311,7 @@ async def _import_batch(
         tree.last_id = row["id"]
     await conn.execute(insert(messages), stored)
     if runs and not tree.branched:  # its first fork: tool calls pair along branches now
-        await tool_pairing.forget(conn, spec.user_id, spec.id)
+        await tool_pairing.forget(conn, spec.user_id, spec.id)  # (rows come at the end)
         tree.branched = True
     try:
         if not tree.branched:
@@ -321,7 +322,9 @@ async def _import_batch(
                     continue
                 part = batch[begin:end]
                 parent = stored[begin]["fork"] if begin in runs else part[0].seq - 1
-                base = await branches.whole(conn, spec.user_id, spec.id, parent)
+                _, base = await branches.route(
+                    conn, spec.user_id, spec.id, parent, branched=False, count=0
+                )
                 await tool_pairing.check_along(
                     conn, spec.user_id, spec.id, base, part, [m.seq for m in part]
                 )

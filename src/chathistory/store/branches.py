@@ -22,7 +22,7 @@ conversation grows longer, or as branches pile up elsewhere in it.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,53 +31,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chathistory.errors import ConversationNotFoundError, ValidationError
 from chathistory.models import conversation_paths, messages, utcnow
-from chathistory.store import limits
+from chathistory.store import limits, tool_pairing
+from chathistory.store.paths import Path, clipped, extended, linear, seqs, up_to
 from chathistory.store.rows import C, M
 
-Path = list[tuple[int, int]]
 P = conversation_paths.c
-
-
-def linear(count: int) -> Path:
-    """The branch of a conversation that never branched: every message."""
-    return [(1, count)] if count else []
-
-
-def extended(path: Path, first: int, last: int) -> Path:
-    """``path`` followed by the messages ``first`` to ``last`` (a run, or the rest of one)."""
-    if path and path[-1][1] == first - 1:
-        return [*path[:-1], (path[-1][0], last)]
-    return [*path, (first, last)]
-
-
-def up_to(path: Path, seq: int) -> Path:
-    """The part of ``path`` up to and including ``seq`` (which is on it)."""
-    return [(lo, min(hi, seq)) for lo, hi in path if lo <= seq]
-
-
-def clipped(
-    path: Path, ascending: bool, past: int | None, until: int | None
-) -> Iterator[tuple[int, int]]:
-    """The exclusive seq bounds ``(after, before)`` to read in each range of ``path`` that
-    holds seqs with ``past < seq < until``, in reading order."""
-    low = 0 if past is None else past
-    high = 2**31 if until is None else until
-    for lo, hi in path if ascending else reversed(path):
-        after, before = max(low, lo - 1), min(high, hi + 1)
-        if after + 1 < before:
-            yield after, before
-
-
-def seqs(path: Path, ascending: bool, limit: int, past: int | None, until: int | None) -> list[int]:
-    """The seqs of the first ``limit`` messages of ``path`` with ``past < seq < until``, in
-    reading order."""
-    found: list[int] = []
-    for after, before in clipped(path, ascending, past, until):
-        span = range(after + 1, before) if ascending else range(before - 1, after, -1)
-        found += span[: limit - len(found)]
-        if len(found) == limit:
-            break
-    return found
 
 
 async def active(
@@ -192,16 +150,6 @@ async def route(
     return seq, walked[::-1]
 
 
-async def whole(conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID, seq: int) -> Path:
-    """The whole branch ending at ``seq``, whatever is active (an import rebuilding a tree)."""
-    walked: Path = []
-    while seq > 0:
-        start, parent = await _run_start(conn, user_id, conversation_id, seq)
-        walked.append((start, seq))
-        seq = parent
-    return walked[::-1]
-
-
 async def up_to_meeting(
     conn: AsyncConnection,
     user_id: str,
@@ -228,10 +176,13 @@ async def make_active(
 ) -> None:
     """Store the active branch as the current one up to ``meet``, then the ranges ``after``:
     the rows past ``meet`` go, the one holding it ends there, the new ones are added (merged
-    into it when they go straight on)."""
+    into it when they go straight on). A conversation that never branched has no rows yet,
+    and its one-chain table of open tool calls no longer tells (:mod:`tool_pairing`)."""
     owned = _rows(user_id, conversation_id)
     kept: Path = linear(meet)[-1:] if not branched else []
-    if branched:
+    if not branched:  # off its one chain: tool calls pair along the branch from now on
+        await tool_pairing.forget(conn, user_id, conversation_id)
+    else:
         await conn.execute(delete(conversation_paths).where(*owned, P.lo > meet))
         if meet > 0:
             holding = (
@@ -320,15 +271,14 @@ async def read(
     found: list[Mapping[Any, Any]] = []
     used = 0
     for after, before in clipped(path, ascending, past, until):
-        left = None if limit is None else limit - len(found)
-        if left == 0 or (max_bytes is not None and used > max_bytes):
+        if max_bytes is not None and used > max_bytes:
             break
         query = limits.bounded_range(
             columns,
             owned,
             size,
             ascending=ascending,
-            limit=left,
+            limit=None,
             past=after,
             until=before,
             max_bytes=None if max_bytes is None else max_bytes - used,
@@ -338,6 +288,39 @@ async def read(
         if max_bytes is not None:
             used += sum(row["size"] for row in got)
     return found
+
+
+async def read_active(
+    conn: AsyncConnection,
+    size: ColumnElement[int],
+    user_id: str,
+    conversation_id: uuid.UUID,
+    *,
+    columns: Sequence[Any] | None = None,
+    ascending: bool,
+    limit: int | None,
+    past: int | None = None,
+    until: int | None = None,
+    max_bytes: int | None = None,
+) -> list[Mapping[Any, Any]]:
+    """:func:`read` along a branched conversation's active branch: the path rows the read
+    needs (:func:`ranges`), then the messages."""
+    path = await ranges(
+        conn, user_id, conversation_id, ascending=ascending, limit=limit, past=past, until=until
+    )
+    owned = (M.conversation_id == conversation_id, M.user_id == user_id)
+    return await read(
+        conn,
+        size,
+        owned,
+        path,
+        columns=columns,
+        ascending=ascending,
+        limit=limit,
+        past=past,
+        until=until,
+        max_bytes=max_bytes,
+    )
 
 
 async def siblings(
@@ -377,7 +360,6 @@ class Placement:
     """Where an append's messages go in the tree."""
 
     parent_id: uuid.UUID | None  # of the first message; the others follow each other
-    parent_seq: int  # 0: a first message
     fork: int | None  # the first message's ``fork`` (None: it continues its parent's run)
     meet: int  # where the branch the messages join meets the active one
     after: Path  # the ranges of that branch past ``meet``, up to the parent
@@ -413,7 +395,7 @@ async def place(
         )
     fork = None if parent_seq == count else parent_seq
     stays = not branched and fork is None and meet == count and not after
-    return Placement(parent_id, parent_seq, fork, meet, after, stays)
+    return Placement(parent_id, fork, meet, after, stays)
 
 
 async def follow(
@@ -455,10 +437,10 @@ __all__ = [
     "place",
     "ranges",
     "read",
+    "read_active",
     "route",
     "seqs",
     "siblings",
     "up_to",
     "up_to_meeting",
-    "whole",
 ]

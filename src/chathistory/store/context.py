@@ -121,16 +121,9 @@ async def window(
             query = limits.bounded_range(WINDOW_COLUMNS, owned, size, **bounds)
             found: Sequence[Any] = (await conn.execute(query)).all()
             return found
-        path = await branches.ranges(
-            conn,
-            user_id,
-            conversation_id,
-            ascending=bounds["ascending"],
-            limit=bounds.get("limit"),
-            past=bounds.get("past"),
-            until=bounds.get("until"),
+        rows = await branches.read_active(
+            conn, size, user_id, conversation_id, columns=WINDOW_COLUMNS, **bounds
         )
-        rows = await branches.read(conn, size, owned, path, columns=WINDOW_COLUMNS, **bounds)
         return [_Row(row) for row in rows]
 
     system = await _system_prefix(read, budget)

@@ -257,8 +257,6 @@ async def _switch(
     await branches.make_active(
         conn, user_id, conversation_id, branched=branched, meet=meet, after=after
     )
-    # Once off its one chain, a conversation pairs tool calls along its branch (tool_pairing).
-    await tool_pairing.forget(conn, user_id, conversation_id)
     return {"current_message_id": target, "branched": True}
 
 

@@ -91,19 +91,11 @@ async def _along_branch(
         branched, count = await branches.active(conn, user_id, conversation_id)
         if not branched:
             return None
-        along = branches.linear(count)
-        if branch != "all":
-            along = await branches.ranges(
-                conn,
-                user_id,
-                conversation_id,
-                ascending=bounds["ascending"],
-                limit=bounds.get("limit"),
-                past=bounds.get("past"),
-                until=bounds.get("until"),
-            )
-        owned = (M.conversation_id == conversation_id, M.user_id == user_id)
-        found = await branches.read(conn, db.size, owned, along, **bounds)
+        if branch == "all":
+            owned = (M.conversation_id == conversation_id, M.user_id == user_id)
+            found = await branches.read(conn, db.size, owned, branches.linear(count), **bounds)
+        else:
+            found = await branches.read_active(conn, db.size, user_id, conversation_id, **bounds)
         items = await _numbered(conn, user_id, conversation_id, found, db.stale_before(utcnow()))
     return found, items
 

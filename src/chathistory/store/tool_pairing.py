@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from chathistory.errors import FieldError, ValidationError
 from chathistory.models import messages, open_tool_calls
 from chathistory.schemas import MessageCreate
-from chathistory.store.branches import Path, clipped
+from chathistory.store.paths import Path, clipped
 
 _T = open_tool_calls.c
 _M = messages.c
