@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chathistory.errors import ConflictError, ConversationNotFoundError, MessageNotFoundError
 from chathistory.models import conversations, messages
-from chathistory.schemas import EXTRAS, MessageCreate, MessageRead
+from chathistory.schemas import MessageCreate, MessageRead
 from chathistory.store import appending, rows, search, tool_pairing
 from chathistory.store.conversations import live
 from chathistory.store.rows import C, M
@@ -95,15 +95,10 @@ async def update_message(
 
 
 def _fields(current: MessageRead) -> dict[str, Any]:
-    """A stored message as the append that would store it."""
-    fields: dict[str, Any] = {
+    """A stored message as the append that would store it: OpenAI's format, whole."""
+    return {
+        **current.to_openai(),
         "id": current.id,
-        "role": current.role,
-        "content": current.content,
-        "name": current.name,
-        "tool_calls": current.tool_calls,
         "metadata": current.metadata,
         "status": current.status,
     }
-    fields.update({key: value for key in EXTRAS if (value := getattr(current, key)) is not None})
-    return fields
