@@ -35,9 +35,9 @@ async def test_every_library_figure_has_its_floor_and_ratio(
     assert report.setup["modes"] == ["unnamed", "cached"]
     library = [f for f in report.figures if f.contender.startswith("library")]
     floors = [f for f in report.figures if f.contender.startswith("floor")]
-    # 5 operations x 1 library call, 2 reads x 2 library calls; the same again per mode.
+    # 2 appends, 2 list pages, and per history size a read and a page; the same per mode.
     assert len(library) == 2 * (4 * 1 + 2 * 2)
-    assert len(floors) == 2 * 6 * 2  # a direct connection and asyncpg's pool
+    assert len(floors) == 2 * 8 * 2  # a direct connection and asyncpg's pool, reads and pages
     for kind, floor_name in (("floor", "floor: "), ("pool", "floor, asyncpg pool")):
         compared = {r.numerator: r for r in report.comparisons if r.kind == kind}
         for figure in library:

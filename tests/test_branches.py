@@ -386,7 +386,11 @@ async def test_concurrent_appends_each_follow_the_one_before(
 
     store._db._append = getattr(sql, statement)  # as chosen for the server's version
     conv = (await store.create_conversation(user)).id
-    await asyncio.gather(*(store.add_message(user, conv, "user", f"m{i}") for i in range(40)))
+    ones = (store.add_message(user, conv, "user", f"m{i}") for i in range(30))
+    pairs = (  # the batch form of the statement
+        store.add_messages(user, conv, [{"role": "user", "content": f"p{i}"}] * 2) for i in range(5)
+    )
+    await asyncio.gather(*ones, *pairs)
     history = await store.get_chat_history(user, conv)
     assert [m.seq for m in history] == list(range(1, 41))
     assert [m.parent_id for m in history] == [None, *(m.id for m in history[:-1])]

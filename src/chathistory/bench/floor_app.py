@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
 
-from chathistory.bench.floors import APPEND_SQL, MESSAGE_COLUMNS
+from chathistory.bench.floors import APPEND_SQL, MESSAGE_COLUMNS, keep_session
 from chathistory.db import decode_jsonb
 from chathistory.models import uuid7
 from chathistory.store import search_syntax
@@ -79,7 +79,12 @@ class FloorApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self.pool = await asyncpg.create_pool(
-                    self.dsn, min_size=2, max_size=10, statement_cache_size=0, init=codecs
+                    self.dsn,
+                    min_size=2,
+                    max_size=10,
+                    statement_cache_size=0,
+                    init=codecs,
+                    reset=keep_session,  # one round trip per request, as the service's
                 )
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":

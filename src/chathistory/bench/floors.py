@@ -62,6 +62,22 @@ READ_NEWEST_SQL = (
     f" WHERE c.id = $1 AND c.user_id = $2 AND {LIVE.replace('expires_at', 'c.expires_at')})"
     " ORDER BY seq DESC LIMIT $3"
 )
+# A page within a byte budget (the library's list_messages, 8 MiB by default): each row with its
+# size (content, tool calls and extras as JSON text), its content only when it is within its
+# share of the budget, $4 (when every row is, the page fits; the library reads again only when
+# one is not). The fewest round trips: one statement, as the library's page.
+PAGE_SQL = (
+    "SELECT id, user_id, conversation_id, seq, role,"  # noqa: S608 - constant columns
+    " CASE WHEN size <= $4 THEN content END AS content, name,"
+    " CASE WHEN size <= $4 THEN tool_calls END AS tool_calls, tool_call_id, metadata,"
+    " token_count, created_at, status, updated_at, parent_id, size"
+    f" FROM (SELECT {MESSAGE_COLUMNS}, octet_length(concat(content, tool_calls, extras)) AS size"
+    " FROM messages WHERE conversation_id = $1 AND user_id = $2 AND EXISTS (SELECT FROM"
+    f" conversations AS c WHERE c.id = $1 AND c.user_id = $2"
+    f" AND {LIVE.replace('expires_at', 'c.expires_at')})"
+    " ORDER BY seq DESC LIMIT $3) AS page"
+)
+PAGE_BYTES = 8 * 1024 * 1024  # the library's default budget (max_response_bytes)
 LIST_FIRST_SQL = (
     f"SELECT {CONVERSATION_COLUMNS} FROM conversations"  # noqa: S608 - constant columns
     f" WHERE user_id = $1 AND archived = false AND {LIVE}"
@@ -102,15 +118,24 @@ async def _json_codecs(conn: Any) -> None:
         await conn.set_type_codec(kind, encoder=json.dumps, decoder=decoder, schema="pg_catalog")
 
 
+async def keep_session(_conn: Any) -> None:
+    """A pool's ``reset`` that sends nothing. asyncpg's default sends ``SELECT
+    pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` as each connection goes
+    back: a second round trip per operation, which the floor's one statement (in its implicit
+    transaction, leaving no session state) does not need and the library does not pay. An open
+    transaction is still rolled back (asyncpg's own ``_reset`` runs first)."""
+
+
 @asynccontextmanager
 async def pool(dsn: str, *, cached: bool, size: int) -> AsyncIterator[Any]:
     """asyncpg's own pool of ``size`` connections: the floor of a service, which borrows a
-    connection for each operation (``pool.fetch`` acquires and releases around the call)."""
+    connection for each operation (``pool.fetch`` acquires and releases around the call), in
+    the fewest round trips (:func:`keep_session`)."""
     import asyncpg
 
     options: dict[str, Any] = {} if cached else {"statement_cache_size": 0}
     opened = await asyncpg.create_pool(
-        dsn, min_size=size, max_size=size, init=_json_codecs, **options
+        dsn, min_size=size, max_size=size, init=_json_codecs, reset=keep_session, **options
     )
     try:
         yield opened
@@ -150,6 +175,19 @@ def read_newest(conn: Any, user_id: str, conversation_id: uuid.UUID, limit: int)
         rows: list[Any] = await conn.fetch(READ_NEWEST_SQL, conversation_id, user_id, limit)
         rows.reverse()
         return rows
+
+    return op
+
+
+def read_page(conn: Any, user_id: str, conversation_id: uuid.UUID, limit: int) -> WriterOp:
+    """The newest ``limit`` messages as a page, newest first, within :data:`PAGE_BYTES`: one
+    row past the page (has the conversation more?) and each row's share of the budget, as the
+    library reads them."""
+    share = PAGE_BYTES // (limit + 1)
+
+    async def op(_w: int, _n: int) -> list[Any]:
+        rows: list[Any] = await conn.fetch(PAGE_SQL, conversation_id, user_id, limit + 1, share)
+        return rows[:limit]
 
     return op
 

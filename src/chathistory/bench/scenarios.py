@@ -88,6 +88,7 @@ async def run(
             "floor_sql": {
                 "append": floors.APPEND_SQL,
                 "read newest": floors.READ_NEWEST_SQL,
+                "messages page": floors.PAGE_SQL,
                 "list page 1": floors.LIST_FIRST_SQL,
                 "list page after": floors.LIST_AFTER_SQL,
             },
@@ -215,23 +216,35 @@ async def _reads(
     by_size: dict[int, list[Figure]] = {}
     for n, conversation in world.histories.items():
         log(f"{mode}: read newest {limit} of {n:,}")
-        contenders = [
+        reads = [
             Contender(
                 "library get_chat_history", library.chat_history(store, user, conversation, limit)
-            ),
-            Contender(
-                "library list_messages desc",
-                library.newest_page(store, user, conversation, limit),
             ),
             Contender(
                 "floor: one SELECT", floors.read_newest(floor.conns[0], user, conversation, limit)
             ),
             Contender(POOLED, floors.read_newest(floor.pool, user, conversation, limit)),
         ]
-        await _same_messages(contenders, limit)
-        samples = await alternate(contenders, runs=sizes.reads, rounds=sizes.rounds)
-        operation = f"read newest {limit} of {n:,}"
-        by_size[n] = _figures(report, operation, mode, contenders, samples)
+        pages = [  # the same messages within the page's byte budget
+            Contender(
+                "library list_messages desc",
+                library.newest_page(store, user, conversation, limit),
+            ),
+            Contender(
+                "floor: one SELECT in budget",
+                floors.read_page(floor.conns[0], user, conversation, limit),
+            ),
+            Contender(POOLED, floors.read_page(floor.pool, user, conversation, limit)),
+        ]
+        await _same_messages(reads, pages, limit)
+        figures = []
+        for contenders, operation in (
+            (reads, f"read newest {limit} of {n:,}"),
+            (pages, f"newest {limit} of {n:,} as a page"),
+        ):
+            samples = await alternate(contenders, runs=sizes.reads, rounds=sizes.rounds)
+            figures += _figures(report, operation, mode, contenders, samples)[:1]
+        by_size[n] = figures
     small, large = min(by_size), max(by_size)
     if small != large:
         for index in range(2):  # the two library paths
@@ -244,17 +257,22 @@ async def _reads(
             )
 
 
-async def _same_messages(contenders: Sequence[Contender], limit: int) -> None:
+async def _same_messages(
+    reads: Sequence[Contender], pages: Sequence[Contender], limit: int
+) -> None:
     """The contenders read the same messages (untimed)."""
-    history: Any = await contenders[0].op(0, 0)
-    page: Any = await contenders[1].op(0, 0)
-    rows: Any = await contenders[2].op(0, 0)
+    history: Any = await reads[0].op(0, 0)
+    rows: Any = await reads[1].op(0, 0)
+    page: Any = await pages[0].op(0, 0)
+    page_rows: Any = await pages[1].op(0, 0)
     ids = [row["id"] for row in rows]
     if (
         not ids
         or len(ids) > limit
         or [m.id for m in history] != ids
         or [m.id for m in reversed(page.data)] != ids
+        or [row["id"] for row in reversed(page_rows)] != ids
+        or any(row["content"] is None for row in page_rows)
     ):
         raise RuntimeError("the library and the floor read different messages")
 

@@ -119,32 +119,37 @@ async def append_at_once(
     now = utcnow()
     stored = [row(rules, user_id, conversation_id, message, 0, now) for message in batch]
     first_user = next((m for m in batch if m.role == "user"), None)
+    columns = (
+        [r["id"] for r in stored],
+        [r["role"] for r in stored],
+        [json.dumps(r["content"]) for r in stored],
+        [r["name"] for r in stored],
+        [json.dumps(r["metadata"]) for r in stored],
+        [r["token_count"] for r in stored],
+        search.words_column(stored),
+    )
+    parents = [None, *(r["id"] for r in stored[:-1])]  # (one message follows the current one)
+    one = len(stored) == 1  # its values as they are, not in arrays (sql.APPEND_SQL)
     async with db.driver() as driver:
         seqs = await driver.fetch(
-            db.append_statement(driver),
+            db.append_statement(driver, one),
             conversation_id,
             user_id,
             len(batch),
             now,
             first_user is not None,
             None if first_user is None else title_from(first_user.text()),
-            [r["id"] for r in stored],
-            [r["role"] for r in stored],
-            [json.dumps(r["content"]) for r in stored],
-            [r["name"] for r in stored],
-            [json.dumps(r["metadata"]) for r in stored],
-            [r["token_count"] for r in stored],
-            search.words_column(stored),
+            *([column[0] for column in columns] if one else columns),
             stored[-1]["id"],
-            [None, *(r["id"] for r in stored[:-1])],
+            *(() if one else (parents,)),
         )
     if not seqs:  # not the user's, expired, or branched: the general path tells
         return None
     first_seq = min(record["seq"] for record in seqs)
-    parents = {record["seq"]: record["parent_id"] for record in seqs}
+    parent_of = {record["seq"]: record["parent_id"] for record in seqs}
     for offset, stored_row in enumerate(stored):
         stored_row["seq"] = first_seq + offset
-        stored_row["parent_id"] = parents[first_seq + offset]
+        stored_row["parent_id"] = parent_of[first_seq + offset]
     return [rows.message(r, None) for r in stored]
 
 

@@ -77,7 +77,13 @@ def forward(now: datetime) -> ColumnElement[Any]:
 _CONVERSATION_FIELDS: Final = frozenset(ConversationRead.model_fields)
 _MESSAGE_FIELDS: Final = frozenset(MessageRead.model_fields)
 _new = object.__new__
-_set = object.__setattr__
+# A pydantic model's four slots, set through their own descriptors: what object.__setattr__
+# ends up calling, without looking each name up on the class first (a sixth of a row's build).
+_slots = pydantic.BaseModel.__dict__
+_set_dict: Final = _slots["__dict__"].__set__
+_set_fields: Final = _slots["__pydantic_fields_set__"].__set__
+_set_extra: Final = _slots["__pydantic_extra__"].__set__
+_set_private: Final = _slots["__pydantic_private__"].__set__
 
 
 def conversation(row: Mapping[Any, Any]) -> ConversationRead:
@@ -88,10 +94,10 @@ def conversation(row: Mapping[Any, Any]) -> ConversationRead:
     width = len(row) == _CONVERSATION_WIDTH
     data = dict(row) if width else {n: row[n] for n in _CONVERSATION_NAMES}
     data["object"] = "conversation"
-    _set(model, "__dict__", data)
-    _set(model, "__pydantic_fields_set__", _CONVERSATION_FIELDS)
-    _set(model, "__pydantic_extra__", None)
-    _set(model, "__pydantic_private__", None)
+    _set_dict(model, data)
+    _set_fields(model, _CONVERSATION_FIELDS)
+    _set_extra(model, None)
+    _set_private(model, None)
     return model
 
 
@@ -121,10 +127,10 @@ def message(row: Mapping[Any, Any], stale_before: datetime | None) -> MessageRea
         audio=extras.get("audio"),
         function_call=extras.get("function_call"),
     )
-    _set(model, "__dict__", data)
-    _set(model, "__pydantic_fields_set__", _MESSAGE_FIELDS)
-    _set(model, "__pydantic_extra__", None)
-    _set(model, "__pydantic_private__", None)
+    _set_dict(model, data)
+    _set_fields(model, _MESSAGE_FIELDS)
+    _set_extra(model, None)
+    _set_private(model, None)
     return model
 
 
@@ -185,10 +191,10 @@ def message_record(record: Any, stale_before: datetime | None) -> MessageRead:
         data["audio"] = extras.get("audio")
         data["function_call"] = extras.get("function_call")
     model = _new(MessageRead)
-    _set(model, "__dict__", data)
-    _set(model, "__pydantic_fields_set__", _MESSAGE_FIELDS)
-    _set(model, "__pydantic_extra__", None)
-    _set(model, "__pydantic_private__", None)
+    _set_dict(model, data)
+    _set_fields(model, _MESSAGE_FIELDS)
+    _set_extra(model, None)
+    _set_private(model, None)
     return model
 
 
@@ -209,9 +215,8 @@ def conversation_record(record: Any) -> ConversationRead:
         current_message_id,
     ) = record
     model = _new(ConversationRead)
-    _set(
+    _set_dict(
         model,
-        "__dict__",
         {
             "id": id,
             "user_id": user_id,
@@ -227,9 +232,9 @@ def conversation_record(record: Any) -> ConversationRead:
             "object": "conversation",
         },
     )
-    _set(model, "__pydantic_fields_set__", _CONVERSATION_FIELDS)
-    _set(model, "__pydantic_extra__", None)
-    _set(model, "__pydantic_private__", None)
+    _set_fields(model, _CONVERSATION_FIELDS)
+    _set_extra(model, None)
+    _set_private(model, None)
     return model
 
 

@@ -115,25 +115,40 @@ LIST_SQL: Final = {
 # search as tsvector text (NULL: nothing to index), inserted in the same statement, $14 the
 # last new message's id and $15 each message's parent within the batch (NULL for the first,
 # which follows the current message). jsonb values go in as JSON text (the engine's codec).
+# One message (``APPEND_SQL[True]``, most appends) gives its values as they are, without $15
+# (it follows the current message): no arrays to build, send and take apart, and no set
+# returning functions to plan (with unnamed statements, a seventh of the server's work).
 # No row comes back when the conversation is not the user's, has expired or has branched.
 # The message that was current: PostgreSQL 18 returns it as ``old.current_message_id``; before
 # 18 a ``SELECT ... FOR UPDATE`` in the statement reads it under the lock (APPEND_LOCKING_SQL:
 # a plain read would see the snapshot from before a concurrent appender committed). No array
 # subscripts: Citus 14 crashes on a subscripted parameter in an UPDATE's SET.
-_APPEND_REST: Final = (
-    " i AS (INSERT INTO messages (id, user_id, conversation_id, seq, role, content, name,"
-    " tool_calls, tool_call_id, metadata, token_count, created_at, parent_id)"
-    " SELECT m.id, $2, $1, c.message_count - $3 + m.ord, m.role, m.content, m.name, NULL,"
-    " NULL, m.metadata, m.token_count, $4, coalesce(m.parent, c.parent)"
-    " FROM c, unnest($7::uuid[], $8::text[], $9::jsonb[],"
-    " $10::text[], $11::jsonb[], $12::int[], $15::uuid[]) WITH ORDINALITY"
-    " AS m(id, role, content, name, metadata, token_count, parent, ord)"
-    " RETURNING seq, parent_id),"
-    " s AS (INSERT INTO message_search (message_id, user_id, conversation_id, created_at, words)"
-    " SELECT w.id, $2, $1, $4, w.words::tsvector FROM c, unnest($7::uuid[], $13::text[])"
-    " AS w(id, words) WHERE w.words IS NOT NULL)"
-    " SELECT seq, parent_id FROM i"
-)
+_ROWS: Final = {
+    False: " SELECT m.id, $2, $1, c.message_count - $3 + m.ord, m.role, m.content, m.name, NULL,"
+    " NULL, m.metadata, m.token_count, $4, coalesce(m.parent, c.parent) FROM c, unnest($7::uuid[],"
+    " $8::text[], $9::jsonb[], $10::text[], $11::jsonb[], $12::int[], $15::uuid[]) WITH ORDINALITY"
+    " AS m(id, role, content, name, metadata, token_count, parent, ord)",
+    True: " SELECT $7::uuid, $2, $1, c.message_count, $8::text, $9::jsonb, $10::text, NULL, NULL,"
+    " $11::jsonb, $12::int, $4, c.parent FROM c",
+}
+_WORD_ROWS: Final = {
+    False: " SELECT w.id, $2, $1, $4, w.words::tsvector FROM c, unnest($7::uuid[], $13::text[])"
+    " AS w(id, words) WHERE w.words IS NOT NULL",
+    True: " SELECT $7::uuid, $2, $1, $4, $13::text::tsvector FROM c WHERE $13::text IS NOT NULL",
+}
+
+
+def _append_rest(one: bool) -> str:
+    return (
+        " i AS (INSERT INTO messages (id, user_id, conversation_id, seq, role, content, name,"  # noqa: S608 - constant text
+        f" tool_calls, tool_call_id, metadata, token_count, created_at, parent_id){_ROWS[one]}"
+        " RETURNING seq, parent_id),"
+        " s AS (INSERT INTO message_search (message_id, user_id, conversation_id, created_at,"
+        f" words){_WORD_ROWS[one]})"
+        " SELECT seq, parent_id FROM i"
+    )
+
+
 _APPEND_SET: Final = (
     " SET message_count = message_count + $3,"
     " updated_at = greatest(updated_at, $4), has_user_message = has_user_message OR $5,"
@@ -143,15 +158,21 @@ _APPEND_SET: Final = (
 _LIVE_LINEAR: Final = (
     "id = $1 AND user_id = $2 AND (expires_at IS NULL OR expires_at > $4) AND NOT branched"
 )
-APPEND_SQL: Final = (
-    f"WITH c AS (UPDATE conversations{_APPEND_SET} WHERE {_LIVE_LINEAR}"
-    " RETURNING message_count, old.current_message_id AS parent),"
-    f"{_APPEND_REST}"
-)
-APPEND_LOCKING_SQL: Final = (
-    f"WITH o AS (SELECT current_message_id FROM conversations WHERE {_LIVE_LINEAR}"  # noqa: S608
-    " FOR UPDATE),"
-    f" c AS (UPDATE conversations{_APPEND_SET} FROM o WHERE id = $1 AND user_id = $2"
-    " RETURNING message_count, o.current_message_id AS parent),"
-    f"{_APPEND_REST}"
-)
+APPEND_SQL: Final = {
+    one: (
+        f"WITH c AS (UPDATE conversations{_APPEND_SET} WHERE {_LIVE_LINEAR}"
+        " RETURNING message_count, old.current_message_id AS parent),"
+        f"{_append_rest(one)}"
+    )
+    for one in (False, True)
+}
+APPEND_LOCKING_SQL: Final = {
+    one: (
+        f"WITH o AS (SELECT current_message_id FROM conversations WHERE {_LIVE_LINEAR}"  # noqa: S608
+        " FOR UPDATE),"
+        f" c AS (UPDATE conversations{_APPEND_SET} FROM o WHERE id = $1 AND user_id = $2"
+        " RETURNING message_count, o.current_message_id AS parent),"
+        f"{_append_rest(one)}"
+    )
+    for one in (False, True)
+}
