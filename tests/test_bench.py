@@ -226,3 +226,4 @@ async def test_branches_scenario_checks_its_fixture_and_times_both_sizes(
 def test_cli_bench_has_the_branches_scenario() -> None:
     result = CliRunner().invoke(app, ["bench", "--help"])
     assert result.exit_code == 0 and "--no-branches" in result.output
+    assert "--no-floors" in result.output  # each scenario can run alone

@@ -424,6 +424,14 @@ def bench(
     conversations: Annotated[
         int | None, typer.Option(help="conversations of the listing user")
     ] = None,
+    floors: Annotated[
+        bool,
+        typer.Option(
+            "--floors/--no-floors",
+            help="the library against raw asyncpg, operation by operation (with the --no-"
+            "flags of the others, any one scenario runs alone)",
+        ),
+    ] = True,
     load: Annotated[
         bool, typer.Option("--load/--no-load", help="run the HTTP promise scenario")
     ] = True,
@@ -498,9 +506,11 @@ def bench(
 
     async def measure(url: str) -> benchmarks.Report:
         await migrations.upgrade(url)
-        report = await benchmarks.run(
-            url, sizes=sizes, prepared_statement_cache=prepared_statement_cache, log=log
-        )
+        report = benchmarks.Report()
+        if floors:
+            report = await benchmarks.run(
+                url, sizes=sizes, prepared_statement_cache=prepared_statement_cache, log=log
+            )
         if search:
             found = await benchmarks.run_search(
                 url,

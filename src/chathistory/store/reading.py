@@ -155,10 +155,10 @@ async def page(
     # More: a row past the limit came back, or the byte budget cut the read (the database
     # returned the row that crossed it; whether any follow it, only the next page knows).
     has_more = len(found) > fitting or total > max_bytes
-    if built is None:
+    if built is None:  # only the page's rows (not the one past it)
         build = rows.message_record if db.postgres else rows.message
         stale_before = db.stale_before(utcnow())
-        built = [build(row, stale_before) for row in found]
+        built = [build(row, stale_before) for row in found[:fitting]]
     items = built[:fitting]
     if scan_ascending != ascending:
         items.reverse()
