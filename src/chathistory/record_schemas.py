@@ -13,13 +13,13 @@ from chathistory.lifecycle_schemas import Switch
 from chathistory.schemas import (
     MAX_TITLE,
     MAX_USER_ID,
+    Input,
     MessageCreate,
     Metadata,
     Storable,
     Text,
-    _field_error,
-    _Input,
     check_metadata,
+    field_error,
 )
 
 
@@ -37,7 +37,7 @@ class MessageRecord(MessageCreate):
         return None if value is None else aware_utc_timestamp(value)
 
 
-class ConversationRecord(_Input):
+class ConversationRecord(Input):
     """One line of an export file: a conversation with all of its messages."""
 
     id: uuid.UUID
@@ -66,7 +66,7 @@ class ConversationRecord(_Input):
     def _sequence(self) -> ConversationRecord:
         for index, message in enumerate(self.messages):
             if message.seq != index + 1:
-                raise _field_error(
+                raise field_error(
                     "messages", f"seq must run 1, 2, 3, ...; item {index} has {message.seq}"
                 )
         return self

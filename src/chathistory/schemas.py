@@ -166,16 +166,19 @@ ContentType = str | list[dict[str, Any]] | None
 Content = Annotated[ContentType, PlainValidator(_content, json_schema_input_type=MessageContent)]
 
 
-class _Input(BaseModel):
+class Input(BaseModel):
+    """The base of every model the store takes in (here, in ``record_schemas`` and
+    ``streaming_schemas``): an unknown field is an error, strings are kept as given."""
+
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
 
-class FunctionCall(_Input):
+class FunctionCall(Input):
     name: Text = Field(min_length=1, max_length=MAX_ID_CHARS)
     arguments: Text
 
 
-class ToolCall(_Input):
+class ToolCall(Input):
     """A function tool call of an assistant message, exactly OpenAI's shape."""
 
     id: Text = Field(min_length=1, max_length=MAX_ID_CHARS)
@@ -183,12 +186,12 @@ class ToolCall(_Input):
     function: FunctionCall
 
 
-class CustomToolInput(_Input):
+class CustomToolInput(Input):
     name: Text = Field(min_length=1, max_length=MAX_ID_CHARS)
     input: Text
 
 
-class CustomToolCall(_Input):
+class CustomToolCall(Input):
     """A custom tool call (free-form input), exactly OpenAI's shape."""
 
     id: Text = Field(min_length=1, max_length=MAX_ID_CHARS)
@@ -209,7 +212,7 @@ AnyToolCall = Annotated[
 ]
 
 
-class Audio(_Input):
+class Audio(Input):
     """An assistant's audio answer as OpenAI returns it (``message.audio``)."""
 
     id: Text = Field(min_length=1, max_length=MAX_ID_CHARS)
@@ -231,7 +234,7 @@ class Annotation(BaseModel):
 EXTRAS = ("refusal", "annotations", "audio", "function_call")
 
 
-class MessageCreate(_Input):
+class MessageCreate(Input):
     """A message to append. ``id`` makes the append idempotent; the store assigns ``seq``."""
 
     id: uuid.UUID | None = None
@@ -292,16 +295,16 @@ class MessageCreate(_Input):
     @model_validator(mode="after")
     def _role_rules(self) -> MessageCreate:
         if self.role == "tool" and self.tool_call_id is None:
-            raise _field_error("tool_call_id", "is required for a tool message")
+            raise field_error("tool_call_id", "is required for a tool message")
         if self.role != "tool" and self.tool_call_id is not None:
-            raise _field_error("tool_call_id", "is only allowed on a tool message")
+            raise field_error("tool_call_id", "is only allowed on a tool message")
         for field in ("tool_calls", *EXTRAS):
             if self.role != "assistant" and getattr(self, field) is not None:
-                raise _field_error(field, "is only allowed on an assistant message")
+                raise field_error(field, "is only allowed on an assistant message")
         if self.status != "completed" and self.role != "assistant":
-            raise _field_error("status", "only an assistant message can be other than completed")
+            raise field_error("status", "only an assistant message can be other than completed")
         if self.content is None and self.tool_calls is None and self.stored_extras() is None:
-            raise _field_error(
+            raise field_error(
                 "content",
                 "may be null only on an assistant message that has tool_calls (or a refusal, "
                 "audio or a function_call)",
@@ -346,7 +349,9 @@ class MessageCreate(_Input):
         return extras or None
 
 
-def _field_error(field: str, msg: str) -> pydantic.ValidationError:
+def field_error(field: str, msg: str) -> pydantic.ValidationError:
+    """A validation error of one field, raised by a model's own checks (after its fields
+    validated), reported like pydantic's own."""
     return pydantic.ValidationError.from_exception_data(
         "MessageCreate",
         [{"type": "value_error", "loc": (field,), "input": None, "ctx": {"error": msg}}],
@@ -355,24 +360,24 @@ def _field_error(field: str, msg: str) -> pydantic.ValidationError:
 
 def _check_parts(role: str, parts: list[dict[str, Any]]) -> None:
     if not parts:
-        raise _field_error("content", "a list of content parts must not be empty")
+        raise field_error("content", "a list of content parts must not be empty")
     allowed = _PART_TYPES[role]
     for index, part in enumerate(parts):
         kind = part.get("type")
         if not isinstance(kind, str) or not kind:
-            raise _field_error("content", f"part {index} needs a string 'type'")
+            raise field_error("content", f"part {index} needs a string 'type'")
         if allowed is not None and kind not in allowed:
-            raise _field_error(
+            raise field_error(
                 "content",
                 f"part {index}: a {role} message may hold only {sorted(allowed)} parts",
             )
         if kind in ("text", "refusal") and not isinstance(part.get(kind), str):
-            raise _field_error("content", f"part {index}: a {kind} part needs a string {kind!r}")
+            raise field_error("content", f"part {index}: a {kind} part needs a string {kind!r}")
         image = part.get("image_url")
         if kind == "image_url" and not (
             isinstance(image, dict) and isinstance(image.get("url"), str)
         ):
-            raise _field_error("content", f"part {index}: image_url needs an object with 'url'")
+            raise field_error("content", f"part {index}: image_url needs an object with 'url'")
 
 
 def content_text(content: str | list[dict[str, Any]] | None) -> str:
@@ -386,7 +391,7 @@ def content_text(content: str | list[dict[str, Any]] | None) -> str:
     )
 
 
-class ConversationCreate(_Input):
+class ConversationCreate(Input):
     id: uuid.UUID | None = None
     title: Text | None = Field(default=None, max_length=MAX_TITLE)
     metadata: Metadata = Field(default_factory=dict)
@@ -400,7 +405,7 @@ class ConversationCreate(_Input):
         return check_metadata(value)
 
 
-class ConversationUpdate(_Input):
+class ConversationUpdate(Input):
     """Fields to change; a field left out stays as it is. ``metadata`` replaces the whole object."""
 
     title: Text | None = Field(default=None, max_length=MAX_TITLE)

@@ -6,12 +6,12 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from chathistory.schemas import AnyToolCall, Content, Status, Text, _Input
+from chathistory.schemas import AnyToolCall, Content, Input, Status, Text
 
 UPDATE_FIELDS = ("content", "append_text", "tool_calls", "status")
 
 
-class MessageUpdate(_Input):
+class MessageUpdate(Input):
     """What an update changes; a field left out stays as it is. The message it makes is
     checked by the rules of an append (content, tool calls, size limit). ``content`` replaces the
     content, then ``append_text`` is added to the end of its text (to the last text part of a
