@@ -102,16 +102,28 @@ def tsvector_text(text: str) -> str:
     """The indexed form as PostgreSQL ``tsvector`` input: each word with its positions."""
     positions: dict[str, list[str]] = {}
     found = words(text)
-    for n, word in enumerate(found[:16383], start=1):
-        positions.setdefault(word, []).append(str(n))
-    for word in found[16383:]:  # later words all sit at the last position PostgreSQL stores
+    for n, word in enumerate(found[:_LAST_POSITION], start=1):
+        at = positions.get(word)
+        if at is None:
+            positions[word] = [_POSITIONS[n]]
+        else:
+            at.append(_POSITIONS[n])
+    for word in found[_LAST_POSITION:]:  # all at the last position PostgreSQL stores
         at = positions.setdefault(word, [])
-        if not at or at[-1] != "16383":
-            at.append("16383")
-    return " ".join(
-        f"{_pg_quote(word)}:{','.join(at[:256])}"  # PostgreSQL keeps 256 positions a word
-        for word, at in positions.items()
-    )
+        if not at or at[-1] != _POSITIONS[_LAST_POSITION]:
+            at.append(_POSITIONS[_LAST_POSITION])
+    # PostgreSQL keeps 256 positions a word. An ASCII text's words are letters and digits:
+    # nothing in them to quote.
+    quote = _ascii_quote if text.isascii() else _pg_quote
+    return " ".join([f"{quote(word)}:{','.join(at[:256])}" for word, at in positions.items()])
+
+
+_LAST_POSITION: Final = 16383
+_POSITIONS: Final = tuple(str(n) for n in range(_LAST_POSITION + 1))  # a position as text
+
+
+def _ascii_quote(word: str) -> str:
+    return f"'{word}'"
 
 
 # -- queries --------------------------------------------------------------------------------
