@@ -39,6 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from chathistory import __version__
 from chathistory.config import Settings
 from chathistory.http.auth import BearerAuthenticator, authenticator_from_settings
+from chathistory.http.docs_page import build_docs_router
 from chathistory.http.fastlane import FastLane
 from chathistory.http.problems import (
     REQUEST_ID_SCOPE_KEY,
@@ -238,6 +239,9 @@ def create_app(settings: Settings | None = None, *, store: ChatHistory | None = 
         # Starlette would answer `/path/` with a 307 to an absolute URL built from the client's
         # Host header (an open redirect): a path with a stray slash is a 404 instead.
         redirect_slashes=False,
+        # /docs is served from the installed package (docs_page), not FastAPI's CDN page.
+        docs_url=None,
+        redoc_url=None,
     )
     if store is not None:
         app.state.store = store  # usable at once, also by clients that run no lifespan
@@ -248,6 +252,7 @@ def create_app(settings: Settings | None = None, *, store: ChatHistory | None = 
         )
     )
     app.include_router(build_health_router(get_store=_get_store, retry_after_seconds=retry_after))
+    app.include_router(build_docs_router(title=app.title, openapi_url=app.openapi_url or ""))
     if mcp is not None:
         app.router.routes.append(mcp.route())
     install_problem_handlers(app, retry_after_seconds=retry_after)
