@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from typing import Any
 
@@ -13,7 +14,8 @@ from sqlalchemy import event
 
 from chathistory import ChatHistory, ConversationNotFoundError, ValidationError
 from chathistory.db import create_engine
-from chathistory.tokens import REPLY_PRIMING, counter
+from chathistory.store.context import OFF_LOOP_BYTES
+from chathistory.tokens import REPLY_PRIMING, TokenCounter, counter
 
 
 def call(id: str) -> dict[str, Any]:
@@ -122,6 +124,38 @@ async def test_model_picks_its_encoding(store: ChatHistory, user: str) -> None:
     assert (gpt4.encoding, gpt4o.encoding) == ("cl100k_base", "o200k_base")
     assert gpt4.token_count == counter("cl100k_base").count_messages(gpt4.messages)
     assert gpt4o.token_count == counter("o200k_base").count_messages(gpt4o.messages)
+
+
+async def test_a_large_recount_runs_off_the_event_loop(
+    store: ChatHistory, user: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages counted for another encoding than the stored counts are counted ahead, read by
+    read: on a worker thread once they pass OFF_LOOP_BYTES, so the event loop keeps serving;
+    a small recount stays on the loop. The counts are the same either way."""
+    threads: list[int] = []
+    count_message = TokenCounter.count_message
+
+    def recording(self: TokenCounter, message: Any) -> int:
+        threads.append(threading.get_ident())
+        return count_message(self, message)
+
+    monkeypatch.setattr(TokenCounter, "count_message", recording)
+    loop_thread = threading.get_ident()
+    conv = await store.create_conversation(user)
+    await store.add_message(user, conv.id, "user", "short question")
+    small = await store.get_context_window(user, conv.id, 1_000_000, model="gpt-4")
+    assert threads and set(threads) == {loop_thread}
+
+    words = "lorem ipsum dolor sit amet " * 3_500  # ~94 KB a message
+    await store.add_messages(
+        user, conv.id, [{"role": "user", "content": f"{n} {words}"} for n in range(4)]
+    )
+    threads.clear()
+    large = await store.get_context_window(user, conv.id, 1_000_000, model="gpt-4")
+    assert len(threads) == 5 and loop_thread not in threads
+    assert not large.truncated and large.encoding == small.encoding == "cl100k_base"
+    assert large.token_count == counter("cl100k_base").count_messages(large.messages)
+    assert 4 * len(words) > OFF_LOOP_BYTES
 
 
 # -- properties over random conversations ---------------------------------------------------

@@ -719,6 +719,50 @@ async def test_health_needs_no_auth(client: httpx.AsyncClient) -> None:
     assert ready.json() == {"status": "ok"}
 
 
+async def test_a_201_names_what_it_created_in_location(
+    client: httpx.AsyncClient, user: str
+) -> None:
+    """A create's ``Location`` is the new resource's path, which answers it; a replay (200)
+    and a batch (whose resource is the list it joined) carry none."""
+    for owner in (user, f"{user} é+%"):  # percent-encoded in the path, as the client sent it
+        me = bearer(owner)
+        created = await client.post(f"/api/{owner}/conversations", json={}, headers=me)
+        assert created.status_code == 201
+        conv = created.json()["id"]
+        location = created.headers["location"]
+        assert location == f"{httpx.URL(f'/api/{owner}/conversations').raw_path.decode()}/{conv}"
+        fetched = await client.get(location, headers=me)
+        assert fetched.status_code == 200 and fetched.json() == created.json()
+        again = await client.post(f"/api/{owner}/conversations", json={"id": conv}, headers=me)
+        assert again.status_code == 200 and "location" not in again.headers
+
+        messages = f"{location}/messages"
+        one = {"id": str(uuid.uuid4()), "role": "user", "content": "hi"}
+        added = await client.post(messages, json=one, headers=me)
+        assert added.status_code == 201
+        assert added.headers["location"] == f"{messages}/{one['id']}"
+        fetched = await client.get(added.headers["location"], headers=me)
+        assert fetched.status_code == 200 and fetched.json() == added.json()
+        replayed = await client.post(messages, json=one, headers=me)
+        assert replayed.status_code == 200 and "location" not in replayed.headers
+        batch = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+        added = await client.post(messages, json=batch, headers=me)
+        assert added.status_code == 201 and "location" not in added.headers
+
+
+async def test_location_keeps_the_mount_and_proxy_prefix(store: ChatHistory, user: str) -> None:
+    host = FastAPI()
+    host.mount("/service", create_app(settings(), store=store))
+    transport = httpx.ASGITransport(host, root_path="/proxy")
+    async with httpx.AsyncClient(transport=transport, base_url="http://host") as http:
+        created = await http.post(
+            f"/proxy/service/api/{user}/conversations", json={}, headers=bearer(user)
+        )
+        assert created.status_code == 201, created.text
+        conv = created.json()["id"]
+        assert created.headers["location"] == f"/proxy/service/api/{user}/conversations/{conv}"
+
+
 # -- the router in a host application -----------------------------------------------------
 
 

@@ -123,6 +123,11 @@ async def test_appends_answer_as_the_route(
     for body in (single, batch):
         stored, replayed = await twice(http, counted, "POST", path, user, json=body)
         assert (stored.status_code, replayed.status_code) == (201, 200)
+        if body is single:  # the new message's path; a batch's resource is the list itself
+            assert stored.headers["location"] == f"{path}/{single['id']}"
+        else:
+            assert "location" not in stored.headers
+        assert "location" not in replayed.headers
         route, fast = await twice(http, counted, "POST", path, user, json=body)
         same(route, fast)  # replays, 200
         assert replayed.content == route.content
@@ -134,6 +139,13 @@ async def test_appends_answer_as_the_route(
     assert counted.passed == passed
     assert (by_route.status_code, by_lane.status_code) == (201, 201)
     assert by_lane.headers["content-type"] == by_route.headers["content-type"]
+    names = [
+        [name for name in answer.headers if name != "x-request-id"]
+        for answer in (by_route, by_lane)
+    ]
+    assert names[0] == names[1] == ["content-length", "content-type", "location"]
+    for answer in (by_route, by_lane):
+        assert answer.headers["location"] == f"{path}/{answer.json()['id']}"
     assert by_lane.json().keys() == by_route.json().keys()
     assert by_lane.json()["seq"] == by_route.json()["seq"] + 1
 

@@ -293,7 +293,10 @@ async def test_unknown_kids_are_looked_for_once_and_cannot_storm_the_provider(
         assert (await list_as(api, user, token)).status_code == 401
     assert provider.hits == 6
     # ...but no more than 5 fetches for unknown kids per cooldown: then "retry shortly".
-    assert_503(await list_as(api, user, unknown[5]), "10")
+    limited = await list_as(api, user, unknown[5])
+    assert_503(limited, "10")
+    assert limited.json()["detail"].startswith("rate limited: too many tokens with signing key")
+    assert "at most 5 times per 10 seconds" in limited.json()["detail"]
     assert provider.hits == 6
 
     clock.advance(auth_module.JWKS_KID_COOLDOWN_SECONDS)

@@ -14,8 +14,10 @@ from langchain_core.runnables.history import RunnableWithMessageHistory
 
 from chathistory import ChatHistory
 from chathistory.integrations.langchain import (
+    SESSION_NAMESPACE,
     ChatHistoryMessageHistory,
     open_store_in_background,
+    session_conversation_id,
 )
 
 CONVERSATION: list[BaseMessage] = [
@@ -125,6 +127,40 @@ async def test_runnable_with_message_history(store: ChatHistory, user: str) -> N
     assert first.content == "seen 0 earlier, you said hi"
     assert second.content == "seen 2 earlier, you said again"
     assert (await store.get_conversation(user, conv.id)).message_count == 4
+
+
+async def test_any_session_string_finds_its_conversation(store: ChatHistory, user: str) -> None:
+    """What LangChain users pass as a session id: any non-empty string. The same string always
+    finds the same conversation, created by its first message; a UUID is the conversation."""
+
+    def echo(inputs: dict[str, object]) -> AIMessage:
+        history = inputs["history"]
+        assert isinstance(history, list)
+        return AIMessage(f"seen {len(history)}")
+
+    chain = RunnableWithMessageHistory(
+        RunnableLambda(echo),
+        lambda session_id: ChatHistoryMessageHistory(store, user, session_id),
+        input_messages_key="question",
+        history_messages_key="history",
+    )
+    config = {"configurable": {"session_id": "slack:C024BE91L/1712345678.000200"}}
+    first = await chain.ainvoke({"question": "hi"}, config=config)  # type: ignore[arg-type]
+    second = await chain.ainvoke({"question": "again"}, config=config)  # type: ignore[arg-type]
+    assert (first.content, second.content) == ("seen 0", "seen 2")
+    derived = session_conversation_id("slack:C024BE91L/1712345678.000200")
+    assert derived == uuid.uuid5(SESSION_NAMESPACE, "slack:C024BE91L/1712345678.000200")
+    assert (await store.get_conversation(user, derived)).message_count == 4
+
+    unused = ChatHistoryMessageHistory(store, user, "never used")
+    assert await unused.aget_messages() == []
+    await unused.aclear()  # nothing to clear, no error
+    conv = await store.create_conversation(user)
+    assert ChatHistoryMessageHistory(store, user, str(conv.id)).conversation_id == conv.id
+    assert session_conversation_id(conv.id) == conv.id
+    for bad in ("", "   ", None, 42):
+        with pytest.raises(ValueError, match="cannot name a conversation"):
+            ChatHistoryMessageHistory(store, user, bad)  # type: ignore[arg-type]
 
 
 def test_background_store_is_thread_safe(tmp_path: Path) -> None:

@@ -13,11 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 from typer.testing import CliRunner
 
 from chathistory import (
     ChatHistory,
+    ConflictError,
     ConversationNotFoundError,
     NotFoundError,
     PurgeReport,
@@ -196,6 +197,32 @@ async def test_an_expired_conversation_is_gone_for_every_call(
     again = await store.create_conversation(user, id=gone)
     assert again.message_count == 0 and again.expires_at is None
     assert await store.get_chat_history(user, gone) == []
+
+
+async def test_an_expired_conversations_message_ids_are_free_again(
+    store: ChatHistory, user: str
+) -> None:
+    temporary = await store.create_conversation(user, expires_at=_soon())
+    live = await store.create_conversation(user)
+    other = await store.create_conversation(user)
+    question = await store.add_message(user, temporary.id, "user", "q", id=uuid.uuid4())
+    kept = await store.add_message(user, live.id, "user", "kept", id=uuid.uuid4())
+    await _expire(store, user, temporary.id)
+
+    # The id lives only in an expired conversation: the append stores it, as a new message.
+    reused = await store.add_message(user, other.id, "user", "reused", id=question.id)
+    assert (reused.conversation_id, reused.content) == (other.id, "reused")
+    assert (await store.get_message(user, other.id, question.id)).content == "reused"
+    # The expired conversation went with it (as the purge would delete it).
+    async with store.engine.connect() as conn:
+        left = await conn.execute(select(C.id).where(C.user_id == user, C.id == temporary.id))
+        assert left.first() is None
+    assert (await store.purge(user_id=user, dry_run=True)).conversations == 0
+
+    # A live conversation's ids stay taken: a different message with one is still a conflict.
+    with pytest.raises(ConflictError):
+        await store.add_message(user, other.id, "user", "not yours", id=kept.id)
+    assert (await store.get_message(user, live.id, kept.id)).content == "kept"
 
 
 # -- purge -----------------------------------------------------------------------------------

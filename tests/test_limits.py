@@ -13,6 +13,7 @@ from sqlalchemy import event, select
 from chathistory import ChatHistory, ValidationError
 from chathistory.db import create_engine
 from chathistory.models import open_tool_calls
+from chathistory.schemas import MAX_TOOL_CALLS
 
 
 @pytest.fixture
@@ -245,3 +246,73 @@ async def test_an_append_reads_no_history(store: ChatHistory, user: str) -> None
     await store.clear_conversation(user, titled.id)
     await store.add_message(user, titled.id, "user", "after clearing")
     assert (await store.get_conversation(user, titled.id)).title == "after clearing"
+
+
+async def test_tool_calls_per_message_are_capped(store: ChatHistory, user: str) -> None:
+    """A message holds at most MAX_TOOL_CALLS tool calls: one more is refused before any call
+    is validated (one error, however bad every call is), in an append and a streaming update."""
+    conv = await store.create_conversation(user)
+    most = [call(f"c{n}") for n in range(MAX_TOOL_CALLS)]
+    stored = await store.add_message(user, conv.id, "assistant", None, tool_calls=most)
+    assert len(stored.tool_calls or ()) == MAX_TOOL_CALLS
+    flood: list[dict[str, Any]] = [{} for _ in range(24_000)]
+    with pytest.raises(ValidationError) as info:
+        await store.add_message(user, conv.id, "assistant", None, tool_calls=flood)
+    assert [(e.loc, e.type) for e in info.value.errors] == [(("tool_calls",), "too_long")]
+    assert f"at most {MAX_TOOL_CALLS}" in info.value.errors[0].msg
+    streaming = await store.add_messages(
+        user, conv.id, [{"role": "assistant", "content": "", "status": "in_progress"}]
+    )
+    with pytest.raises(ValidationError) as info:
+        await store.update_message(user, conv.id, streaming[0].id, tool_calls=flood)
+    assert [(e.loc, e.type) for e in info.value.errors] == [(("tool_calls",), "too_long")]
+    assert (await store.get_conversation(user, conv.id)).message_count == 2
+
+
+async def test_tool_calls_per_batch_are_capped(small: ChatHistory, user: str) -> None:
+    """A batch holds at most max_batch_messages tool calls in all, as many as messages."""
+    conv = await small.create_conversation(user)
+    turns = [
+        {"role": "assistant", "content": None, "tool_calls": [call(f"c{n}-{k}") for k in range(9)]}
+        for n in range(6)
+    ]
+    with pytest.raises(ValidationError) as info:
+        await small.add_messages(user, conv.id, turns)
+    assert [e.loc for e in info.value.errors] == [("messages",)]
+    assert "54 tool calls" in info.value.errors[0].msg
+    assert (await small.get_conversation(user, conv.id)).message_count == 0
+    await small.add_messages(user, conv.id, turns[:5])
+
+
+async def test_http_names_the_tool_calls_over_the_cap(backend_url: str, user: str) -> None:
+    import time
+
+    import httpx
+    import jwt
+
+    from chathistory.config import Settings
+    from chathistory.http import create_app
+
+    secret = "limits-secret-0123456789-abcdefghijklmnop"
+    app = create_app(Settings(database_url=backend_url, jwt_secret=secret, migrate_on_start=False))
+    token = jwt.encode({"sub": user, "exp": int(time.time()) + 600}, secret, "HS256")
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app),
+            base_url="http://test",
+            headers={"Authorization": f"Bearer {token}"},
+        ) as http,
+    ):
+        conv = (await http.post(f"/api/{user}/conversations", json={})).json()["id"]
+        flood = [call(f"c{n}") for n in range(MAX_TOOL_CALLS + 1)]
+        over = await http.post(
+            f"/api/{user}/conversations/{conv}/messages",
+            json={"role": "assistant", "content": None, "tool_calls": flood},
+        )
+        assert over.status_code == 422, over.text
+        assert [e["loc"] for e in over.json()["errors"]] == [["tool_calls"]]
+        schema = (await http.get("/openapi.json")).json()["components"]["schemas"]
+        assert schema["MessageCreate"]["properties"]["tool_calls"]["anyOf"][0]["maxItems"] == (
+            MAX_TOOL_CALLS
+        )

@@ -28,6 +28,7 @@ from chathistory import (
     ValidationError,
 )
 from chathistory.models import messages
+from chathistory.streaming_schemas import MessageUpdate
 from test_http_api import bearer, problem
 from test_http_serve import SECRET, serving
 
@@ -96,6 +97,26 @@ async def test_two_hundred_appends_store_their_concatenation(store: ChatHistory,
         with pytest.raises(ConflictError, match="completed"):
             await store.update_message(user, conv, message.id, change)
     assert await store.get_message(user, conv, message.id) == stored
+
+
+async def test_updates_take_keyword_arguments_like_update_conversation(
+    store: ChatHistory, user: str
+) -> None:
+    """update_message takes a mapping, a MessageUpdate and/or keyword arguments (a keyword
+    wins over the same key of the mapping), as update_conversation does."""
+    conv, message = await _streaming(store, user)
+    grown = await store.update_message(user, conv, message.id, append_text="Lis")
+    assert grown.content == "Lis"
+    both = await store.update_message(
+        user, conv, message.id, {"append_text": "bon", "status": "completed"}, status="in_progress"
+    )
+    assert (both.content, both.status) == ("Lisbon", "in_progress")
+    called = await store.update_message(user, conv, message.id, tool_calls=[CALL], content=None)
+    assert (called.content, called.tool_calls) == (None, [CALL])
+    with pytest.raises(ValidationError):
+        await store.update_message(user, conv, message.id)  # nothing to change
+    done = await store.update_message(user, conv, message.id, MessageUpdate(status="completed"))
+    assert done.status == "completed"
 
 
 async def test_content_parts_tool_calls_and_pairing(store: ChatHistory, user: str) -> None:

@@ -470,24 +470,70 @@ class _CountingReader(io.BytesIO):
         return piece
 
 
-async def test_a_line_over_the_limit_is_reported_without_being_read_whole(
-    tmp_path: Path,
+async def _long_conversation(store: ChatHistory, user: str, messages: int) -> None:
+    conv = await store.create_conversation(user, title="long")
+    batch = [
+        {"role": "user" if n % 2 == 0 else "assistant", "content": f"{n} " + "é" * 200}
+        for n in range(messages)
+    ]
+    await store.add_messages(user, conv.id, batch)
+
+
+async def test_a_conversation_longer_than_the_line_buffer_round_trips(
+    store: ChatHistory, user: str, empty_url: str
 ) -> None:
+    """Lines over ``line_buffer_bytes`` (each conversation here) are copied to a temporary file
+    in pieces and parsed from there: the file imports whole, and again as already present."""
+    await _populate(store, user)
+    await _long_conversation(store, user, 400)
+    first = io.BytesIO()
+    with io.TextIOWrapper(first, encoding="utf-8", newline="", write_through=True) as out:
+        await export_jsonl(store, out, user_ids=[user])
+        data = first.getvalue()
+    assert max(len(line) for line in data.splitlines()) > 80_000
+    async with ChatHistory.open(empty_url) as target:
+        source = _CountingReader(data)
+        report = await import_jsonl(target, source, line_buffer_bytes=4096)
+        assert (report.created, report.messages, report.errors) == (4, 408, [])
+        assert source.longest <= 4097  # never a longer piece of a line in memory at once
+        again = await import_jsonl(target, _CountingReader(data), line_buffer_bytes=4096)
+        assert (again.created, again.skipped, again.errors) == (0, 4, [])
+        second = io.StringIO()
+        await export_jsonl(target, second)
+        assert second.getvalue().encode() == data
+
+
+async def test_long_lines_report_what_short_ones_do(tmp_path: Path) -> None:
+    """The same hostile lines, each read from a temporary file: the same lines fail, for the
+    same reasons; a message over ``max_value_chars`` fails its line and the rest imports."""
+    lines, bad = _hostile_lines()
     long = _record()
     long["messages"][0]["content"] = "x" * 100_000
-    source = _CountingReader(_line(_record()) + _line(long) + _line(_record()))
+    lines.append(_line(long))
+    async with ChatHistory.open(f"sqlite:///{tmp_path / 'spooled.db'}") as target:
+        short = await import_jsonl(target, io.BytesIO(b"".join(lines)))
+    assert [number for number, _ in short.errors] == bad
     async with ChatHistory.open(f"sqlite:///{tmp_path / 'long.db'}") as target:
-        report = await import_jsonl(target, source, max_line_bytes=10_000)
-    assert report.created == 2
-    assert [number for number, _ in report.errors] == [2]
-    assert "10000 bytes" in report.errors[0][1] or "10,000 bytes" in report.errors[0][1]
-    assert source.longest <= 10_001
+        report = await import_jsonl(
+            target, io.BytesIO(b"".join(lines)), line_buffer_bytes=8, max_value_chars=50_000
+        )
+        assert [number for number, _ in report.errors] == [*bad, 15], report.errors
+        assert (report.created, report.messages) == (3, 3)
+        reasons = dict(report.errors)
+        assert all("SECRET" not in reason for reason in reasons.values())
+        for number in bad:
+            assert (
+                reasons[number].split(" at column")[0]
+                == dict(short.errors)[number].split(" at column")[0]
+            )
+        assert "50,000 characters" in reasons[15]
+        assert len((await target.list_conversations("importer")).data) == 3
 
 
 async def test_a_large_line_imports_in_bounded_memory(tmp_path: Path) -> None:
-    """One conversation of 10,000 messages on one line (4.5 MB): the import's peak allocation
-    stays under 2.5x the line (its bytes and its text; it was 4.5x, the parsed line), and every
-    message is stored."""
+    """One conversation of 10,000 messages on one line (4.5 MB) read into memory: the import's
+    peak allocation stays under 2.5x the line (its bytes and its text; it was 4.5x, the parsed
+    line), and every message is stored."""
     line = next(_bulk_lines("big", 1, 10_000)).replace("x" * 40, "y" * 340).encode()
     assert len(line) > 4_000_000
     async with ChatHistory.open(f"sqlite:///{tmp_path / 'big.db'}") as target:
@@ -502,3 +548,25 @@ async def test_a_large_line_imports_in_bounded_memory(tmp_path: Path) -> None:
         assert peak < 2.5 * len(line), f"peak {peak / len(line):.1f}x the line"
         conv = (await target.list_conversations("big")).data[0]
         assert conv.message_count == 10_000
+
+
+async def test_a_line_over_the_buffer_imports_in_memory_that_does_not_grow(
+    tmp_path: Path,
+) -> None:
+    """Lines over ``line_buffer_bytes`` stream: a conversation of 12,000 messages (6 MB on
+    one line) peaks at the memory of one of 3,000 (one chunk of messages, whatever the line)."""
+    peaks = {}
+    async with ChatHistory.open(f"sqlite:///{tmp_path / 'streamed.db'}") as target:
+        await import_jsonl(target, io.BytesIO(next(_bulk_lines("warm", 1, 3)).encode()))
+        for count in (3_000, 12_000):
+            line = next(_bulk_lines("big", 1, count)).replace("x" * 40, "y" * 340).encode()
+            tracemalloc.start()
+            try:
+                report = await import_jsonl(target, io.BytesIO(line), line_buffer_bytes=65_536)
+                _, peaks[count] = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            assert (report.created, report.messages, report.errors) == (1, count, [])
+    assert len(line) > 5_000_000
+    assert peaks[12_000] < 1.2 * peaks[3_000], peaks
+    assert peaks[12_000] < 0.8 * len(line), f"peak {peaks[12_000] / len(line):.2f}x the line"

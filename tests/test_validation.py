@@ -157,6 +157,49 @@ BAD_MESSAGES: list[tuple[dict[str, Any], tuple[str | int, ...]]] = [
         {"role": "system", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
         ("content",),
     ),
+    # What each role may hold is what Chat Completions takes for it (SPEC 13).
+    ({"role": "user", "content": [{"type": "refusal", "refusal": "no"}]}, ("content",)),
+    ({"role": "user", "content": [{"type": "input_text", "text": "x"}]}, ("content",)),
+    (
+        {
+            "role": "user",
+            "content": [{"type": "image_url", "image_url": {"url": "x", "detail": "hd"}}],
+        },
+        ("content",),
+    ),
+    (
+        {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "A"}}]},
+        ("content",),
+    ),
+    ({"role": "user", "content": [{"type": "file", "file": {"file_id": 7}}]}, ("content",)),
+    ({"role": "user", "content": [{"type": "file", "file": "file-1"}]}, ("content",)),
+    (
+        {"role": "assistant", "content": "x", "annotations": [{"type": "file_citation"}]},
+        ("annotations", 0, "type"),
+    ),
+    (
+        {
+            "role": "assistant",
+            "content": "x",
+            "annotations": [
+                {"type": "url_citation", "url_citation": {"start_index": 0, "end_index": 1}}
+            ],
+        },
+        ("annotations", 0, "url_citation", "title"),
+    ),
+    (
+        {
+            "role": "assistant",
+            "content": "x",
+            "annotations": [
+                {
+                    "type": "url_citation",
+                    "url_citation": {"start_index": "0", "end_index": 1, "title": "", "url": ""},
+                }
+            ],
+        },
+        ("annotations", 0, "url_citation", "start_index"),
+    ),
     ({"role": "tool", "content": "x"}, ("tool_call_id",)),
     ({"role": "user", "content": "x", "tool_call_id": "c"}, ("tool_call_id",)),
     ({"role": "user", "content": "x", "tool_calls": [call("c")]}, ("tool_calls",)),
@@ -237,6 +280,35 @@ def test_openai_sdk_dump_is_accepted() -> None:
     assert MessageCreate.model_validate({**dumped, "refusal": "I can't"}).refusal == "I can't"
     with pytest.raises(Exception, match="only allowed on an assistant message"):
         MessageCreate.model_validate({"role": "user", "content": "x", "refusal": "no"})
+
+
+async def test_every_openai_part_and_annotation_is_kept_whole(
+    store: ChatHistory, user: str
+) -> None:
+    conv = await store.create_conversation(user)
+    parts = [
+        {"type": "image_url", "image_url": {"url": "https://x/a.png", "detail": detail}}
+        for detail in ("auto", "low", "high", "original")
+    ] + [
+        {"type": "input_audio", "input_audio": {"data": "UklGR", "format": "mp3"}},
+        {"type": "file", "file": {"file_data": "data:application/pdf;base64,AA", "filename": "a"}},
+        {"type": "text", "text": "x", "prompt_cache_breakpoint": {"mode": "explicit"}},
+    ]
+    citation = {
+        "type": "url_citation",
+        "url_citation": {"start_index": 0, "end_index": 3, "title": "T", "url": "https://x"},
+        "added_later": {"kept": True},  # a key OpenAI may add is stored as given
+    }
+    await store.add_messages(
+        user,
+        conv.id,
+        [
+            {"role": "user", "content": parts},
+            {"role": "assistant", "content": "abc", "annotations": [citation]},
+        ],
+    )
+    question, answer = await store.get_chat_history(user, conv.id)
+    assert question.content == parts and answer.annotations == [citation]
 
 
 async def test_database_rejects_rows_that_break_the_model(backend_url: str, user: str) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -21,6 +21,9 @@ from chathistory.db import parse_database_url
 from chathistory.errors import ChatHistoryError
 from chathistory.lifecycle_schemas import parse_duration
 from chathistory.mcp_server.cli import mcp_command
+
+if TYPE_CHECKING:
+    from chathistory.store.opening import Opening
 
 app = typer.Typer(
     help="Durable, multi-tenant chat history for AI assistants.", no_args_is_help=True
@@ -45,8 +48,34 @@ DatabaseUrl = Annotated[
 ]
 
 
+def _settings() -> Settings:
+    """The ``CHATHISTORY_*`` settings, as the service reads them; a bad one is an error that
+    names it (exit 1), not a traceback."""
+    import pydantic
+
+    try:
+        return Settings()
+    except pydantic.ValidationError as exc:
+        from rich.markup import escape
+
+        for error in exc.errors():
+            name = "CHATHISTORY_" + "_".join(map(str, error["loc"])).upper()
+            console.print(f"[red]error:[/red] {name}: {escape(error['msg'])}", highlight=False)
+        raise typer.Exit(1) from None
+
+
 def _database_url(option: str | None) -> str:
-    return option or Settings().database_url
+    return option or _settings().database_url
+
+
+def _open_store(database_url: str | None, *, migrate: bool) -> Opening:
+    """The store opened as the service opens it: the URL (``--database-url`` first), the
+    store's limits and the engine's options, all from the same ``CHATHISTORY_*`` settings."""
+    from chathistory.store import ChatHistory
+
+    settings = _settings()
+    url = database_url or settings.database_url
+    return ChatHistory.open(url, migrate=migrate, **settings.open_options())
 
 
 def _fail(exc: ChatHistoryError) -> typer.Exit:
@@ -209,11 +238,10 @@ def export_command(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Export conversations as JSON Lines (one conversation per line, OpenAI format)."""
-    from chathistory.store import ChatHistory
     from chathistory.transfer import export_jsonl
 
     async def run() -> int:
-        async with ChatHistory.open(_database_url(database_url), migrate=False) as store:
+        async with _open_store(database_url, migrate=False) as store:
             with _open_output(output) as out, _progress("exporting", "messages") as advance:
                 report = await export_jsonl(store, out, user_ids=user, progress=advance)
         console.print(
@@ -256,10 +284,9 @@ def purge_command(
 ) -> None:
     """Delete expired conversations (and, with --older-than, old unpinned ones) in short
     batches; safe to run from several processes at once."""
-    from chathistory.store import ChatHistory
 
     async def run() -> int:
-        async with ChatHistory.open(_database_url(database_url), migrate=False) as store:
+        async with _open_store(database_url, migrate=False) as store:
             what = "counting" if dry_run else "purging"
             with _progress(what, "conversations") as advance:
                 report = await store.purge(
@@ -296,8 +323,6 @@ def search_command(
     import json
     import uuid
 
-    from chathistory.store import ChatHistory
-
     try:
         conversation_id = uuid.UUID(conversation) if conversation else None
     except ValueError:
@@ -305,7 +330,7 @@ def search_command(
         raise typer.Exit(2) from None
 
     async def run() -> Any:
-        async with ChatHistory.open(_database_url(database_url), migrate=False) as store:
+        async with _open_store(database_url, migrate=False) as store:
             return await store.search_messages(
                 user,
                 query,
@@ -354,16 +379,16 @@ def import_command(
     user: Annotated[
         str | None, typer.Option("--user", help="import only this user's conversations")
     ] = None,
-    max_line_bytes: Annotated[
-        int,
+    line_buffer_bytes: Annotated[
+        int | None,
         typer.Option(
-            "--max-line-bytes",
+            "--line-buffer-bytes",
             min=1,
-            help="a longer line (one conversation) is reported as failed, without being read "
-            "whole [default: 64 MiB]",
+            help="a longer line (a long conversation) is copied to a temporary file and read "
+            "from there a message at a time, never whole in memory [default: 8 MiB]",
             show_default=False,
         ),
-    ] = 64 * 1024 * 1024,
+    ] = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Import JSON Lines written by `chathistory export`. Each line is stored whole or not at
@@ -371,15 +396,14 @@ def import_command(
     again creates nothing. Exits 1 when any line failed."""
     from rich.markup import escape
 
-    from chathistory.store import ChatHistory
     from chathistory.transfer import import_jsonl
 
+    given = {} if line_buffer_bytes is None else {"line_buffer_bytes": line_buffer_bytes}
+
     async def run(total: int | None) -> int:
-        async with ChatHistory.open(_database_url(database_url)) as store:
+        async with _open_store(database_url, migrate=True) as store:
             with _open_input(source) as lines, _progress("importing", "bytes", total=total) as tick:
-                report = await import_jsonl(
-                    store, lines, user_id=user, progress=tick, max_line_bytes=max_line_bytes
-                )
+                report = await import_jsonl(store, lines, user_id=user, progress=tick, **given)
         for number, message in report.errors:
             console.print(f"[red]line {number}:[/red] {escape(message)}", highlight=False)
         console.print(

@@ -5,6 +5,9 @@ The library itself never reads the environment: :class:`chathistory.ChatHistory`
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import Any
+
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -51,6 +54,21 @@ class Settings(BaseSettings):
         le=1024 * 1024,
         description="bytes a request line plus headers may take (431 and the connection closed "
         "beyond); room for large identity-provider tokens and proxy-added headers",
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="seconds a request line and headers may take to arrive (408 beyond); a "
+        "connection's first request counts from the connection's opening",
+    )
+    body_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="seconds a request body may take to arrive (408 beyond)"
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        description="connections each worker process serves at once (503 beyond); keep the "
+        "process's open-files limit above it",
     )
     migrate_on_start: bool = Field(
         default=True, description="bring the schema up to date when the service starts"
@@ -107,6 +125,18 @@ class Settings(BaseSettings):
     @property
     def mcp_allowed_host_list(self) -> list[str]:
         return [host.strip() for host in self.mcp_allowed_hosts.split(",") if host.strip()]
+
+    def open_options(self) -> dict[str, Any]:
+        """Everything :meth:`ChatHistory.open` takes from these settings but the URL: the
+        store's limits and the engine's options. The service and the command line open their
+        stores with it, so both apply the same limits."""
+        return {
+            "max_content_chars": self.max_content_chars,
+            "max_batch_messages": self.max_batch_messages,
+            "max_response_bytes": self.max_response_bytes,
+            "stream_timeout": timedelta(seconds=self.stream_timeout_seconds),
+            **self.engine_options(),
+        }
 
     def engine_options(self) -> dict[str, object]:
         return {

@@ -61,7 +61,20 @@ class InvalidCursorError(ValidationError):
 
 
 class UnavailableError(ChatHistoryError):
-    """The database cannot be reached, or no connection came free in time. Safe to retry."""
+    """The database cannot be reached, or no connection came free in time. Safe to retry.
+
+    The message may quote the driver (which can name the database and the role); ``summary``
+    says what happened without it, for whoever may not see those (an unauthenticated caller).
+    """
+
+    def __init__(self, message: str, *, summary: str | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary or "the database is unavailable"
+
+
+class SchemaNotCurrentError(UnavailableError):
+    """The database's schema is missing or behind this release: ``chathistory db upgrade``
+    (or :func:`chathistory.migrations.upgrade`) brings it up to date."""
 
 
 class ConfigurationError(ChatHistoryError):

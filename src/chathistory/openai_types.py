@@ -29,6 +29,8 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 from typing_extensions import TypedDict  # pydantic needs this one on Python 3.11
 
+from chathistory.content_parts import AudioFormat, ImageDetail
+
 # Each TypedDict has a config of its own, so the document shows it alike wherever it appears
 # (without one, it would take the enclosing model's, such as a request model's extra="forbid").
 _own = with_config(ConfigDict(extra="ignore"))
@@ -145,7 +147,7 @@ class TextPart(TypedDict):
 @_own
 class ImageURL(TypedDict):
     url: Annotated[str, Field(description="an image URL, or the image as a `data:` URL")]
-    detail: NotRequired[Annotated[str, Field(description="`auto`, `low` or `high`")]]
+    detail: NotRequired[ImageDetail]
 
 
 @_own
@@ -159,7 +161,7 @@ class ImagePart(TypedDict):
 @_own
 class InputAudio(TypedDict):
     data: Annotated[str, Field(description="the audio, base64-encoded")]
-    format: Literal["wav", "mp3"]
+    format: AudioFormat
 
 
 @_own
@@ -197,11 +199,14 @@ ContentPart: TypeAlias = Annotated[
     TextPart | ImagePart | InputAudioPart | FilePart | RefusalPart, Field(discriminator="type")
 ]
 AssistantPart: TypeAlias = Annotated[TextPart | RefusalPart, Field(discriminator="type")]
+UserPart: TypeAlias = Annotated[
+    TextPart | ImagePart | InputAudioPart | FilePart, Field(discriminator="type")
+]
 
 MessageContent: TypeAlias = str | list[ContentPart] | None
 """A message's content: a string, content parts, or null (an assistant message with tool
 calls). System and tool messages hold text parts only, assistant messages text and refusal
-parts."""
+parts, user messages every part but refusals (:mod:`chathistory.content_parts`)."""
 
 
 # -- the context window's messages, as the OpenAPI document shows them ------------------------
@@ -217,7 +222,7 @@ class ContextSystemMessage(TypedDict):
 @_own
 class ContextUserMessage(TypedDict):
     role: Literal["user"]
-    content: str | list[ContentPart]
+    content: str | list[UserPart]
     name: NotRequired[str]
 
 
@@ -302,4 +307,5 @@ __all__ = [
     "MessageContent",
     "RefusalPart",
     "TextPart",
+    "UserPart",
 ]

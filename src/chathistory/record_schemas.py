@@ -9,6 +9,7 @@ from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
+from chathistory.content_parts import field_error
 from chathistory.lifecycle_schemas import Switch
 from chathistory.schemas import (
     MAX_TITLE,
@@ -19,7 +20,6 @@ from chathistory.schemas import (
     Storable,
     Text,
     check_metadata,
-    field_error,
 )
 
 

@@ -22,11 +22,14 @@ from pydantic import (
     Field,
     PlainValidator,
     StrictBool,
+    StrictInt,
     Tag,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
+from chathistory.content_parts import check_parts, field_error
 from chathistory.errors import FieldError, ValidationError
 from chathistory.lifecycle_schemas import FutureInstant, Switch, optional_in_clients
 from chathistory.openai_types import (
@@ -49,6 +52,8 @@ MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
 TITLE_FROM_MESSAGE_CHARS = 80
 MAX_JSON_DEPTH = 32
+MAX_TOOL_CALLS = 128
+"""Tool calls one message holds at most (OpenAI's own bound on the tools of one request)."""
 
 # Characters PostgreSQL TEXT / JSONB cannot hold: NUL and UTF-16 surrogates (a str holding one
 # is not valid Unicode text and cannot be encoded as UTF-8).
@@ -56,14 +61,6 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 # OpenAI SDK objects dumped to dicts carry these keys, empty, on every assistant message.
 _IGNORED_WHEN_EMPTY = ("refusal", "audio", "function_call", "annotations")
-
-# Content part types each role may carry, as OpenAI's chat format defines them.
-_PART_TYPES: dict[str, frozenset[str] | None] = {
-    "system": frozenset({"text"}),
-    "tool": frozenset({"text"}),
-    "assistant": frozenset({"text", "refusal"}),
-    "user": None,  # text, image_url, input_audio, file, ... : any typed part
-}
 
 
 def find_unstorable(value: Any, loc: tuple[str | int, ...] = ()) -> FieldError | None:
@@ -132,12 +129,20 @@ def from_pydantic(error: pydantic.ValidationError) -> ValidationError:
     """Translate pydantic's error into the package's own, keeping each field's location."""
     return ValidationError(
         [
-            FieldError(
-                _untagged(tuple(e["loc"])), e["msg"].removeprefix("Value error, "), e["type"]
-            )
+            FieldError(_untagged(tuple(e["loc"])), _message(e), e["type"])
             for e in error.errors(include_url=False)
         ]
     )
+
+
+def _message(error: Any) -> str:
+    """Pydantic's message; a text's length in characters (a length checked after a validator
+    is counted in "items")."""
+    if error["type"] in ("too_long", "too_short") and isinstance(error.get("input"), str):
+        bound = "most" if error["type"] == "too_long" else "least"
+        limit = error["ctx"]["max_length" if bound == "most" else "min_length"]
+        return f"should have at {bound} {limit} characters, not {len(error['input'])}"
+    return str(error["msg"]).removeprefix("Value error, ")
 
 
 def _untagged(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
@@ -162,7 +167,8 @@ Metadata = dict[str, str]
 Storable = AfterValidator(_storable)
 Text = Annotated[str, Storable]
 ContentType = str | list[dict[str, Any]] | None
-# Validated by the rules above (and _check_parts), documented as OpenAI's typed content parts.
+# Validated by the rules above and content_parts.check_parts, documented as OpenAI's typed
+# content parts.
 Content = Annotated[ContentType, PlainValidator(_content, json_schema_input_type=MessageContent)]
 
 
@@ -221,12 +227,45 @@ class Audio(Input):
     transcript: Text | None = None
 
 
+def _typed_only(schema: dict[str, Any]) -> None:
+    """``json_schema_extra`` of a model that keeps unknown keys: the document shows the typed
+    keys only (no index signature in a generated client, so the SDK's types fit it)."""
+    schema.pop("additionalProperties", None)
+
+
+_KEEPS_MORE = ConfigDict(extra="allow", json_schema_extra=_typed_only)
+
+
+class URLCitation(BaseModel):
+    """Where a web search result is cited in an assistant's answer, and what it is."""
+
+    model_config = _KEEPS_MORE
+
+    start_index: StrictInt = Field(ge=0)
+    end_index: StrictInt = Field(ge=0)
+    title: Text
+    url: Text
+
+
 class Annotation(BaseModel):
-    """A citation of an assistant's answer (``url_citation`` from web search, ...)."""
+    """A citation of an assistant's answer, as OpenAI returns it (``url_citation``, from web
+    search). Keys OpenAI adds beyond the typed ones are kept as given."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = _KEEPS_MORE
 
-    type: Text = Field(min_length=1, max_length=MAX_ID_CHARS)
+    type: Literal["url_citation"]
+    url_citation: URLCitation
+
+
+def few_tool_calls(value: Any) -> Any:
+    """A ``before`` check of a message's ``tool_calls``: at most :data:`MAX_TOOL_CALLS`,
+    refused before any of them is validated."""
+    if isinstance(value, list | tuple) and len(value) > MAX_TOOL_CALLS:
+        raise PydanticCustomError(
+            "too_long",
+            f"holds {len(value)} tool calls; a message holds at most {MAX_TOOL_CALLS}",
+        )
+    return value
 
 
 # The parts of an assistant message that OpenAI returns beside content and tool calls; stored
@@ -241,7 +280,7 @@ class MessageCreate(Input):
     role: Role
     content: Content = None
     name: Text | None = Field(default=None, min_length=1, max_length=MAX_NAME)
-    tool_calls: list[AnyToolCall] | None = None
+    tool_calls: list[AnyToolCall] | None = Field(default=None, max_length=MAX_TOOL_CALLS)
     tool_call_id: Text | None = Field(default=None, min_length=1, max_length=MAX_ID_CHARS)
     metadata: Metadata = Field(default_factory=dict)
     refusal: Text | None = None
@@ -280,6 +319,11 @@ class MessageCreate(Input):
     def _annotations(cls, value: Any) -> Any:
         return _storable(value)
 
+    @field_validator("tool_calls", mode="before")
+    @classmethod
+    def _few_tool_calls(cls, value: Any) -> Any:
+        return few_tool_calls(value)
+
     @field_validator("tool_calls")
     @classmethod
     def _tool_calls(cls, value: list[AnyToolCall] | None) -> list[AnyToolCall] | None:
@@ -310,7 +354,7 @@ class MessageCreate(Input):
                 "audio or a function_call)",
             )
         if isinstance(self.content, list):
-            _check_parts(self.role, self.content)
+            check_parts(self.role, self.content)
         return self
 
     def text(self) -> str:
@@ -347,37 +391,6 @@ class MessageCreate(Input):
         if self.function_call is not None:
             extras["function_call"] = self.function_call.model_dump()
         return extras or None
-
-
-def field_error(field: str, msg: str) -> pydantic.ValidationError:
-    """A validation error of one field, raised by a model's own checks (after its fields
-    validated), reported like pydantic's own."""
-    return pydantic.ValidationError.from_exception_data(
-        "MessageCreate",
-        [{"type": "value_error", "loc": (field,), "input": None, "ctx": {"error": msg}}],
-    )
-
-
-def _check_parts(role: str, parts: list[dict[str, Any]]) -> None:
-    if not parts:
-        raise field_error("content", "a list of content parts must not be empty")
-    allowed = _PART_TYPES[role]
-    for index, part in enumerate(parts):
-        kind = part.get("type")
-        if not isinstance(kind, str) or not kind:
-            raise field_error("content", f"part {index} needs a string 'type'")
-        if allowed is not None and kind not in allowed:
-            raise field_error(
-                "content",
-                f"part {index}: a {role} message may hold only {sorted(allowed)} parts",
-            )
-        if kind in ("text", "refusal") and not isinstance(part.get(kind), str):
-            raise field_error("content", f"part {index}: a {kind} part needs a string {kind!r}")
-        image = part.get("image_url")
-        if kind == "image_url" and not (
-            isinstance(image, dict) and isinstance(image.get("url"), str)
-        ):
-            raise field_error("content", f"part {index}: image_url needs an object with 'url'")
 
 
 def content_text(content: str | list[dict[str, Any]] | None) -> str:

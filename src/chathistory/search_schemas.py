@@ -17,7 +17,10 @@ class HitConversation(BaseModel):
     model_config = ConfigDict(json_schema_extra=every_field_required)
 
     id: uuid.UUID
-    title: str | None
+    title: str | None = Field(
+        description="The conversation's title as stored, not HTML-escaped (unlike the "
+        "snippet): escape it to render it as HTML."
+    )
 
 
 class SearchHit(BaseModel):

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from chathistory.schemas import AnyToolCall, Content, Input, Status, Text
+from chathistory.schemas import (
+    MAX_TOOL_CALLS,
+    AnyToolCall,
+    Content,
+    Input,
+    Status,
+    Text,
+    few_tool_calls,
+)
 
 UPDATE_FIELDS = ("content", "append_text", "tool_calls", "status")
 
@@ -23,11 +31,18 @@ class MessageUpdate(Input):
         default=None, description="text added to the end of the content's text"
     )
     tool_calls: list[AnyToolCall] | None = Field(
-        default=None, description="the message's tool calls, all of them (left out: kept)"
+        default=None,
+        max_length=MAX_TOOL_CALLS,
+        description="the message's tool calls, all of them (left out: kept)",
     )
     status: Status | None = Field(
         default=None, description="completed or incomplete finish the message"
     )
+
+    @field_validator("tool_calls", mode="before")
+    @classmethod
+    def _few_tool_calls(cls, value: Any) -> Any:
+        return few_tool_calls(value)
 
     @model_validator(mode="after")
     def _something(self) -> MessageUpdate:

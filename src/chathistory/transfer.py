@@ -9,20 +9,24 @@ Export reads the whole database (or the users asked for) in one snapshot
 (:meth:`ChatHistory.iter_export`) and writes each message as it is read: on a live database
 it holds every conversation that existed when it began, exactly once.
 
-Import reads bytes: a binary stream with a bounded ``readline`` (a line over ``max_line_bytes``
-is reported and skipped in pieces, never held whole), each line decoded by itself, so a line
-that is not UTF-8, not JSON, nested too deeply, or holds a number of thousands of digits is
-reported by its number and the other lines import. Within a line, the ``messages`` array is
-parsed one message at a time and stored in chunks: memory is about twice the line (its bytes
-while they are decoded, then its text) plus one chunk of messages, not the parsed line.
+Import reads bytes: a binary stream read a line at a time, each line decoded by itself, so a
+line that is not UTF-8, not JSON, nested too deeply, or holds a number of thousands of digits is
+reported by its number and the other lines import. No line is too long: a line of up to
+``line_buffer_bytes`` is read into memory; a longer one (a long conversation) is copied to a
+temporary file in pieces and parsed from there a piece at a time. Within a line, the
+``messages`` array is parsed one message at a time (once to check the whole line, once more for
+the store) and stored in chunks: memory holds at most ``line_buffer_bytes`` of a line, one
+message and one chunk of messages, however long the conversation.
 """
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import logging
 import re
+import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import aclosing
@@ -41,10 +45,13 @@ Progress = Callable[[int], None]
 #: text stream, or any iterable of lines as ``str`` or ``bytes``.
 Lines = IO[bytes] | Iterable[str] | Iterable[bytes]
 
-DEFAULT_MAX_LINE_BYTES: Final = 64 * 1024 * 1024
+#: A line up to this size is read into memory whole; a longer one is read from a temporary file.
+DEFAULT_LINE_BUFFER_BYTES: Final = 8 * 1024 * 1024
+#: The least :func:`default_max_value_chars` gives: 64 MiB.
+DEFAULT_MAX_VALUE_CHARS: Final = 64 * 1024 * 1024
 #: Digits a JSON integer may have (Python's own default limit for converting them).
 MAX_INTEGER_DIGITS: Final = 4300
-_SKIP_PIECE: Final = 1024 * 1024
+_PIECE: Final = 1024 * 1024  # what a long line is read in
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 
@@ -154,20 +161,32 @@ async def import_jsonl(
     *,
     user_id: str | None = None,
     progress: Progress | None = None,
-    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    line_buffer_bytes: int = DEFAULT_LINE_BUFFER_BYTES,
+    max_value_chars: int | None = None,
 ) -> ImportReport:
     """Import conversations line by line. A bad line is reported with its number (and never
     with its text) and nothing of it is stored; the other lines import. Re-importing skips
-    what is already there. A line over ``max_line_bytes`` bytes is a bad line."""
+    what is already there.
+
+    From a binary stream, a line of up to ``line_buffer_bytes`` is read into memory whole; a
+    longer one (a long conversation: no line is too long) is copied to a temporary file and
+    read from there one message at a time. There a single message (or other value) of more
+    than ``max_value_chars`` characters of JSON makes the line a bad one; by default that is
+    :func:`default_max_value_chars` of the store's content limit."""
+    if isinstance(line_buffer_bytes, bool) or not isinstance(line_buffer_bytes, int):
+        raise ValidationError("must be a positive integer", loc=("line_buffer_bytes",))
+    if line_buffer_bytes < 1:
+        raise ValidationError("must be a positive integer", loc=("line_buffer_bytes",))
     report = ImportReport()
-    reader = _Reader(lines, max_line_bytes)
+    value_limit = max_value_chars or default_max_value_chars(store.max_content_chars)
+    reader = _Reader(lines, line_buffer_bytes)
     number = 0
     while (got := reader.next()) is not None:
         number += 1
         text, size = got
         del got
         try:
-            outcome = await _import_line(store, text, user_id)
+            outcome = await _import_line(store, text, user_id, value_limit, reader.piece)
         except Exception as exc:  # a bad line is a bad line, not a dead run
             report.errors.append((number, _reason(exc)))
         else:
@@ -178,25 +197,47 @@ async def import_jsonl(
                     report.messages += count
                 else:
                     report.skipped += 1
-        del text  # before the next line is read: one line in memory at a time
+        finally:
+            if isinstance(text, _Spooled):
+                text.file.close()  # the temporary file is gone with it
+        del text  # before the next line is read: one line at a time
         if progress:
             progress(size)
     return report
+
+
+def default_max_value_chars(max_content_chars: int) -> int:
+    """The longest message (in characters of JSON) an import reads from a long line: room for
+    the store's content limit written as JSON escapes (up to 12 characters for one), plus
+    1 MiB for a message's other fields; never under 64 MiB (a message's audio data does not
+    count against the content limit)."""
+    return max(DEFAULT_MAX_VALUE_CHARS, 12 * max_content_chars + 1024 * 1024)
 
 
 class _BadLine(Exception):
     """A line that cannot be read; the message never quotes it."""
 
 
+@dataclass
+class _Spooled:
+    """A line too long for memory, in a temporary file (its bytes after any BOM)."""
+
+    file: IO[bytes]
+
+
 async def _import_line(
-    store: ChatHistory, text: str | _BadLine, user_id: str | None
+    store: ChatHistory,
+    text: str | _BadLine | _Spooled,
+    user_id: str | None,
+    value_limit: int,
+    piece: int,
 ) -> tuple[bool, int] | None:
     if isinstance(text, _BadLine):
         raise text
-    if not text or text.isspace():
-        return None
-    line = _Line(text)
+    line = _Line(text.file if isinstance(text, _Spooled) else text, value_limit, piece)
     head = line.head()
+    if head is None:  # a blank line
+        return None
     if user_id is not None and head.get("user_id") != user_id:
         return None
     if line.messages_at is None:  # no "messages" array: the store says what is wrong, if any
@@ -205,8 +246,6 @@ async def _import_line(
 
 
 def _reason(exc: Exception) -> str:
-    if isinstance(exc, json.JSONDecodeError):
-        return f"not JSON: {exc.msg} at column {exc.colno}"
     if isinstance(exc, RecursionError):
         return "not JSON this importer reads: nested too deeply"
     if isinstance(exc, _BadLine | ChatHistoryError):
@@ -219,11 +258,13 @@ def _reason(exc: Exception) -> str:
 
 
 class _Reader:
-    """Lines one call at a time, each as its text (or what is wrong with it) and its size in
-    bytes. Not a generator: that would keep the last line alive while it reads the next."""
+    """Lines one call at a time, each as its text (a long one in a temporary file, or what is
+    wrong with it) and its size in bytes. Not a generator: that would keep the last line alive
+    while it reads the next."""
 
-    def __init__(self, source: Lines, limit: int) -> None:
-        self.limit = limit
+    def __init__(self, source: Lines, buffer_bytes: int) -> None:
+        self.buffer_bytes = buffer_bytes
+        self.piece = min(buffer_bytes + 1, _PIECE)
         self.first = True
         self.stream: io.BufferedIOBase | io.RawIOBase | None = None
         self.items: Iterator[str | bytes] = iter(())
@@ -232,50 +273,55 @@ class _Reader:
         else:
             self.items = iter(cast(Iterable[str | bytes], source))
 
-    def next(self) -> tuple[str | _BadLine, int] | None:
+    def next(self) -> tuple[str | _BadLine | _Spooled, int] | None:
         first, self.first = self.first, False
         line: str | bytes | None
         if self.stream is not None:
-            line = self.stream.readline(self.limit + 1)  # the newline does not count
+            line = self.stream.readline(self.buffer_bytes + 1)  # the newline does not count
             if not line:
                 return None
-            if len(line) > self.limit and not line.endswith(b"\n"):
-                rest = self._skip_rest(self.stream, min(self.limit + 1, _SKIP_PIECE))
-                return _too_long(self.limit), len(line) + rest
-        else:
+            if len(line) > self.buffer_bytes and not line.endswith(b"\n"):
+                return self._spool(self.stream, line, first)
+        else:  # lines given whole: they are in memory already
             line = next(self.items, None)
             if line is None:
                 return None
         if isinstance(line, bytes):
-            size = len(line)
-            if size - line.endswith(b"\n") > self.limit:
-                return _too_long(self.limit), size
-            return _decode(line, first), size
+            return _decode(line, first), len(line)
         size = len(line.encode("utf-8", "surrogatepass"))
-        if size - line.endswith("\n") > self.limit:
-            return _too_long(self.limit), size
         return line.removeprefix("\ufeff") if first else line, size
 
-    @staticmethod
-    def _skip_rest(stream: io.BufferedIOBase | io.RawIOBase, piece_size: int) -> int:
-        """Read past the rest of a line that is too long, in pieces; its size."""
-        size = 0
-        while True:
-            piece = stream.readline(piece_size)
-            size += len(piece)
-            if not piece or piece.endswith(b"\n"):
-                return size
+    def _spool(
+        self, stream: io.BufferedIOBase | io.RawIOBase, start: bytes, first: bool
+    ) -> tuple[_Spooled, int]:
+        """The rest of a long line copied, with its ``start``, to a temporary file, in pieces
+        (never whole in memory); the line and its size."""
+        spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed by import_jsonl
+        try:
+            size = len(start)
+            spool.write(start.removeprefix(b"\xef\xbb\xbf") if first else start)
+            while not start.endswith(b"\n"):
+                start = stream.readline(self.piece)
+                if not start:
+                    break
+                size += len(start)
+                spool.write(start)
+            spool.seek(0)
+        except BaseException:
+            spool.close()
+            raise
+        return _Spooled(spool), size
 
 
 def _decode(line: bytes, first: bool) -> str | _BadLine:
     try:
         return line.decode("utf-8-sig" if first else "utf-8")
     except UnicodeDecodeError as exc:
-        return _BadLine(f"not UTF-8 text: byte {exc.start + 1} of the line is invalid")
+        return _not_utf8(exc.start)
 
 
-def _too_long(limit: int) -> _BadLine:
-    return _BadLine(f"longer than the maximum line size of {limit:,} bytes; not read")
+def _not_utf8(start: int) -> _BadLine:
+    return _BadLine(f"not UTF-8 text: byte {start + 1} of the line is invalid")
 
 
 # -- parsing one line ------------------------------------------------------------------------
@@ -297,73 +343,160 @@ _DECODER = json.JSONDecoder(parse_int=_parse_int, parse_constant=_no_constants)
 class _Line:
     """One line's JSON object, read without building its ``messages`` list: :meth:`head` parses
     every other key and checks the whole line (the messages are parsed and dropped one by one);
-    :meth:`messages` then parses them again, one at a time, for the store."""
+    :meth:`messages` then parses them again, one at a time, for the store. The line is a text
+    in memory or a file read a piece at a time (:class:`_Text`)."""
 
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.messages_at: int | None = None
+    def __init__(self, source: str | IO[bytes], value_limit: int, piece: int) -> None:
+        self.source = source
+        self.value_limit = value_limit
+        self.piece = piece
+        self.messages_at: int | None = None  # which key (0, 1, ...) holds the messages
         self.count = 0
-        self._end = 0
 
-    def head(self) -> dict[str, Any]:
-        text = self.text
-        pos = _skip(text, 0)
-        if not text.startswith("{", pos):
+    def _text(self) -> _Text:
+        return _Text(self.source, self.value_limit, self.piece)
+
+    def head(self) -> dict[str, Any] | None:
+        """The line's keys but its messages; ``None`` for a blank line."""
+        text = self._text()
+        opening = text.peek()
+        if not opening:
+            return None
+        if opening != "{":
             raise _BadLine("a line must hold one JSON object")
+        text.pos += 1
         head: dict[str, Any] = {}
-        pos = _skip(text, pos + 1)
-        closed = text.startswith("}", pos)
-        while not closed:
-            if not text.startswith('"', pos):
-                raise json.JSONDecodeError(
-                    "Expecting property name enclosed in double quotes", text, pos
-                )
-            key, pos = _DECODER.raw_decode(text, pos)
-            pos = _skip(text, pos)
-            if not text.startswith(":", pos):
-                raise json.JSONDecodeError("Expecting ':' delimiter", text, pos)
-            pos = _skip(text, pos + 1)
-            if key == "messages" and text.startswith("[", pos):
+        for index, key in enumerate(text.keys()):
+            if key == "messages" and text.peek() == "[":
                 head.pop(key, None)
-                self.messages_at = pos
-                self.count = sum(1 for _ in self._array(pos))
-                pos = self._end
+                self.messages_at = index
+                self.count = sum(1 for _ in text.array())
             else:
-                head[key], pos = _DECODER.raw_decode(text, pos)
+                head[key] = text.value()
                 if key == "messages":  # a later key wins, as in json.loads
                     self.messages_at = None
-            pos = _skip(text, pos)
-            closed = text.startswith("}", pos)
-            if not closed:
-                if not text.startswith(",", pos):
-                    raise json.JSONDecodeError("Expecting ',' delimiter", text, pos)
-                pos = _skip(text, pos + 1)
-        end = _skip(text, pos + 1)  # past the closing brace
-        if end != len(text):
-            raise json.JSONDecodeError("Extra data", text, end)
+        if text.peek():
+            raise text.error("Extra data")
         return head
 
     def messages(self) -> Iterator[Any]:
-        assert self.messages_at is not None
-        return self._array(self.messages_at)
+        text = self._text()
+        text.peek()
+        text.pos += 1  # past the "{" that head() found
+        for index, key in enumerate(text.keys()):
+            if index == self.messages_at:
+                yield from text.array()
+                return
+            if key == "messages" and text.peek() == "[":
+                for _ in text.array():  # an earlier "messages", not the one that counts
+                    pass
+            else:
+                text.value()
 
-    def _array(self, pos: int) -> Iterator[Any]:
-        """The items of the array at ``pos``, one at a time; its end is then ``self._end``."""
-        text = self.text
-        pos = _skip(text, pos + 1)
-        if text.startswith("]", pos):
-            self._end = pos + 1
+
+class _Text:
+    """A cursor over a line's JSON text: in memory, or decoded from a file piece by piece,
+    keeping only what the value being parsed needs (at most ``limit`` characters of it)."""
+
+    def __init__(self, source: str | IO[bytes], limit: int, piece: int) -> None:
+        self.pos = 0
+        self.base = 0  # characters of the line before ``buffer``
+        self.limit = limit
+        self.piece = piece
+        self.file: IO[bytes] | None = None
+        if isinstance(source, str):
+            self.buffer, self.done = source, True
+        else:
+            source.seek(0)
+            self.buffer, self.done, self.file = "", False, source
+            self.decoder = codecs.getincrementaldecoder("utf-8")()
+            self.bytes_read = 0
+
+    def _more(self, wanted: int) -> bool:
+        """Read on (at least ``wanted`` bytes, a piece at least), dropping what is parsed;
+        ``False`` at the end of the line."""
+        if self.done or self.file is None:
+            return False
+        data = self.file.read(max(wanted, self.piece))
+        pending = len(self.decoder.getstate()[0])
+        try:
+            more = self.decoder.decode(data, final=not data)
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(self.bytes_read - pending + exc.start) from None
+        self.bytes_read += len(data)
+        self.done = not data
+        self.base += self.pos
+        self.buffer = self.buffer[self.pos :] + more
+        self.pos = 0
+        return True
+
+    def peek(self) -> str:
+        """The next character but whitespace (``""`` at the end of the line)."""
+        while True:
+            self.pos = _skip(self.buffer, self.pos)
+            if self.pos < len(self.buffer):
+                return self.buffer[self.pos]
+            if not self._more(0):
+                return ""
+
+    def error(self, message: str, at: int | None = None) -> _BadLine:
+        column = self.base + (self.pos if at is None else at) + 1
+        return _BadLine(f"not JSON: {message} at column {column}")
+
+    def value(self) -> Any:
+        self.peek()
+        while True:
+            try:
+                item, end = _DECODER.raw_decode(self.buffer, self.pos)
+            except json.JSONDecodeError as exc:
+                cut = exc.msg.startswith("Unterminated") or exc.pos >= len(self.buffer) - 16
+                if self.done or not cut:
+                    raise self.error(exc.msg, exc.pos) from None
+            else:  # a number at the end of what is read may go on
+                if self.done or len(self.buffer) - end >= 3:
+                    self.pos = end
+                    return item
+            unparsed = len(self.buffer) - self.pos
+            if unparsed > self.limit:
+                raise _BadLine(f"holds a value over {self.limit:,} characters of JSON; not read")
+            self._more(unparsed)  # doubles what is read of the value: linear time
+
+    def keys(self) -> Iterator[str]:
+        """The keys of an object whose "{" is behind: each once the cursor is at its value;
+        the caller parses the value before asking for the next key."""
+        if self.peek() == "}":
+            self.pos += 1
             return
         while True:
-            item, pos = _DECODER.raw_decode(text, pos)
-            yield item
-            pos = _skip(text, pos)
-            if text.startswith("]", pos):
-                self._end = pos + 1
+            if self.peek() != '"':
+                raise self.error("Expecting property name enclosed in double quotes")
+            key = self.value()
+            if self.peek() != ":":
+                raise self.error("Expecting ':' delimiter")
+            self.pos += 1
+            yield key
+            found = self.peek()
+            self.pos += 1
+            if found == "}":
                 return
-            if not text.startswith(",", pos):
-                raise json.JSONDecodeError("Expecting ',' delimiter", text, pos)
-            pos = _skip(text, pos + 1)
+            if found != ",":
+                raise self.error("Expecting ',' delimiter", self.pos - 1)
+
+    def array(self) -> Iterator[Any]:
+        """The items of the array at the cursor, one at a time."""
+        self.peek()
+        self.pos += 1  # past "["
+        if self.peek() == "]":
+            self.pos += 1
+            return
+        while True:
+            yield self.value()
+            found = self.peek()
+            self.pos += 1
+            if found == "]":
+                return
+            if found != ",":
+                raise self.error("Expecting ',' delimiter", self.pos - 1)
 
 
 def _skip(text: str, pos: int) -> int:

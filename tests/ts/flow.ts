@@ -2,8 +2,13 @@
 // (openapi-typescript) and openapi-fetch: no casts, no `any`. tests/test_typescript_client.py
 // generates schema.d.ts next to this file, compiles it with `tsc --strict` and runs it against
 // a real `chathistory serve`. It throws (exit status 1) on the first surprise, and prints a
-// JSON summary as its last line.
+// JSON summary as its last line. The `openai` SDK's own types check both directions: the
+// context window is Chat Completions input, and a message the SDK returns is an append.
 import createClient from "openapi-fetch";
+import type {
+  ChatCompletionMessage,
+  ChatCompletionMessageParam,
+} from "openai/resources/chat/completions";
 import type { components, paths } from "./schema.js";
 
 type Schemas = components["schemas"];
@@ -212,6 +217,9 @@ async function main(): Promise<void> {
   check(window.data.token_count <= window.data.max_tokens && !window.data.truncated,
     "everything fits the budget");
   const lines = window.data.messages.map(windowLine);
+  // What Chat Completions takes as `messages`, as the SDK types it: no cast.
+  const prompt: ChatCompletionMessageParam[] = window.data.messages;
+  check(prompt.length === 5, "the whole window is the SDK's input");
 
   // -- rename, list, delete -------------------------------------------------------------------
   const renamed = await client.PATCH("/api/{user_id}/conversations/{conversation_id}", {
@@ -225,6 +233,29 @@ async function main(): Promise<void> {
   });
   check((conversations.data?.data ?? []).some((c) => c.id === conversation),
     "the conversation is listed");
+
+  // -- an answer as the SDK returns it (a cited web search answer) is appended as it is -------
+  const answer: ChatCompletionMessage = {
+    role: "assistant",
+    content: "Sunny all weekend [1].",
+    refusal: null,
+    annotations: [
+      {
+        type: "url_citation",
+        url_citation: { start_index: 18, end_index: 21, title: "Forecast", url: "https://example.com/f" },
+      },
+    ],
+  };
+  const cited = await client.POST("/api/{user_id}/conversations/{conversation_id}/messages", {
+    params: { path },
+    body: answer,
+  });
+  if (cited.data === undefined) throw new Error(problem(cited.error, cited.response.status));
+  if (cited.data.object !== "message") throw new Error("a single object answers a message");
+  const citation = cited.data.annotations?.[0];
+  check(cited.data.seq === 6 && citation?.url_citation.url === "https://example.com/f",
+    "the SDK's message is stored whole, its citation typed");
+
   const deleted = await client.DELETE("/api/{user_id}/conversations/{conversation_id}", {
     params: { path },
   });

@@ -151,9 +151,8 @@ async def _explain(conn: Any, store: ChatHistory, user: str, word: str) -> str:
 
     from chathistory.store import search, search_syntax
 
-    statement = search.statement(
-        store._db, user, search_syntax.parse_query(word), None, None, None, 21
-    )
+    where = search.Where(store._db, user, search_syntax.parse_query(word), None, None, None)
+    statement = search.statement(where, 21, None)
     compiled = statement.compile(
         dialect=postgresql.dialect(),  # type: ignore[no-untyped-call]
         compile_kwargs={"literal_binds": True},

@@ -27,7 +27,6 @@ from contextlib import (
     nullcontext,
     suppress,
 )
-from datetime import timedelta
 from typing import Any, Final, cast
 
 from fastapi import FastAPI, Request
@@ -211,15 +210,10 @@ def create_app(settings: Settings | None = None, *, store: ChatHistory | None = 
             async with mcp_running():
                 yield
             return
-        engine_options: dict[str, Any] = settings.engine_options()
         async with ChatHistory.open(
             settings.database_url,
             migrate=settings.migrate_on_start,
-            max_content_chars=settings.max_content_chars,
-            max_batch_messages=settings.max_batch_messages,
-            max_response_bytes=settings.max_response_bytes,
-            stream_timeout=timedelta(seconds=settings.stream_timeout_seconds),
-            **engine_options,
+            **settings.open_options(),  # the limits the command line applies too
         ) as opened:
             app.state.store = opened
             async with mcp_running():

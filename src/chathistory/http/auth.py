@@ -91,11 +91,20 @@ def unauthorized(detail: str, *, invalid_token: bool = True) -> HTTPProblem:
     return HTTPProblem(401, detail, code="invalid_token", headers={"WWW-Authenticate": challenge})
 
 
-def _unavailable(seconds: float) -> HTTPProblem:
+def _unavailable(seconds: float, detail: str | None = None) -> HTTPProblem:
     return HTTPProblem(
         503,
-        "the token signing keys cannot be fetched right now",
+        detail or "the token signing keys cannot be fetched right now",
         headers={"Retry-After": str(max(1, math.ceil(seconds)))},
+    )
+
+
+def _rate_limited(seconds: float, cooldown: float) -> HTTPProblem:
+    return _unavailable(
+        seconds,
+        "rate limited: too many tokens with signing key ids the key set did not have; it is "
+        f"refetched for unknown key ids at most {JWKS_UNKNOWN_KID_FETCHES} times per "
+        f"{cooldown:g} seconds",
     )
 
 
@@ -181,7 +190,9 @@ class _JwksKeys:
             while self._kid_fetches and now - self._kid_fetches[0] >= self._kid_cooldown:
                 self._kid_fetches.popleft()
             if len(self._kid_fetches) >= JWKS_UNKNOWN_KID_FETCHES:
-                return _unavailable(self._kid_fetches[0] + self._kid_cooldown - now)
+                return _rate_limited(
+                    self._kid_fetches[0] + self._kid_cooldown - now, self._kid_cooldown
+                )
         return None
 
     def _not_found(self, kid: str, now: float) -> HTTPProblem:

@@ -34,6 +34,7 @@ from chathistory.http.auth import JWTVerifier
 from chathistory.http.docs import AppendAnswer, MessageBatch
 from chathistory.http.problems import problem_from_exception, problem_response
 from chathistory.http.requests import strict_json_loads
+from chathistory.http.router import created_location
 from chathistory.schemas import MessagePage
 from chathistory.store import MAX_PAGE
 
@@ -119,7 +120,12 @@ class FastLane:
             await self._problem(exc, scope, receive, send)
             return
         answer = stored[0] if single else MessageBatch(data=stored)
-        await _answer(send, 201 if created else 200, _APPEND.dump_json(answer, by_alias=True))
+        body = _APPEND.dump_json(answer, by_alias=True)
+        if created and single:  # as the route: the new message's path
+            location = created_location(scope, stored[0].id).encode("latin-1")
+            await _answer(send, 201, body, (b"location", location))
+        else:
+            await _answer(send, 201 if created else 200, body)
 
     def _owner(self, scope: Scope, user_id: str) -> bool:
         """Whether the request carries a remembered bearer token of ``user_id`` (read as
@@ -205,8 +211,9 @@ def _replaying(received: list[Message], receive: Receive) -> Receive:
     return replay
 
 
-async def _answer(send: Send, status: int, body: bytes) -> None:
-    """A JSON answer with the headers a route's ``Response`` sends."""
+async def _answer(send: Send, status: int, body: bytes, *extra: tuple[bytes, bytes]) -> None:
+    """A JSON answer with the headers a route's ``Response`` sends (``extra`` after them, as
+    a route's headers set on its ``response`` come)."""
     await send(
         {
             "type": "http.response.start",
@@ -214,6 +221,7 @@ async def _answer(send: Send, status: int, body: bytes) -> None:
             "headers": [
                 (b"content-length", str(len(body)).encode("latin-1")),
                 (b"content-type", b"application/json"),
+                *extra,
             ],
         }
     )

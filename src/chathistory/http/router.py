@@ -19,10 +19,12 @@ inside :func:`build_router` from the signatures at runtime.
 
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 
+from chathistory.errors import UnavailableError
 from chathistory.http.auth import Principal
 from chathistory.http.docs import (
     COMMON_PROBLEMS,
@@ -37,10 +39,7 @@ from chathistory.http.docs import (
     finish_openapi,
     problem_responses,
 )
-from chathistory.http.problems import (
-    DEFAULT_RETRY_AFTER_SECONDS,
-    HTTPProblem,
-)
+from chathistory.http.problems import DEFAULT_RETRY_AFTER_SECONDS, HTTPProblem, log
 from chathistory.http.requests import (
     ConversationCreateBody,
     ConversationUpdateBody,
@@ -63,6 +62,17 @@ from chathistory.search_schemas import SearchPage
 from chathistory.store import MAX_PAGE, ChatHistory
 
 # -- the router --------------------------------------------------------------------------------
+
+
+_LOCATION_HEADER: Final = {"description": "the new resource's path", "schema": {"type": "string"}}
+
+
+def created_location(scope: Mapping[str, Any], created_id: uuid.UUID) -> str:
+    """``Location`` of what a POST created: the request's path as sent (with any mount's or
+    proxy's prefix), then the id; a path, never a host taken from the request's ``Host``."""
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1") if isinstance(raw, bytes) else quote(scope["path"], safe="/")
+    return f"{path.partition('?')[0]}/{created_id}"
 
 
 def build_router(
@@ -131,7 +141,10 @@ def build_router(
         status_code=201,
         response_model=ConversationRead,
         responses={
-            201: {"description": "The conversation was created"},
+            201: {
+                "description": "The conversation was created",
+                "headers": {"Location": _LOCATION_HEADER},
+            },
             200: {
                 "model": ConversationRead,
                 "description": "A conversation with this `id` already existed, identical",
@@ -142,6 +155,7 @@ def build_router(
     async def create_conversation(
         user_id: OwnerSendingJSON,
         store: Store,
+        request: Request,
         response: Response,
         body: Annotated[
             ConversationCreateBody,
@@ -172,6 +186,8 @@ def build_router(
         conversation, created = await store.create_conversation_idempotent(
             user_id, {} if body is None else body
         )
+        if created:
+            response.headers["Location"] = created_location(request.scope, conversation.id)
         response.status_code = 201 if created else 200
         return conversation
 
@@ -277,7 +293,10 @@ def build_router(
         status_code=201,
         response_model=AppendAnswer,
         responses={
-            201: {"description": "Stored: the message, or for an array the list of messages"},
+            201: {
+                "description": "Stored: the message, or for an array the list of messages",
+                "headers": {"Location": _LOCATION_HEADER},
+            },
             200: {
                 "model": AppendAnswer,
                 "description": "A replay: every message id was already stored identically",
@@ -289,6 +308,7 @@ def build_router(
         user_id: OwnerSendingJSON,
         conversation_id: ConversationId,
         store: Store,
+        request: Request,
         response: Response,
         body: Annotated[
             MessagesBody,
@@ -332,6 +352,8 @@ def build_router(
         stored, created = await store.add_messages_idempotent(
             user_id, conversation_id, [body] if single else body
         )
+        if created and single:  # a batch's resource is the list it joined (RFC 9110 15.3.2)
+            response.headers["Location"] = created_location(request.scope, stored[0].id)
         response.status_code = 201 if created else 200
         return stored[0] if single else MessageBatch(data=stored)
 
@@ -541,12 +563,18 @@ def build_health_router(
     @router.get(
         "/readyz",
         operation_id="ready",
-        summary="Readiness: the database answers",
+        summary="Readiness: the database answers, takes writes, and has this release's schema",
         response_model=Health,
         responses={**problem_responses(500, 503)},
     )
     async def readyz(store: Store) -> Health:
-        await store.ping()
+        """503 when the database is unreachable, read-only, or not migrated to this release
+        (`chathistory db upgrade`); the detail never quotes the driver (the log does)."""
+        try:
+            await store.ping()
+        except UnavailableError as exc:
+            log.warning("not ready: %s", exc)
+            raise HTTPProblem(503, exc.summary, code="unavailable") from None
         return Health(status="ok")
 
     return router
@@ -559,6 +587,7 @@ __all__ = [
     "StrictJSONRequest",
     "build_health_router",
     "build_router",
+    "created_location",
     "finish_openapi",
     "problem_route_class",
     "require_json",

@@ -10,19 +10,31 @@ app. A pipelined request that starts in the same read as the end of the previous
 up to twice the limit before it is cut. :class:`LimitedH11Protocol` (when httptools is not
 installed) gets the same from h11's own bound, with a 431 instead of uvicorn's 400.
 
-After a 431 the server sends its FIN at once and reads and discards whatever the client is still
-sending until the client closes (at most :data:`LINGER_SECONDS`), so the answer is not lost to a
-TCP reset. The limit is uvicorn's ``h11_max_incomplete_event_size`` (what :func:`uvicorn_options`
-sets), so it reaches every worker process with uvicorn's config.
+Slow clients are bounded too (uvicorn has no such bound): a connection's first request head
+must arrive whole within ``header_timeout_seconds`` of the connection opening, a later one within
+that time of its first byte (an idle keep-alive connection is closed after uvicorn's
+``timeout_keep_alive``), and a body within ``body_timeout_seconds`` of its head; otherwise the
+answer is ``408 Request Timeout`` (a connection that sent nothing is just closed). Sending a byte
+now and then does not extend either. Each worker process serves at most ``max_connections``
+connections at once: one more is answered ``503`` with ``Retry-After`` at once, without reading
+its request, and closed.
+
+After a 431, 408 or 503 the server sends its FIN at once and reads and discards whatever the
+client is still sending until the client closes (at most :data:`LINGER_SECONDS`), so the answer
+is not lost to a TCP reset. The head limit is uvicorn's ``h11_max_incomplete_event_size`` (what
+:func:`uvicorn_options` sets), so it reaches every worker process with uvicorn's config; the
+timeouts and the connection cap are read from the ``CHATHISTORY_*`` environment
+(:class:`~chathistory.config.Settings`), which every worker process inherits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from http import HTTPStatus
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import h11
 from uvicorn.config import Config
@@ -47,15 +59,42 @@ def _limit(config: Config) -> int:
     return config.h11_max_incomplete_event_size or DEFAULT_MAX_HEADER_BYTES
 
 
-def _response_431(limit: int, default_headers: list[tuple[bytes, bytes]]) -> bytes:
-    status = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+class ClientLimits(NamedTuple):
+    header_timeout: float
+    body_timeout: float
+    max_connections: int
+    retry_after: int
+
+
+@functools.cache
+def client_limits() -> ClientLimits:
+    """The slow-client and connection bounds of this process, from the environment."""
+    from chathistory.config import Settings
+
+    settings = Settings()
+    return ClientLimits(
+        settings.header_timeout_seconds,
+        settings.body_timeout_seconds,
+        settings.max_connections,
+        settings.retry_after_seconds,
+    )
+
+
+def _problem(
+    status: HTTPStatus,
+    detail: str,
+    code: str,
+    default_headers: list[tuple[bytes, bytes]],
+    *extra: bytes,
+) -> bytes:
+    """A whole ``application/problem+json`` response that closes the connection."""
     body = json.dumps(
         {
             "type": "about:blank",
             "title": status.phrase,
             "status": int(status),
-            "detail": f"the request line and headers are larger than {limit} bytes",
-            "code": "headers_too_large",
+            "detail": detail,
+            "code": code,
         }
     ).encode("ascii")
     head = [f"HTTP/1.1 {int(status)} {status.phrase}".encode("ascii")]
@@ -63,13 +102,24 @@ def _response_431(limit: int, default_headers: list[tuple[bytes, bytes]]) -> byt
     head += [
         b"content-type: application/problem+json",
         b"content-length: " + str(len(body)).encode("ascii"),
+        *extra,
         b"connection: close",
     ]
     return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 
+def _response_431(limit: int, default_headers: list[tuple[bytes, bytes]]) -> bytes:
+    return _problem(
+        HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+        f"the request line and headers are larger than {limit} bytes",
+        "headers_too_large",
+        default_headers,
+    )
+
+
 class _Rejecting:
-    """The 431 and the lingering close, shared by both protocols."""
+    """What both protocols add: the 431, the timeouts of slow clients, the connection cap,
+    and the lingering close after a refusal."""
 
     transport: asyncio.Transport
     loop: asyncio.AbstractEventLoop
@@ -78,13 +128,76 @@ class _Rejecting:
     _head_limit: int
     _rejected: bool = False
     _linger: asyncio.TimerHandle | None = None
+    _limits: ClientLimits
+    _phase: str = "idle"  # "head" (a request head in the making), "body" (its body), "idle"
+    _began: bool = False  # whether a byte of the request in the making has come
+    _deadline: asyncio.TimerHandle | None = None
+
+    def _guard(self) -> None:
+        """On a new connection: refuse it over the cap, else time its first request head."""
+        self._limits = limits = client_limits()
+        if len(self.server_state.connections) > limits.max_connections:
+            logger.warning("Over %d connections: 503.", limits.max_connections)
+            response = _problem(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                f"the server has {limits.max_connections} connections open, its most; "
+                "retry shortly",
+                "too_many_connections",
+                self.server_state.default_headers,
+                b"retry-after: " + str(limits.retry_after).encode("ascii"),
+            )
+            self._refuse(response, new_head=True)
+            return
+        self._expect("head")
+
+    def _expect(self, phase: str) -> None:
+        """Enter ``phase``; a head or a body must be whole before its timeout."""
+        if phase == self._phase:
+            return
+        self._phase = phase
+        self._end_deadline()
+        if phase == "head":
+            self._deadline = self.loop.call_later(self._limits.header_timeout, self._timed_out)
+        elif phase == "body":
+            self._deadline = self.loop.call_later(self._limits.body_timeout, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._deadline = None
+        if self._rejected or self.transport.is_closing():
+            return
+        head = self._phase == "head"
+        if head and not self._began:
+            self.transport.close()  # nothing of a request came: nothing to answer
+            return
+        what, seconds = (
+            ("request line and headers", self._limits.header_timeout)
+            if head
+            else ("request body", self._limits.body_timeout)
+        )
+        logger.warning("The %s did not arrive within %g s: 408.", what, seconds)
+        response = _problem(
+            HTTPStatus.REQUEST_TIMEOUT,
+            f"the {what} did not arrive within {seconds:g} seconds",
+            "request_timeout",
+            self.server_state.default_headers,
+        )
+        self._refuse(response, new_head=head)
 
     def _reject(self, *, new_head: bool) -> None:
         """Answer 431 unless another response is under way on the connection, then close."""
         if self._rejected:
             return
-        self._rejected = True
         logger.warning("Request head over %d bytes: 431.", self._head_limit)
+        response = _response_431(self._head_limit, self.server_state.default_headers)
+        self._refuse(response, new_head=new_head)
+
+    def _refuse(self, response: bytes, *, new_head: bool) -> None:
+        """Answer ``response`` unless another response is under way on the connection (then
+        just close), and close after a lingering drain."""
+        if self._rejected:
+            return
+        self._rejected = True
+        self._end_deadline()
         cycle = self.cycle
         if cycle is not None and not cycle.response_started:
             cycle.disconnected = True  # the app reading this request's body sees a disconnect
@@ -92,7 +205,7 @@ class _Rejecting:
         elif cycle is not None and not (cycle.response_complete and new_head):
             self.transport.close()  # mid-response: no way to answer
             return
-        self.transport.write(_response_431(self._head_limit, self.server_state.default_headers))
+        self.transport.write(response)
         if not self.transport.can_write_eof():  # pragma: no cover - TCP can
             self.transport.close()
             return
@@ -102,16 +215,22 @@ class _Rejecting:
 
     def eof_received(self) -> None:
         if self._rejected:
-            self.transport.close()  # the client is done sending: the 431 has gone out
+            self.transport.close()  # the client is done sending: the answer has gone out
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._end_linger()
+        self._end_deadline()
         super().connection_lost(exc)  # type: ignore[misc]
 
     def _end_linger(self) -> None:
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
+
+    def _end_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
 
 class _HeadTooLarge(Exception):
@@ -145,9 +264,15 @@ if HTTPTOOLS:
             self._too_large = False
             self._too_large_head = True
 
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._guard()
+
         def data_received(self, data: bytes) -> None:
             if self._rejected:
-                return  # draining after a 431
+                return  # draining after a refusal
+            if self._phase == "idle":
+                self._expect("head")  # any byte starts the clock (blank lines included)
             limit = self._head_limit
             while data:
                 step = limit - self._non_body + 1
@@ -180,11 +305,14 @@ if HTTPTOOLS:
 
         def on_message_begin(self) -> None:
             self._in_head = True
+            self._began = True
+            self._expect("head")
             super().on_message_begin()
 
         def on_headers_complete(self) -> None:
             self._check_fields(head=True)
             self._in_head = False
+            self._expect("body")
             super().on_headers_complete()
 
         def on_body(self, body: bytes) -> None:
@@ -195,6 +323,8 @@ if HTTPTOOLS:
             self._check_fields(head=False)  # uvicorn adds the trailers to the headers
             self._in_head = True
             self._piece_completed = True
+            self._expect("idle")
+            self._began = False
             super().on_message_complete()
 
         def send_400_response(self, msg: str) -> None:
@@ -252,9 +382,37 @@ class LimitedH11Protocol(_Rejecting, H11Protocol):
         self._head_limit = _limit(config)
         self.conn = self._bounded = _BoundedConnection(self._head_limit)
 
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._guard()
+
     def data_received(self, data: bytes) -> None:
-        if not self._rejected:  # else: draining after a 431
+        if not self._rejected:  # else: draining after a refusal
+            if self._phase == "idle":
+                self._expect("head")  # any byte starts the clock (blank lines included)
             super().data_received(data)
+            self._track()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self._rejected:
+            self._track()
+
+    def _track(self) -> None:
+        """The phase of the request in the making, from h11's state."""
+        if self.transport.is_closing():
+            return
+        state = self._bounded.their_state
+        if state is h11.SEND_BODY:
+            self._began = True
+            self._expect("body")
+        elif state is h11.IDLE:
+            if self._bounded.trailing_data[0]:  # part of a head
+                self._began = True
+                self._expect("head")
+        else:  # the request is whole (or the connection is done)
+            self._expect("idle")
+            self._began = False
 
     def send_400_response(self, msg: str) -> None:
         if self._bounded.too_large:
@@ -274,6 +432,8 @@ def uvicorn_options(max_header_bytes: int) -> dict[str, Any]:
 
 __all__ = [
     "DEFAULT_MAX_HEADER_BYTES",
+    "ClientLimits",
     "LimitedH11Protocol",
+    "client_limits",
     "uvicorn_options",
 ]

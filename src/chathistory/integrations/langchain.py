@@ -5,10 +5,17 @@
 
     chain = RunnableWithMessageHistory(
         prompt | model,
-        lambda session_id: ChatHistoryMessageHistory(store, user_id, UUID(session_id)),
+        lambda session_id: ChatHistoryMessageHistory(store, user_id, session_id),
         input_messages_key="question",
         history_messages_key="history",
     )
+
+A session id is any non-empty string LangChain passes. A UUID names the conversation itself;
+any other string names the conversation ``session_conversation_id(session_id)``: a UUID derived
+from it (``uuid5`` in :data:`SESSION_NAMESPACE`), so the same string always finds the same
+conversation of the user. The conversation is created by the first message added to it (an
+unknown one reads as empty). An empty session id, or one that is neither a string nor a UUID,
+is a :class:`ValueError` naming it.
 
 Messages convert through LangChain's own OpenAI converters, so Human/AI/System/Tool messages and
 AI tool calls map to the store's OpenAI-format rows and back. A LangChain message ``id`` that is a
@@ -28,7 +35,7 @@ import contextlib
 import threading
 import uuid
 from collections.abc import Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from langchain_core.chat_history import BaseChatMessageHistory
 from langchain_core.messages import (
@@ -38,10 +45,30 @@ from langchain_core.messages import (
     convert_to_openai_messages,
 )
 
+from chathistory.errors import ConversationNotFoundError
 from chathistory.schemas import MessageRead
 from chathistory.store import ChatHistory
 
 T = TypeVar("T")
+
+SESSION_NAMESPACE: Final = uuid.UUID("6f0d3c52-8f0e-5b1a-9c4e-2a7d1e5b3c90")
+"""The namespace of the conversation ids derived from session ids (:func:`uuid.uuid5`)."""
+
+
+def session_conversation_id(session_id: uuid.UUID | str) -> uuid.UUID:
+    """The conversation a LangChain session id names: a UUID (or its text) is that
+    conversation; any other non-empty string the UUID derived from it, the same every time."""
+    if isinstance(session_id, uuid.UUID):
+        return session_id
+    if not isinstance(session_id, str) or not session_id.strip():
+        raise ValueError(
+            f"session id {session_id!r} cannot name a conversation: give a non-empty string "
+            "or a UUID"
+        )
+    try:
+        return uuid.UUID(session_id)
+    except ValueError:
+        return uuid.uuid5(SESSION_NAMESPACE, session_id)
 
 
 class ChatHistoryMessageHistory(BaseChatMessageHistory):
@@ -58,26 +85,35 @@ class ChatHistoryMessageHistory(BaseChatMessageHistory):
     ) -> None:
         self.store = store
         self.user_id = user_id
-        self.conversation_id = uuid.UUID(str(conversation_id))
+        self.conversation_id = session_conversation_id(conversation_id)
         self.limit = limit
         self._loop = loop or _running_loop()
 
     # -- async -----------------------------------------------------------------------------
 
     async def aget_messages(self) -> list[BaseMessage]:
-        stored = await self.store.get_chat_history(
-            self.user_id, self.conversation_id, limit=self.limit
-        )
+        try:
+            stored = await self.store.get_chat_history(
+                self.user_id, self.conversation_id, limit=self.limit
+            )
+        except ConversationNotFoundError:
+            return []  # a session not used yet
         return [to_langchain(message) for message in stored]
 
     async def aadd_messages(self, messages: Sequence[BaseMessage]) -> None:
-        if messages:
-            await self.store.add_messages(
-                self.user_id, self.conversation_id, [from_langchain(m) for m in messages]
-            )
+        if not messages:
+            return
+        batch = [from_langchain(m) for m in messages]
+        try:
+            await self.store.add_messages(self.user_id, self.conversation_id, batch)
+        except ConversationNotFoundError:
+            # The session's first messages: its conversation starts here.
+            await self.store.get_or_create_conversation(self.user_id, self.conversation_id)
+            await self.store.add_messages(self.user_id, self.conversation_id, batch)
 
     async def aclear(self) -> None:
-        await self.store.clear_conversation(self.user_id, self.conversation_id)
+        with contextlib.suppress(ConversationNotFoundError):  # a session not used yet
+            await self.store.clear_conversation(self.user_id, self.conversation_id)
 
     # -- sync ------------------------------------------------------------------------------
 

@@ -25,9 +25,9 @@ from chathistory.errors import (
     ValidationError,
 )
 from chathistory.models import conversations, messages, utcnow, uuid7
-from chathistory.schemas import MessageCreate, MessageRead, title_from
+from chathistory.schemas import MAX_TOOL_CALLS, MessageCreate, MessageRead, title_from
 from chathistory.store import branches, rows, search, tool_pairing
-from chathistory.store.conversations import live
+from chathistory.store.conversations import free_expired, live
 from chathistory.store.database import Database
 from chathistory.store.rows import C, M
 from chathistory.tokens import TokenCounter
@@ -55,6 +55,12 @@ def parse_batch(
         raise ValidationError(
             [FieldError(("messages",), f"{too_many}{rules.max_batch_messages}", "too_long")]
         )
+    calls = sum(_tool_call_count(item) for item in batch)
+    if calls > rules.max_batch_messages:
+        too_many = f"holds {calls} tool calls in all; a batch holds at most "
+        raise ValidationError(
+            [FieldError(("messages",), f"{too_many}{rules.max_batch_messages}", "too_long")]
+        )
     parsed: list[MessageCreate] = []
     errors: list[FieldError] = []
     for index, item in enumerate(batch):
@@ -77,6 +83,16 @@ def parse_batch(
     if len(set(given)) != len(given):
         raise ValidationError("the same id appears twice in one batch", loc=("id",))
     return parsed
+
+
+def _tool_call_count(item: MessageCreate | Mapping[str, Any]) -> int:
+    """The tool calls of a message not validated yet (each costs validation and counting), up
+    to the cap of one message (a message over it is refused at its own ``tool_calls``)."""
+    if isinstance(item, Mapping):
+        calls = item.get("tool_calls")
+    else:  # a MessageCreate, or a non-object that validation reports below
+        calls = getattr(item, "tool_calls", None)
+    return min(len(calls), MAX_TOOL_CALLS) if isinstance(calls, list | tuple) else 0
 
 
 def check_sizes(rules: Rules, batch: Sequence[MessageCreate]) -> None:
@@ -183,7 +199,7 @@ async def append(
     # 2. Idempotency: ids already stored make this a replay (identical) or a conflict.
     given = [m.id for m in batch if m.id is not None]
     if given:
-        replay = await _replay(conn, user_id, conversation_id, batch, given, stale_before)
+        replay = await _replay(conn, user_id, conversation_id, batch, given, now, stale_before)
         if replay is not None:
             await conn.rollback()
             return replay, False
@@ -253,11 +269,21 @@ async def _replay(
     conversation_id: uuid.UUID,
     batch: list[MessageCreate],
     given: list[uuid.UUID],
+    now: datetime,
     stale_before: datetime,
 ) -> list[MessageRead] | None:
+    """The stored messages of a replay of ``batch`` (``None``: none of its ids is stored); a
+    :class:`ConflictError` if its ids are stored otherwise. The ids of an expired
+    conversation's messages are not stored (SPEC 9): that conversation is deleted first."""
+    stored_rows = (
+        await conn.execute(select(messages).where(M.user_id == user_id, M.id.in_(given)))
+    ).all()
+    elsewhere = {row.conversation_id for row in stored_rows} - {conversation_id}
+    gone = await free_expired(conn, user_id, elsewhere, now)
     found = {
         row.id: rows.message(row._mapping, stale_before)
-        for row in await conn.execute(select(messages).where(M.user_id == user_id, M.id.in_(given)))
+        for row in stored_rows
+        if row.conversation_id not in gone
     }
     if not found:
         return None

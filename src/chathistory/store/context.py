@@ -13,6 +13,9 @@ index, so the cost follows what fits, not the history's length.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import itertools
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
@@ -30,26 +33,65 @@ from chathistory.store.rows import WINDOW_COLUMNS, M, settled
 _FIRST_CHUNK: Final = 32
 _SYSTEM_CHUNK: Final = 8
 _MAX_CHUNK: Final = 1024
+OFF_LOOP_BYTES: Final = 256 * 1024
+"""Bytes of messages to count (content and tool calls) above which counting leaves the event
+loop for a worker thread."""
 
 
 class Budget:
     """What a context window may still take: tokens (the caller's ``max_tokens``, the reply's
-    priming counted from the start) and bytes of content and tool calls."""
+    priming counted from the start) and bytes of content and tool calls.
 
-    def __init__(self, max_tokens: int, max_bytes: int, cost: Callable[[Any], int]) -> None:
+    A message costs its stored token count when that was counted with the window's encoding
+    (``stored_counts``), else it is counted now: :meth:`count` counts a read's worth of such
+    messages ahead, on a worker thread once they pass :data:`OFF_LOOP_BYTES` (the event loop
+    keeps serving other requests while megabytes of text are tokenized)."""
+
+    def __init__(
+        self, max_tokens: int, max_bytes: int, counter: tokens.TokenCounter, stored_counts: bool
+    ) -> None:
         self.max_tokens = max_tokens
         self.max_bytes = max_bytes
         self.tokens = tokens.REPLY_PRIMING
         self.bytes = 0
-        self._cost = cost
+        self.counter = counter
+        self.stored_counts = stored_counts
+        self._counted: dict[int, int] = {}  # seq -> tokens, of messages counted here
 
     @property
     def bytes_left(self) -> int:
         return self.max_bytes - self.bytes
 
+    def _stored(self, row: Any) -> int | None:
+        if self.stored_counts and row.token_count is not None:
+            return int(row.token_count)
+        return None
+
+    async def count(self, rows: Sequence[Any]) -> None:
+        """Count ahead the tokens of the ``rows`` that have no stored count to use."""
+        todo = [row for row in rows if self._stored(row) is None and row.seq not in self._counted]
+        if not todo:
+            return
+        work = functools.partial(self._count_all, todo)
+        heavy = sum(row.size for row in todo) > OFF_LOOP_BYTES
+        counts = await asyncio.to_thread(work) if heavy else work()
+        self._counted.update(zip((row.seq for row in todo), counts, strict=True))
+
+    def _count_all(self, rows: Sequence[Any]) -> list[int]:
+        return [self.counter.count_message(row._mapping) for row in rows]
+
+    def cost(self, row: Any) -> int:
+        """The tokens one message costs."""
+        stored = self._stored(row)
+        if stored is not None:
+            return stored
+        if row.seq not in self._counted:
+            self._counted[row.seq] = self.counter.count_message(row._mapping)
+        return self._counted[row.seq]
+
     def take(self, group: Sequence[Any]) -> bool:
         """Count the group in if it fits in both budgets; ``False`` (and nothing taken) if not."""
-        more_tokens = sum(self._cost(row) for row in group)
+        more_tokens = sum(self.cost(row) for row in group)
         more_bytes = sum(row.size for row in group)
         if self.tokens + more_tokens > self.max_tokens or self.bytes + more_bytes > self.max_bytes:
             return False
@@ -110,21 +152,22 @@ async def window(
     user_id: str,
     conversation_id: uuid.UUID,
     budget: Budget,
-    counter: tokens.TokenCounter,
     stale_before: datetime,
 ) -> ContextWindow:
     branched, _ = await branches.active(conn, user_id, conversation_id)  # 404 here
     owned = (M.conversation_id == conversation_id, M.user_id == user_id)
 
     async def read(**bounds: Any) -> Sequence[Any]:
+        found: Sequence[Any]
         if not branched:  # every message, in one statement
             query = limits.bounded_range(WINDOW_COLUMNS, owned, size, **bounds)
-            found: Sequence[Any] = (await conn.execute(query)).all()
-            return found
-        rows = await branches.read_active(
-            conn, size, user_id, conversation_id, columns=WINDOW_COLUMNS, **bounds
-        )
-        return [_Row(row) for row in rows]
+            found = (await conn.execute(query)).all()
+        else:
+            rows = await branches.read_active(
+                conn, size, user_id, conversation_id, columns=WINDOW_COLUMNS, **bounds
+            )
+            found = [_Row(row) for row in rows]
+        return found
 
     system = await _system_prefix(read, budget)
     if not system and budget.tokens > budget.max_tokens:  # the reply's priming alone
@@ -136,8 +179,8 @@ async def window(
         token_count=budget.tokens,
         max_tokens=budget.max_tokens,
         truncated=truncated,
-        encoding=counter.encoding,
-        exact=counter.exact,
+        encoding=budget.counter.encoding,
+        exact=budget.counter.exact,
     )
 
 
@@ -169,6 +212,7 @@ async def _system_prefix(read: Read, budget: Budget) -> list[Any]:
         rows = await read(
             ascending=True, limit=_SYSTEM_CHUNK, past=after, max_bytes=budget.bytes_left
         )
+        await budget.count(list(itertools.takewhile(lambda row: row.role == "system", rows)))
         for row in rows:
             if row.role != "system":
                 return prefix
@@ -196,6 +240,7 @@ async def _newest_run(read: Read, after_seq: int, selection: Selection) -> tuple
     while True:
         room = budget.bytes_left
         rows = await read(ascending=False, limit=chunk, past=after_seq, until=below, max_bytes=room)
+        await budget.count(rows)
         if selection.feed(rows):
             return selection.run, True
         if len(rows) < chunk:

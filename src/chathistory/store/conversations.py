@@ -4,6 +4,7 @@ clear, and erase a user. Every statement names its owner; another user's row is 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Final
 
@@ -45,6 +46,25 @@ def expired(now: datetime) -> ColumnElement[bool]:
     return condition
 
 
+async def free_expired(
+    conn: AsyncConnection, user_id: str, conversation_ids: Iterable[uuid.UUID], now: datetime
+) -> set[uuid.UUID]:
+    """Delete those of these conversations of the user that have expired at ``now``, and say
+    which. An expired conversation is gone for every call (SPEC 9) but its row stays until the
+    purge: a call that would reuse its id, or the id of one of its messages, deletes it first
+    (with its messages, by the foreign keys' cascade), so the id is free again. A live
+    conversation is never touched."""
+    ids = set(conversation_ids)
+    if not ids:
+        return set()
+    deleted = await conn.execute(
+        delete(conversations)
+        .where(C.user_id == user_id, C.id.in_(ids), expired(now))
+        .returning(C.id)
+    )
+    return {row.id for row in deleted}
+
+
 def exists_live(
     user_id: str, conversation_id: uuid.UUID, now: datetime | None = None, *, linear: bool = False
 ) -> ColumnElement[bool]:
@@ -77,10 +97,7 @@ async def create(
                     " archived, pinned or expires_at"
                 )
             return existing, False
-        # An expired conversation is gone: its id is free again (its row awaits the purge).
-        await conn.execute(
-            delete(conversations).where(C.user_id == user_id, C.id == spec.id, expired(now))
-        )
+        await free_expired(conn, user_id, [spec.id], now)
     values = {
         "id": spec.id or uuid7(),
         "user_id": user_id,

@@ -5,11 +5,15 @@ reads, the export's snapshot, and database failures turned into :class:`Unavaila
 insufficient resources (53), shutdown and restart (57P), refused credentials or a missing role
 (28), a missing database (3D000), a read-only server such as a standby or
 ``default_transaction_read_only`` (25006), no pooled connection free in time, a timeout.
+A schema that is not there or is behind the code (an undefined table or column: 42P01, 42703,
+SQLite's "no such table") is :class:`SchemaNotCurrentError`, a kind of it whose message names
+the fix, ``chathistory db upgrade``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import weakref
 from collections.abc import AsyncIterator, Mapping
@@ -18,7 +22,7 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, literal, select, text
+from sqlalchemy import ColumnElement
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -26,10 +30,23 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool
 from sqlalchemy.util import greenlet_spawn
 
 from chathistory.db import _replace_closed
-from chathistory.errors import ChatHistoryError, UnavailableError
+from chathistory.errors import ChatHistoryError, SchemaNotCurrentError, UnavailableError
 from chathistory.store import limits, sql
 
 _UNAVAILABLE_SQLSTATE_PREFIXES: Final = ("08", "53", "57P", "28", "3D000", "25006")
+_SCHEMA_SQLSTATES: Final = ("42P01", "42703")  # undefined table, undefined column
+_SQLITE_SCHEMA_ERRORS: Final = ("no such table", "no such column")
+UPGRADE_HINT: Final = "run `chathistory db upgrade`"
+NOT_MIGRATED: Final = f"the database schema is not migrated: {UPGRADE_HINT}"
+NO_CONNECTION: Final = "no database connection came free in time"
+# Readiness, in one statement: writable (PostgreSQL) and the schema's revision.
+_PING_POSTGRES: Final = (
+    "SELECT current_setting('transaction_read_only'), "
+    "(SELECT string_agg(version_num, ',') FROM chathistory_alembic_version)"
+)
+_PING_SQLITE: Final = (
+    "SELECT 'off', (SELECT group_concat(version_num, ',') FROM chathistory_alembic_version)"
+)
 DEFAULT_STREAM_TIMEOUT: Final = timedelta(minutes=10)
 # The one statement that reads every shard on purpose: an export's snapshot on Citus.
 CITUS_SNAPSHOT_SQL: Final = "SELECT 1 FROM conversations LIMIT 1"
@@ -49,6 +66,7 @@ class Database:
         self._dbapi: Any = engine.dialect.loaded_dbapi
         self._citus: bool | None = None  # the citus extension, looked up on first export
         self._append: Mapping[bool, str] | None = None  # the append for the server's version
+        self._revisions: tuple[str, frozenset[str]] | None = None  # head, all: read on first ping
         self._gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
@@ -150,16 +168,39 @@ class Database:
 
     async def ping(self) -> None:
         """Raise :class:`UnavailableError` unless the database answers and takes writes (a
-        read-only PostgreSQL server, such as a standby, is not ready)."""
+        read-only PostgreSQL server, such as a standby, is not ready), and
+        :class:`SchemaNotCurrentError` when its schema is not migrated or is behind this
+        release. One statement; a revision this release does not know (a newer release
+        migrated the database, as in a rolling upgrade) is ready."""
         async with self.transaction() as conn:
-            if not self.postgres:
-                await conn.execute(select(literal(1)))
-                return
-            read_only = (
-                await conn.execute(text("SELECT current_setting('transaction_read_only')"))
-            ).scalar()
+            sql = _PING_POSTGRES if self.postgres else _PING_SQLITE
+            row: tuple[Any, ...] = tuple((await conn.exec_driver_sql(sql)).one())
+        read_only, found = row
         if read_only == "on":
-            raise UnavailableError("the database is read-only (a standby, or set read-only)")
+            read_only = "the database is read-only (a standby, or set read-only)"
+            raise UnavailableError(read_only, summary=read_only)
+        if self._revisions is None:
+            self._revisions = await asyncio.to_thread(_package_revisions)
+        head, known = self._revisions
+        revisions = set(found.split(",")) if found else set()
+        if not revisions:
+            raise SchemaNotCurrentError(NOT_MIGRATED, summary=NOT_MIGRATED)
+        if head not in revisions and revisions <= known:
+            behind = (
+                f"the database schema is at revision {found}, behind this release's {head}: "
+                f"{UPGRADE_HINT}"
+            )
+            raise SchemaNotCurrentError(behind, summary=behind)
+
+
+def _package_revisions() -> tuple[str, frozenset[str]]:
+    """The newest revision this package ships, and all of them."""
+    from alembic.script import ScriptDirectory
+
+    from chathistory import migrations
+
+    script = ScriptDirectory.from_config(migrations.alembic_config())
+    return migrations.head(), frozenset(rev.revision for rev in script.walk_revisions())
 
 
 @asynccontextmanager
@@ -178,8 +219,10 @@ def unavailable(exc: BaseException) -> UnavailableError | None:
     """The :class:`UnavailableError` that ``exc`` means, or ``None`` (not a database failure)."""
     if isinstance(exc, ChatHistoryError | IntegrityError):
         return None
+    if _schema_missing(exc):
+        return SchemaNotCurrentError(f"{NOT_MIGRATED} ({_brief(exc)})", summary=NOT_MIGRATED)
     if isinstance(exc, PoolTimeoutError):
-        return UnavailableError("no database connection came free in time")
+        return UnavailableError(NO_CONNECTION, summary=NO_CONNECTION)
     if isinstance(exc, OperationalError | InterfaceError):
         return UnavailableError(f"the database is unavailable: {_brief(exc)}")
     if isinstance(exc, DBAPIError):
@@ -220,7 +263,7 @@ class Borrowed:
                     async with asyncio.timeout(getattr(pool, "_timeout", 30)):
                         await gate.acquire()
                 except TimeoutError:
-                    raise UnavailableError("no database connection came free in time") from None
+                    raise UnavailableError(NO_CONNECTION, summary=NO_CONNECTION) from None
             else:  # room now: taken at once (the timer would cost a tenth of the borrow)
                 await gate.acquire()
         try:
@@ -349,6 +392,15 @@ def _returns_quietly(pool: Any, record: Any) -> bool:
     if getattr(connection, "_started", False):  # SQLAlchemy 2.0's adapter
         return False
     return bool(pool.checkedin() < pool.size())
+
+
+def _schema_missing(exc: BaseException) -> bool:
+    """Whether ``exc`` (SQLAlchemy's or the driver's own) says a table or column the store
+    uses is not there: a schema never migrated, or behind the code."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    if isinstance(orig, sqlite3.OperationalError):
+        return str(orig).startswith(_SQLITE_SCHEMA_ERRORS)
+    return getattr(orig, "sqlstate", None) in _SCHEMA_SQLSTATES
 
 
 def _is_unavailable(exc: DBAPIError) -> bool:

@@ -19,6 +19,7 @@ from collections.abc import (
 from datetime import datetime, timedelta
 from typing import Any, Final
 
+from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -66,6 +67,22 @@ class _Unset:
 
 
 UNSET: Final = _Unset()
+
+
+def _merged(
+    changes: BaseModel | Mapping[str, Any] | None, model: type[BaseModel], **given: Any
+) -> dict[str, Any]:
+    """A change given as a model, a mapping and/or keyword arguments, as one mapping (a
+    keyword wins over the same key of the mapping; an ``UNSET`` keyword is not given)."""
+    data: dict[str, Any] = {}
+    if isinstance(changes, model):
+        data = changes.model_dump(exclude_unset=True)
+    elif isinstance(changes, Mapping):
+        data = dict(changes)
+    elif changes is not None:
+        raise ValidationError("must be an object", loc=("body",))
+    data.update({name: value for name, value in given.items() if not isinstance(value, _Unset)})
+    return data
 
 
 class ChatHistory:
@@ -254,25 +271,16 @@ class ChatHistory:
         fields not given stay as they are. A change of the title or metadata moves
         ``updated_at``; archiving, pinning, the expiry and switching branches do not."""
         check_user_id(user_id)
-        data: dict[str, Any] = {}
-        if isinstance(changes, ConversationUpdate):
-            data = changes.model_dump(exclude_unset=True)
-        elif isinstance(changes, Mapping):
-            data = dict(changes)
-        elif changes is not None:
-            raise ValidationError("must be an object", loc=("body",))
-        if not isinstance(title, _Unset):
-            data["title"] = title
-        if not isinstance(metadata, _Unset):
-            data["metadata"] = metadata
-        for name, value in (
-            ("archived", archived),
-            ("pinned", pinned),
-            ("expires_at", expires_at),
-            ("current_message_id", current_message_id),
-        ):
-            if not isinstance(value, _Unset):
-                data[name] = value
+        data = _merged(
+            changes,
+            ConversationUpdate,
+            title=title,
+            metadata=metadata,
+            archived=archived,
+            pinned=pinned,
+            expires_at=expires_at,
+            current_message_id=current_message_id,
+        )
         values = conversations.changes(data)
         if not values:
             return await self.get_conversation(user_id, conversation_id)
@@ -405,13 +413,27 @@ class ChatHistory:
         user_id: str,
         conversation_id: uuid.UUID,
         message_id: uuid.UUID,
-        change: MessageUpdate | Mapping[str, Any],
+        change: MessageUpdate | Mapping[str, Any] | None = None,
+        *,
+        content: str | list[dict[str, Any]] | _Unset | None = UNSET,
+        append_text: str | _Unset = UNSET,
+        tool_calls: list[dict[str, Any]] | _Unset | None = UNSET,
+        status: str | _Unset = UNSET,
     ) -> MessageRead:
         """Update an ``in_progress`` assistant message as it streams (SPEC 10): ``content``,
-        ``append_text``, ``tool_calls``, ``status`` (``completed`` / ``incomplete`` finish it).
+        ``append_text``, ``tool_calls``, ``status`` (``completed`` / ``incomplete`` finish it),
+        given as a mapping (or :class:`MessageUpdate`) and/or keyword arguments.
         A finished message raises :class:`ConflictError` (:mod:`chathistory.store.streaming`)."""
         check_user_id(user_id)
-        update: MessageUpdate = rows.parse(MessageUpdate, change)
+        data = _merged(
+            change,
+            MessageUpdate,
+            content=content,
+            append_text=append_text,
+            tool_calls=tool_calls,
+            status=status,
+        )
+        update: MessageUpdate = rows.parse(MessageUpdate, data)
         now = utcnow()
         async with self._db.transaction() as conn:
             return await streaming.update_message(
@@ -488,6 +510,7 @@ class ChatHistory:
             role=role,
             limit=limit,
             cursor=cursor,
+            max_bytes=self.max_response_bytes,
         )
 
     async def get_context_window(
@@ -504,18 +527,12 @@ class ChatHistory:
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise ValidationError("must be a positive integer", loc=("max_tokens",))
         counter = tokens.counter(tokens.encoding_for_model(model)) if model else self.tokens
-        stored_counts = counter.encoding == self.tokens.encoding
-
-        def cost(row: Any) -> int:
-            if stored_counts and row.token_count is not None:
-                return int(row.token_count)
-            return counter.count_message(row._mapping)
-
-        budget = context.Budget(max_tokens, self.max_response_bytes, cost)
+        stored_counts = counter.encoding == self.tokens.encoding  # the counts rows carry
+        budget = context.Budget(max_tokens, self.max_response_bytes, counter, stored_counts)
         streaming_since = self._db.stale_before(utcnow())
         async with self._db.transaction() as conn:
             return await context.window(
-                conn, self._db.size, user_id, conversation_id, budget, counter, streaming_since
+                conn, self._db.size, user_id, conversation_id, budget, streaming_since
             )
 
     # -- export and import -------------------------------------------------------------------

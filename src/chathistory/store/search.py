@@ -2,8 +2,9 @@
 
 The words are cut in Python (:mod:`chathistory.store.search_syntax`) for the index and the
 query alike, so both backends find the same messages. PostgreSQL matches a ``tsvector`` against
-a ``tsquery`` (GIN over ``(user_id, words)``, or the user's newest rows walked backwards when
-the words are common: the planner picks); SQLite matches its FTS5 index. Every statement names
+a ``tsquery``: at most :data:`MAX_CANDIDATES` candidates from the GIN index over
+``(user_id, words)``, or, with more, a walk of the user's :data:`WALK_ROWS` newest rows after
+the cursor. SQLite matches its FTS5 index. Every statement names
 the user, so on Citus it runs on that user's shard only.
 """
 
@@ -11,14 +12,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 from sqlalchemy import (
+    ColumnElement,
     Select,
     and_,
     bindparam,
     cast,
     delete,
+    func,
     insert,
     literal,
     literal_column,
@@ -34,7 +38,7 @@ from chathistory import pagination
 from chathistory.errors import ValidationError
 from chathistory.models import ROLES, conversations, message_search, messages, utcnow
 from chathistory.search_schemas import HitConversation, SearchHit, SearchPage
-from chathistory.store import branches, rows, search_syntax
+from chathistory.store import branches, limits, rows, search_syntax
 from chathistory.store import conversations as conversation_room
 from chathistory.store.database import Database
 
@@ -42,6 +46,24 @@ S = message_search.c
 M = messages.c
 C = conversations.c
 _FTS = table("message_search_fts")  # SQLite's FTS5 index over message_search.words
+
+
+MAX_CANDIDATES: Final = 1_000
+"""Index candidates (messages holding the query's words) a page of search looks at, at most.
+With more than this (words common in the history, phrases of common words, an exclusion that
+removes most of them) the page walks the :data:`WALK_ROWS` newest rows after the cursor
+instead and answers the hits among them: ``has_more`` and a cursor after the walked rows."""
+WALK_ROWS: Final = 1_000
+"""Index rows such a walking page looks at, at most."""
+
+_INDEX_ONLY = text(
+    "SELECT set_config('enable_indexscan', 'off', true),"
+    " set_config('enable_indexonlyscan', 'off', true), set_config('enable_seqscan', 'off', true)"
+)
+_WALKING = text(
+    "SELECT set_config('enable_indexscan', 'on', true),"
+    " set_config('enable_indexonlyscan', 'on', true), set_config('enable_seqscan', 'on', true)"
+)
 
 
 async def search(
@@ -53,20 +75,59 @@ async def search(
     role: str | None,
     limit: int,
     cursor: str | None,
+    max_bytes: int | None = None,
 ) -> SearchPage:
     parsed = search_syntax.parse_query(query)
     rows.check_limit(limit)
     if role is not None and role not in ROLES:
         raise ValidationError(f"must be one of {', '.join(ROLES)}", loc=("role",))
     after = pagination.decode_search_cursor(cursor) if cursor is not None else None
-    select_hits = statement(db, user_id, parsed, conversation_id, role, after, limit + 1)
+    where = Where(db, user_id, parsed, conversation_id, role, after)
     stale_before = db.stale_before(utcnow())
     async with db.transaction() as conn:
         if conversation_id is not None:
             await conversation_room.require(conn, user_id, conversation_id)
-        found = (await conn.execute(select_hits)).all()
-        examined = [row._mapping for row in found[:limit]]
+        if db.postgres:  # the candidates from the GIN index, whatever the estimates
+            await conn.execute(_INDEX_ONLY)
+        answer = (await conn.execute(statement(where, limit + 1, max_bytes))).all()
+        walked = answer[0].examined > MAX_CANDIDATES
+        if walked:  # too many candidates: the newest rows after the cursor instead
+            if db.postgres:
+                await conn.execute(_WALKING)
+            answer = (await conn.execute(statement(where, limit + 1, max_bytes, walk=True))).all()
+        found = [row._mapping for row in answer if row.id is not None]
+        fitting = min(len(found), limit)
+        sizes = [row["size"] for row in found[:fitting]]
+        # Cut by bytes: the database returned the hit that crossed the budget (whether any
+        # follow it, only the next page knows).
+        cut = max_bytes is not None and sum(sizes) > max_bytes
+        if cut:
+            fitting = limits.within_bytes(sizes, max_bytes or 0)
+        examined = found[:fitting]
         kept, numbers = await _on_active_branches(conn, user_id, examined)
+    # A walk that looked at a whole window may have more to find past it.
+    window_full = walked and answer[0].examined >= WALK_ROWS
+    has_more = len(found) > fitting or cut or window_full
+    # After the last hit looked at, kept or not (a page may hold fewer hits than the limit);
+    # after a whole window walked when every hit found fits.
+    at: tuple[Any, uuid.UUID] | None = None
+    if window_full and fitting == len(found) and not cut:
+        at = (answer[0].last_created_at, answer[0].last_id)
+    elif examined:
+        at = (examined[-1]["created_at"], examined[-1]["id"])
+    return SearchPage.model_construct(
+        data=_hits(kept, numbers, parsed, stale_before),
+        has_more=has_more,
+        next_cursor=pagination.encode_search_cursor(*at) if at else None,
+    )
+
+
+def _hits(
+    kept: list[Any],
+    numbers: dict[tuple[uuid.UUID, int], tuple[int, int]],
+    parsed: search_syntax.Query,
+    stale_before: Any,
+) -> list[SearchHit]:
     matched = parsed.matched_words()
     hits = []
     for values in kept:
@@ -83,15 +144,7 @@ async def search(
                 snippet=search_syntax.snippet(text_, matched),
             )
         )
-    # After the last row looked at, kept or not (a page may hold fewer hits than the limit).
-    last = examined[-1] if examined else None
-    return SearchPage.model_construct(
-        data=hits,
-        has_more=len(found) > limit,
-        next_cursor=pagination.encode_search_cursor(last["created_at"], last["id"])
-        if last
-        else None,
-    )
+    return hits
 
 
 async def _on_active_branches(
@@ -113,66 +166,124 @@ async def _on_active_branches(
     return kept, numbers
 
 
-def statement(
-    db: Database,
-    user_id: str,
-    query: search_syntax.Query,
-    conversation_id: uuid.UUID | None,
-    role: str | None,
-    after: tuple[object, uuid.UUID] | None,
-    limit: int,
-) -> Select[tuple[object, ...]]:
-    """The hits first (``message_search`` alone: its GIN index for rare words, its
-    ``(user_id, created_at, message_id)`` index walked backwards for common ones), then their
-    messages and conversations by primary key."""
-    source: Any = message_search
-    if db.postgres:
-        matches = S.words.op("@@")(cast(bindparam("q", query.to_tsquery()), TSQUERY))
-    else:
-        source = source.join(
-            _FTS,
-            literal_column("message_search_fts.rowid")
-            == literal_column("message_search.search_rowid"),
+@dataclass(frozen=True, slots=True)
+class Where:
+    """What a search looks for: the user, the query, the filters, the position after."""
+
+    db: Database
+    user_id: str
+    query: search_syntax.Query
+    conversation_id: uuid.UUID | None
+    role: str | None
+    after: tuple[object, uuid.UUID] | None
+
+    def rows(self) -> list[ColumnElement[bool]]:
+        """The user's index rows within the filters, after the cursor."""
+        conditions: list[ColumnElement[bool]] = [S.user_id == self.user_id]
+        if self.conversation_id is not None:
+            conditions.append(S.conversation_id == self.conversation_id)
+        if self.after is not None:
+            at, message_id = self.after
+            conditions.append(
+                tuple_(S.created_at, S.message_id)
+                < tuple_(literal(at, S.created_at.type), literal(message_id, S.message_id.type))
+            )
+        return conditions
+
+    def fts_matches(self) -> ColumnElement[bool]:
+        """SQLite: the index rows FTS5 finds, looked up once (then by rowid)."""
+        found: Select[Any] = (
+            select(literal_column("rowid"))
+            .select_from(_FTS)
+            .where(text("message_search_fts MATCH :q").bindparams(q=self.query.to_fts5()))
         )
-        matches = text("message_search_fts MATCH :q").bindparams(q=query.to_fts5())
+        rowid: ColumnElement[int] = literal_column("message_search.search_rowid")
+        return rowid.in_(found)
+
+
+def statement(
+    where: Where, limit: int, max_bytes: int | None, *, walk: bool = False
+) -> Select[Any]:
+    """One row saying how many index rows were looked at (``examined``) and the last of them,
+    joined to the hits, newest first, at most ``limit`` and (with ``max_bytes``) only those
+    that start within that many bytes.
+
+    The rows looked at are the candidates of the index (PostgreSQL: those holding the query's
+    words, from the GIN index, phrases and exclusions left for after; SQLite: FTS5's matches),
+    at most :data:`MAX_CANDIDATES` + 1, and no hit comes back when there are more; or with
+    ``walk``, the :data:`WALK_ROWS` newest rows after the cursor."""
+    db, user_id = where.db, where.user_id
+    looked = select(S.message_id, S.conversation_id, S.created_at).where(*where.rows())
+    if db.postgres:
+        looked = looked.add_columns(S.words)
+    if walk:
+        looked = looked.order_by(S.created_at.desc(), S.message_id.desc()).limit(WALK_ROWS)
+    elif db.postgres:
+        loose = S.words.op("@@")(cast(bindparam("loose", where.query.to_loose_tsquery()), TSQUERY))
+        looked = looked.where(loose).limit(MAX_CANDIDATES + 1)
+    else:
+        looked = looked.where(where.fts_matches()).limit(MAX_CANDIDATES + 1)
+    pool = looked.cte("looked").prefix_with("MATERIALIZED", dialect="postgresql")
+    examined = select(func.count()).select_from(pool).scalar_subquery()
     # Not in a conversation expired by now (SPEC 9): the user's expired ones, found once on
     # their partial index (usually none), left out before the page is cut.
     gone = conversations.alias("gone")
     expired = select(gone.c.id).where(
         gone.c.user_id == user_id, gone.c.expires_at <= literal(utcnow(), gone.c.expires_at.type)
     )
-    conditions = [S.user_id == user_id, matches, S.conversation_id.not_in(expired)]
-    if conversation_id is not None:
-        conditions.append(S.conversation_id == conversation_id)
-    if role is not None:
+    source: Any = pool
+    conditions: list[ColumnElement[bool]] = [pool.c.conversation_id.not_in(expired)]
+    if db.postgres:
+        tsquery = cast(bindparam("q", where.query.to_tsquery()), TSQUERY)
+        conditions.append(pool.c.words.op("@@")(tsquery))
+    elif walk:
+        conditions.append(pool.c.message_id.in_(select(S.message_id).where(where.fts_matches())))
+    if not walk:
+        conditions.append(examined <= MAX_CANDIDATES)
+    if where.role is not None:
         of_role = messages.alias("of_role")
         source = source.join(
-            of_role, and_(of_role.c.id == S.message_id, of_role.c.user_id == user_id)
+            of_role, and_(of_role.c.id == pool.c.message_id, of_role.c.user_id == user_id)
         )
-        conditions.append(of_role.c.role == role)
-    if after is not None:
-        at, message_id = after
-        conditions.append(
-            tuple_(S.created_at, S.message_id)
-            < tuple_(literal(at, S.created_at.type), literal(message_id, S.message_id.type))
-        )
+        conditions.append(of_role.c.role == where.role)
     hits = (
-        select(S.message_id, S.conversation_id, S.created_at)
+        select(pool.c.message_id, pool.c.conversation_id, pool.c.created_at)
         .select_from(source)
         .where(*conditions)
-        .order_by(S.created_at.desc(), S.message_id.desc())
+        .order_by(pool.c.created_at.desc(), pool.c.message_id.desc())
         .limit(limit)
         .subquery("hits")
     )
-    found = hits.join(messages, and_(M.id == hits.c.message_id, M.user_id == user_id)).join(
+    joined = hits.join(messages, and_(M.id == hits.c.message_id, M.user_id == user_id)).join(
         conversations, and_(C.id == hits.c.conversation_id, C.user_id == user_id)
     )
+    newest_first = (hits.c.created_at.desc(), hits.c.message_id.desc())
+    found: Any = select(
+        messages,
+        C.title.label("conversation_title"),
+        C.branched.label("conversation_branched"),
+        db.size.label("size"),
+        hits.c.created_at.label("hit_at"),
+    ).select_from(joined)
+    if max_bytes is not None:  # the hits that start within the budget (see store.limits)
+        running = func.sum(db.size).over(order_by=newest_first)
+        numbered = found.add_columns(running.label("running")).subquery("numbered")
+        found = select(numbered).where(numbered.c.running - numbered.c.size <= max_bytes)
+    found = found.subquery("found")
+    oldest = pool.c.created_at.asc(), pool.c.message_id.asc()
+    summary = select(
+        examined.label("examined"),
+        select(pool.c.created_at)
+        .order_by(*oldest)
+        .limit(1)
+        .scalar_subquery()
+        .label("last_created_at"),
+        select(pool.c.message_id).order_by(*oldest).limit(1).scalar_subquery().label("last_id"),
+    ).subquery("summary")
     return (
-        select(
-            messages, C.title.label("conversation_title"), C.branched.label("conversation_branched")
-        )
-        .select_from(found)
-        .order_by(hits.c.created_at.desc(), hits.c.message_id.desc())
+        select(summary, found)
+        .select_from(summary.outerjoin(found, literal(True)))
+        .order_by(found.c.hit_at.desc(), found.c.id.desc())
     )
 
 

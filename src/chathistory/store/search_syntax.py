@@ -76,15 +76,18 @@ def _spans(text: str) -> Iterator[tuple[str, int, int]]:
 
 
 def searchable_text(content: Any, extras: dict[str, Any] | None) -> str | None:
-    """What search reads of a message: string content, the text of text parts, a refusal."""
+    """What search reads of a message: string content, the text of text and refusal parts,
+    an assistant's refusal."""
     pieces: list[str] = []
     if isinstance(content, str):
         pieces.append(content)
     elif isinstance(content, list):
         pieces += [
-            part["text"]
+            part[kind]
             for part in content
-            if isinstance(part, dict) and part.get("type") == "text" and "text" in part
+            if isinstance(part, dict)
+            and (kind := part.get("type")) in ("text", "refusal")
+            and isinstance(part.get(kind), str)
         ]
     refusal = (extras or {}).get("refusal")
     if isinstance(refusal, str):
@@ -146,6 +149,14 @@ class Query:
         parts = ["(" + " | ".join(_pg_term(term) for term in group) + ")" for group in self.groups]
         parts += ["!(" + _pg_term(term) + ")" for term in self.excluded]
         return " & ".join(parts)
+
+    def to_loose_tsquery(self) -> str:
+        """The words that must occur, as a ``tsquery`` the GIN index answers without looking
+        at a row (no phrase, no exclusion): what :meth:`to_tsquery` then narrows."""
+        return " & ".join(
+            "(" + " | ".join(" & ".join(map(_pg_quote, term)) for term in group) + ")"
+            for group in self.groups
+        )
 
     def to_fts5(self) -> str:
         """An SQLite FTS5 query: quoted phrases only, so no word is read as syntax."""
@@ -242,8 +253,17 @@ def parse_query(text: str) -> Query:
 def snippet(text: str, matched: frozenset[str] | Sequence[str]) -> str:
     """A short excerpt of ``text`` around its first matched word, HTML-escaped, with every
     matched word in ``<mark>`` … ``</mark>``; ``…`` where the text was cut."""
-    spans = list(_spans(text))
-    first = next((n for n, (word, _, _) in enumerate(spans) if word in matched), 0)
+    # Words are read up to the first match and past it only to the excerpt's end: the work
+    # follows the excerpt, not the length of the text.
+    spans: list[tuple[str, int, int]] = []
+    first: int | None = None
+    for span in _spans(text):
+        spans.append(span)
+        if first is None and span[0] in matched:
+            first = len(spans) - 1
+        if first is not None and span[1] > spans[first][1] + SNIPPET_MAX_CHARS:
+            break
+    first = first or 0
     if not spans:
         return html.escape(text[:SNIPPET_MAX_CHARS])
     start = spans[max(0, first - SNIPPET_WORDS_BEFORE)][1]
