@@ -5,6 +5,7 @@ The tools run against the real databases of conftest.py."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -418,8 +419,18 @@ async def test_http_checks_host_and_origin(sqlite_store_url: str, user: str) -> 
                 ("127.0.0.1:8000", 200),
                 ("localhost", 200),
                 ("[::1]:9", 200),
+                ("LOCALHOST:80", 200),
                 ("chat.example.com", 421),
                 ("attacker.example:8000", 421),
+                # Parsed and compared exactly, not as a prefix:
+                ("localhost:8101@evil.example", 421),
+                ("localhost:8101.evil.example", 421),
+                ("localhost:8101/x", 421),
+                ("localhost:", 421),
+                ("localhost:99999", 421),
+                ("localhost.evil.example", 421),
+                ("[::1]:9@evil.example", 421),
+                ("127.0.0.1:80:81", 421),
             ]:
                 headers = auth | {"Host": host}
                 response = await http.post("/mcp", json=INITIALIZE, headers=headers)
@@ -428,10 +439,20 @@ async def test_http_checks_host_and_origin(sqlite_store_url: str, user: str) -> 
                 ("https://app.example.com", 200),
                 ("http://localhost:5173", 200),
                 ("https://evil.example", 403),
+                ("http://localhost:5173@evil.example", 403),
+                ("http://localhost:5173.evil.example", 403),
+                ("https://app.example.com.evil.example", 403),
+                ("https://app.example.com:8443", 403),
+                ("http://localhost:5173/path", 403),
+                ("file://localhost", 403),
+                ("null", 403),
             ]:
                 headers = auth | {"Origin": origin}
                 response = await http.post("/mcp", json=INITIALIZE, headers=headers)
                 assert response.status_code == status, origin
+                if status != 200:
+                    assert response.headers["content-type"] == "application/problem+json"
+                    assert response.json()["code"] == "invalid_origin"
             # The API itself does not check Host.
             assert (await http.get("/healthz", headers={"Host": "chat.example.com"})).is_success
 
@@ -452,6 +473,24 @@ async def test_http_checks_host_and_origin(sqlite_store_url: str, user: str) -> 
             headers = auth | {"Host": "anything.example"}
             response = await http.post("/mcp", json=INITIALIZE, headers=headers)
             assert response.status_code == 200
+
+
+async def test_http_mcp_serves_post_only(sqlite_store_url: str, user: str) -> None:
+    """Stateless: no server-sent-event stream to open (GET) and no session to end (DELETE),
+    so nothing is held open; both are a 405 naming POST, with or without a token."""
+    async with ChatHistory.open(sqlite_store_url, migrate=False) as store:
+        app = create_app(settings(), store=store)
+        async with http_client(app, None) as http:
+            for auth in ({}, {"Authorization": f"Bearer {token(user)}"}):
+                headers = auth | {"Accept": "text/event-stream", "Mcp-Session-Id": "x"}
+                for method in ("GET", "DELETE", "PUT"):
+                    response = await http.request(method, "/mcp", headers=headers)
+                    assert response.status_code == 405, (method, response.text)
+                    assert response.headers["allow"] == "POST"
+                    assert response.headers["content-type"] == "application/problem+json"
+                    assert response.json()["code"] == "method_not_allowed"
+            headers = MCP_HEADERS | {"Authorization": f"Bearer {token(user)}"}
+            assert (await http.post("/mcp", json=INITIALIZE, headers=headers)).status_code == 200
 
 
 async def test_http_cors_preflight_for_mcp(sqlite_store_url: str, user: str) -> None:
@@ -520,3 +559,47 @@ async def test_http_mcp_of_a_real_server(tmp_path: Path, user: str) -> None:
                 f"{base_url}/mcp", json=INITIALIZE, headers=MCP_HEADERS | {"Host": "evil.example"}
             )
             assert response.status_code == 421
+
+
+# -- results within the byte budget, sent once ----------------------------------------------------
+
+
+async def test_http_search_results_stay_within_the_byte_budget(
+    sqlite_store_url: str, user: str
+) -> None:
+    """Search hits over MCP are sent as structured content and as compact JSON text, each
+    within half the store's byte budget, so the whole JSON-RPC response stays within it."""
+    budget = 10_000
+    async with ChatHistory.open(
+        sqlite_store_url, migrate=False, max_response_bytes=budget
+    ) as store:
+        conversation = await store.create_conversation(user)
+        for n in range(6):  # each about 2,100 bytes: two fit in half the budget
+            text = f"needle {n} " + "filler " * 300 + f"tail{n}end"
+            await store.add_message(user, conversation.id, "user", text)
+        app = create_app(settings(), store=store)
+        async with http_session(app, token(user)) as session:  # checked against the schema
+            result = await session.call_tool("search_messages", {"query": "needle"})
+            assert not result.is_error and result.structured_content is not None
+            page = result.structured_content
+            assert [hit["message"]["seq"] for hit in page["data"]] == [6, 5]
+            assert page["has_more"] and page["next_cursor"]
+            [as_text] = result.content
+            assert as_text.type == "text"
+            assert json.loads(as_text.text) == page  # the same result, for text-only clients
+        async with http_client(app, token(user)) as http:
+            headers = MCP_HEADERS | {"Mcp-Protocol-Version": "2025-06-18"}
+            assert (await http.post("/mcp", json=INITIALIZE, headers=headers)).status_code == 200
+            search = {"name": "search_messages", "arguments": {"query": "needle"}}
+            response = await http.post(
+                "/mcp",
+                json={"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": search},
+                headers=headers,
+            )
+            assert response.status_code == 200
+            body = response.content
+            assert body.count(b"tail5end") == body.count(b"tail4end") == 2
+            assert b"tail3end" not in body
+            # Message content within the budget; the rest is the envelope (the text copy's
+            # escaped quotes, the hits' other fields), as on every page.
+            assert len(body) <= 1.5 * budget, len(body)

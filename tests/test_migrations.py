@@ -24,7 +24,10 @@ from chathistory import (
     migrations,
 )
 from chathistory.db import create_engine
-from chathistory.models import conversations, messages
+from chathistory.migrations import citus as citus_schema
+from chathistory.models import conversations, message_search, messages
+from chathistory.store import search_syntax
+from citus_cluster import Cluster
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -357,3 +360,124 @@ async def test_0007_links_every_stored_message_to_the_one_before(fresh_url: str)
         assert (
             await store.get_conversation(user_of[convs[-1]], convs[-1])
         ).current_message_id is None
+
+
+async def _store_before_0008(url: str) -> dict[str, uuid.UUID]:
+    """At revision 0007: 5,100 assistant messages of two users (ids 1 … 5100, so their key
+    order is known: two windows of the walk), indexed as search indexed them then (text parts
+    only). Returns the ids of the messages that matter, by name."""
+    engine = create_engine(url)
+    created = datetime(2026, 1, 2, tzinfo=UTC)
+    convs = {"u1": uuid.uuid4(), "u2": uuid.uuid4()}
+    refusing = {  # n: content; the first, both ends of the first window, the last
+        1: [{"type": "refusal", "refusal": "Declined politely."}],
+        5000: [{"type": "text", "text": "Hello there"}, {"type": "refusal", "refusal": "Nope"}],
+        5001: [{"type": "refusal", "refusal": "sorrowfully not"}],
+        5100: [{"type": "text", "text": "bye"}, {"type": "refusal", "refusal": "last refusal"}],
+    }
+    quoting = 2  # string content that quotes "refusal": no refusal part, left as it is
+    rows = []
+    for n in range(1, 5101):
+        user = "u1" if n % 2 else "u2"
+        content: object = refusing.get(n, f"message {n}")
+        if n == quoting:
+            content = 'the word "refusal" in quotes'
+        rows.append(
+            {
+                "id": uuid.UUID(int=n),
+                "user_id": user,
+                "conversation_id": convs[user],
+                "seq": n,
+                "role": "assistant",
+                "content": content,
+                "metadata": {},
+                "created_at": created,
+            }
+        )
+    postgres = url.startswith("postgresql")
+    cut = search_syntax.tsvector_text if postgres else search_syntax.index_text
+
+    def old_text(n: int, content: object) -> str | None:
+        if n == quoting:
+            return "sentinel"  # not its text: shows the migration left the row alone
+        if isinstance(content, str):
+            return content
+        assert isinstance(content, list)
+        return "\n".join(p["text"] for p in content if p["type"] == "text") or None
+
+    indexed = [
+        {
+            "message_id": row["id"],
+            "user_id": row["user_id"],
+            "conversation_id": row["conversation_id"],
+            "created_at": created,
+            "words": cut(text_),
+        }
+        for n, row in enumerate(rows, start=1)
+        if (text_ := old_text(n, row["content"])) is not None
+    ]
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(conversations),
+                [
+                    {
+                        "id": conv,
+                        "user_id": user,
+                        "metadata": {},
+                        "created_at": created,
+                        "updated_at": created,
+                        "message_count": 2550,
+                    }
+                    for user, conv in convs.items()
+                ],
+            )
+            await conn.execute(insert(messages), rows)
+            await conn.execute(insert(message_search), indexed)
+    finally:
+        await engine.dispose()
+    return {"first": uuid.UUID(int=1), "hello": uuid.UUID(int=5000), "quoting": uuid.UUID(int=2)}
+
+
+async def _found(store: ChatHistory, user: str, query: str) -> list[int]:
+    return [hit.message.seq for hit in (await store.search_messages(user, query)).data]
+
+
+async def test_0008_indexes_the_refusal_parts_of_stored_messages(fresh_url: str) -> None:
+    """Migration 0008 indexes again exactly the stored messages whose content holds a refusal
+    part, in every window of its walk; the others keep their rows."""
+    await migrations.upgrade(fresh_url, "0007_branches")
+    await _store_before_0008(fresh_url)
+    async with ChatHistory.open(fresh_url, migrate=False) as store:
+        assert await _found(store, "u1", "declined") == []  # not indexed yet
+    await migrations.upgrade(fresh_url)
+    assert await migrations.current(fresh_url) == migrations.head()
+    assert await migrations.drift(fresh_url) == []
+    async with ChatHistory.open(fresh_url, migrate=False) as store:
+        assert await _found(store, "u1", "declined politely") == [1]
+        assert await _found(store, "u2", "hello nope") == [5000]  # text and refusal
+        assert await _found(store, "u1", "sorrowfully") == [5001]
+        assert await _found(store, "u2", '"bye last refusal"') == [5100]
+        assert await _found(store, "u2", "sentinel") == [2]  # not a refusal part: untouched
+        assert await _found(store, "u2", "quotes") == []
+        assert await _found(store, "u1", "message 4999") == [4999]
+    # Nothing to undo, and running it again finds the same.
+    await migrations.downgrade(fresh_url, "0007_branches")
+    await migrations.upgrade(fresh_url)
+    async with ChatHistory.open(fresh_url, migrate=False) as store:
+        assert await _found(store, "u1", "sorrowfully") == [5001]
+
+
+async def test_0008_on_a_distributed_database(citus_cluster: Cluster) -> None:
+    """Migration 0008 on Citus: its reads walk every shard, its writes go to one each."""
+    url = citus_cluster.database("refusal_search_migration")
+    await migrations.upgrade(url)
+    await citus_schema.distribute(url)  # needs the newest revision: then down to 0007
+    await migrations.downgrade(url, "0007_branches")
+    await _store_before_0008(url)
+    await migrations.upgrade(url)
+    async with ChatHistory.open(url, migrate=False) as store:
+        assert await _found(store, "u1", "declined politely") == [1]
+        assert await _found(store, "u2", "hello nope") == [5000]
+        assert await _found(store, "u1", "sorrowfully") == [5001]
+        assert await _found(store, "u2", "sentinel") == [2]

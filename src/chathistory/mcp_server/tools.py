@@ -5,11 +5,14 @@ never a tool argument: ``caller_of(ctx)`` says who is calling and on which store
 session (the ``--user`` of a stdio server, the token's ``sub`` over HTTP), so an id of another
 user's conversation is simply not found. A store error becomes an MCP tool error (``isError``)
 with the store's own message; the SDK turns arguments that fail the input schema into one too.
-Results are the store's read models, sent as ``structuredContent`` with an output schema.
+Results are the store's read models, sent as ``structuredContent`` with an output schema and
+as compact JSON text for clients that read only text (:class:`HistoryServer`), the two within
+the store's byte budget together.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,7 +22,7 @@ from typing import Annotated, Any, Final, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import ToolAnnotations
+from mcp_types import CallToolResult, InputRequiredResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from chathistory import __version__
@@ -166,7 +169,7 @@ class HistoryTools:
         created_at)."""
         caller = self._caller_of(ctx)
         async with _tool_errors():
-            return await caller.store.list_messages(
+            return await _halved(caller.store).list_messages(
                 caller.user_id, conversation_id, limit=limit, order=order, cursor=cursor
             )
 
@@ -191,7 +194,7 @@ class HistoryTools:
         conversation's id and title, and a snippet with the matches in <mark>...</mark>."""
         caller = self._caller_of(ctx)
         async with _tool_errors():
-            return await caller.store.search_messages(
+            return await _halved(caller.store).search_messages(
                 caller.user_id,
                 query,
                 conversation_id=conversation_id,
@@ -214,7 +217,7 @@ class HistoryTools:
         results."""
         caller = self._caller_of(ctx)
         async with _tool_errors():
-            return await caller.store.get_context_window(
+            return await _halved(caller.store).get_context_window(
                 caller.user_id, conversation_id, max_tokens, model
             )
 
@@ -313,12 +316,42 @@ class HistoryTools:
         return ConversationCleared(id=conversation_id, messages_deleted=count)
 
 
+def _halved(store: ChatHistory) -> ChatHistory:
+    """The store with half its byte budget, for results sent twice (see :class:`HistoryServer`)."""
+    return store.with_response_budget(store.max_response_bytes // 2)
+
+
+def as_text(result: dict[str, Any]) -> str:
+    """The text content of a tool's result: its structured content as compact JSON, for
+    clients that read only text (the OpenAI Agents SDK by default, as MCP suggests)."""
+    return json.dumps(result, ensure_ascii=False, separators=(",", ":"))
+
+
+class HistoryServer(MCPServer[Any]):
+    """The SDK's server, with each tool result's text content as compact JSON.
+
+    A result is sent twice, as MCP 2025-06-18 suggests: as ``structuredContent`` (checked
+    against the tool's output schema) and as its JSON text, for clients that read only text.
+    The SDK indents that text; compact, it is no larger than the structured content, and the
+    tools that return message content read within half the store's byte budget (:func:`_halved`),
+    so the two together stay within ``max_response_bytes``."""
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        result = await super().call_tool(name, arguments, context)
+        if isinstance(result, CallToolResult) and result.structured_content is not None:
+            text = TextContent(type="text", text=as_text(result.structured_content))
+            return result.model_copy(update={"content": [text]})
+        return result
+
+
 def build_server(caller_of: CallerOf, *, allow_delete: bool = False) -> MCPServer:
     """An MCP server whose tools act for ``caller_of(ctx)``; deleting tools with
     ``allow_delete``."""
     # The SDK configures the root logger when the root has no handler (logging.basicConfig):
     # WARNING keeps what reaches the terminal what Python shows without any configuration.
-    server: MCPServer = MCPServer(
+    server: MCPServer = HistoryServer(
         "chathistory", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING"
     )
     HistoryTools(caller_of).register(server, allow_delete=allow_delete)
@@ -330,6 +363,8 @@ __all__ = [
     "CallerOf",
     "ConversationCleared",
     "ConversationDeleted",
+    "HistoryServer",
     "HistoryTools",
+    "as_text",
     "build_server",
 ]

@@ -7,6 +7,7 @@ boundary) and hands it to the room that owns the rule; the hot reads take the da
 
 from __future__ import annotations
 
+import copy
 import uuid
 from collections.abc import (
     AsyncGenerator,
@@ -114,6 +115,13 @@ class ChatHistory:
         self._owns_engine = owns_engine
         self._db = Database(engine, stream_timeout)
         self._rules = appending.Rules(max_content_chars, max_batch_messages, self.tokens)
+
+    def with_response_budget(self, max_bytes: int) -> ChatHistory:
+        """This store with another ``max_response_bytes`` (same engine, still this one's)."""
+        view = copy.copy(self)
+        view.max_response_bytes = max_bytes
+        view._owns_engine = False
+        return view
 
     # -- lifecycle -------------------------------------------------------------------------
 
