@@ -40,21 +40,27 @@ async def test_hits_stop_at_the_response_byte_budget(backend_url: str, user: str
 async def test_a_page_looks_at_a_bounded_number_of_rows(
     store: ChatHistory, backend_url: str, user: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(search, "PROBE_ROWS", 10)
     monkeypatch.setattr(search, "MAX_CANDIDATES", 20)
     monkeypatch.setattr(search, "WALK_ROWS", 30)
     conv = await store.create_conversation(user)
-    texts = [f"alpha one beta two {'zanzibar' if n % 25 == 0 else ''}" for n in range(100)]
-    stored = await store.add_messages(
-        user, conv.id, [{"role": "user", "content": text} for text in texts]
-    )
+    texts = [
+        f"alpha one beta two {'zanzibar' if n % 25 == 0 else ''} {'gamma' if n < 60 else ''}"
+        for n in range(100)
+    ]
+    # One append each: the newest rows are the last texts (a batch's messages share a time).
+    stored = [await store.add_message(user, conv.id, "user", text) for text in texts]
     newest_first = sorted(stored, key=lambda m: (m.created_at, m.id), reverse=True)
     # Rare words: 4 candidates, every hit in one page.
     rare = await store.search_messages(user, "zanzibar", limit=10)
     assert len(rare.data) == 4 and not rare.has_more
-    # Shapes that match nothing among 100 candidates: each page walks 30 rows, no more.
-    # (SQLite's FTS5 answers phrases and exclusions in its index: no candidate to walk.)
+    # Shapes that match nothing among 100 candidates: each page probes the newest 10 rows,
+    # then walks 30, no more (on PostgreSQL "alpha" is met in the probe, so no index read;
+    # "gamma", absent from the newest 40, is read from the index until 20 candidates, then
+    # walked). SQLite's FTS5 answers phrases and exclusions in its index: no candidate.
     on_postgres = not backend_url.startswith("sqlite")
-    for query in ("alpha -alpha", '"alpha beta"', "alpha -one", "alpha"):
+    many = " OR ".join(f"absent{n}" for n in range(search.INDEX_WORDS + 1))  # no index read
+    for query in ("alpha -alpha", '"alpha beta"', "alpha -one", "alpha", "gamma -gamma", many):
         pages, cursor = 0, None
         found = 0
         while True:
@@ -70,7 +76,7 @@ async def test_a_page_looks_at_a_bounded_number_of_rows(
             # The page stopped after exactly 30 more rows of the history.
             assert message_id == newest_first[30 * pages - 1].id, query
             cursor = page.next_cursor
-        walks = on_postgres or query == "alpha"
+        walks = on_postgres or query in ("alpha", many)
         assert found == 0 and pages == (4 if walks else 1), query  # 30 + 30 + 30 + 10 rows
 
 

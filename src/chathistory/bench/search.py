@@ -146,16 +146,23 @@ async def _conversation(conn: Any, user: str, conversation: uuid.UUID, start: in
 
 
 async def _explain(conn: Any, store: ChatHistory, user: str, word: str) -> str:
-    """The plan PostgreSQL runs for the store's search statement, with its timings."""
+    """The plans PostgreSQL runs for the store's search statements, with their timings: the
+    probe of the newest rows (a common word's whole page), then the index candidates (a rare
+    word's: the probe found no hit; the store forces the GIN index for it, the plan here is
+    the planner's own)."""
     from sqlalchemy.dialects import postgresql
 
     from chathistory.store import search, search_syntax
 
     where = search.Where(store._db, user, search_syntax.parse_query(word), None, None, None)
-    statement = search.statement(where, 21, None)
-    compiled = statement.compile(
-        dialect=postgresql.dialect(),  # type: ignore[no-untyped-call]
-        compile_kwargs={"literal_binds": True},
-    )
-    rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {compiled}")
-    return "\n".join(row[0] for row in rows)
+    plans = []
+    for statement, values in (search.statement(where, 21, None, search.PROBE_ROWS),) + (
+        (search.statement(where, 21, None),) if word == RARE else ()
+    ):
+        compiled = statement.params(values).compile(
+            dialect=postgresql.dialect(),  # type: ignore[no-untyped-call]
+            compile_kwargs={"literal_binds": True},
+        )
+        rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {compiled}")
+        plans.append("\n".join(row[0] for row in rows))
+    return "\n\n".join(plans)

@@ -2,14 +2,17 @@
 
 The words are cut in Python (:mod:`chathistory.store.search_syntax`) for the index and the
 query alike, so both backends find the same messages. PostgreSQL matches a ``tsvector`` against
-a ``tsquery``: at most :data:`MAX_CANDIDATES` candidates from the GIN index over
-``(user_id, words)``, or, with more, a walk of the user's :data:`WALK_ROWS` newest rows after
-the cursor. SQLite matches its FTS5 index. Every statement names
-the user, so on Citus it runs on that user's shard only.
+a ``tsquery``, SQLite its FTS5 index. A page looks at a bounded number of rows, in at most three
+statements: the :data:`PROBE_ROWS` newest rows after the cursor (a common word's whole page);
+else, when the query's words were not among them, at most :data:`MAX_CANDIDATES` candidates
+from the index (a rare word's every hit); else the :data:`WALK_ROWS` newest rows, answering the
+hits among them with a cursor after them. Every statement names the user, so on Citus it runs
+on that user's shard only.
 """
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,11 +20,14 @@ from typing import Any, Final
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     Select,
+    Text,
     and_,
     bindparam,
     cast,
     delete,
+    exists,
     func,
     insert,
     literal,
@@ -48,22 +54,36 @@ C = conversations.c
 _FTS = table("message_search_fts")  # SQLite's FTS5 index over message_search.words
 
 
+PROBE_ROWS: Final = 128
+"""The newest rows after the cursor a page looks at first: a word in every few messages fills
+the page among them, with no index read that grows with the history."""
 MAX_CANDIDATES: Final = 1_000
-"""Index candidates (messages holding the query's words) a page of search looks at, at most.
-With more than this (words common in the history, phrases of common words, an exclusion that
-removes most of them) the page walks the :data:`WALK_ROWS` newest rows after the cursor
-instead and answers the hits among them: ``has_more`` and a cursor after the walked rows."""
+"""Index candidates (messages holding the query's words) a page looks at next, at most: a rare
+word's every hit. With more (a common word that the phrase, the exclusions or the role leave
+out), the page walks :data:`WALK_ROWS` newest rows instead."""
+INDEX_WORDS: Final = 8
+"""Words a query may hold for the index candidates to be read (each adds a posting list to
+the GIN read); a query with more walks instead."""
 WALK_ROWS: Final = 1_000
-"""Index rows such a walking page looks at, at most."""
+"""Rows after the cursor a walking page looks at, at most: it answers the hits among them,
+with ``has_more`` and a cursor after them."""
 
-_INDEX_ONLY = text(
+_INDEX_ONLY: Final = (
     "SELECT set_config('enable_indexscan', 'off', true),"
     " set_config('enable_indexonlyscan', 'off', true), set_config('enable_seqscan', 'off', true)"
 )
-_WALKING = text(
+_PLANNER_DEFAULTS: Final = (
     "SELECT set_config('enable_indexscan', 'on', true),"
     " set_config('enable_indexonlyscan', 'on', true), set_config('enable_seqscan', 'on', true)"
 )
+
+
+async def _plan_with(conn: AsyncConnection, settings: str) -> None:
+    """Planner settings for the rest of this transaction (``set_config(..., true)``: nothing
+    outlives it, so PgBouncer's transaction mode is fine), in one round trip (the simple
+    query protocol: no statement to prepare)."""
+    raw: Any = (await conn.get_raw_connection()).driver_connection
+    await raw.execute(settings)
 
 
 async def search(
@@ -87,14 +107,28 @@ async def search(
     async with db.transaction() as conn:
         if conversation_id is not None:
             await conversation_room.require(conn, user_id, conversation_id)
-        if db.postgres:  # the candidates from the GIN index, whatever the estimates
-            await conn.execute(_INDEX_ONLY)
-        answer = (await conn.execute(statement(where, limit + 1, max_bytes))).all()
-        walked = answer[0].examined > MAX_CANDIDATES
-        if walked:  # too many candidates: the newest rows after the cursor instead
-            if db.postgres:
-                await conn.execute(_WALKING)
-            answer = (await conn.execute(statement(where, limit + 1, max_bytes, walk=True))).all()
+        window: int | None = PROBE_ROWS
+        answer = (await conn.execute(*statement(where, limit + 1, max_bytes, PROBE_ROWS))).all()
+        head = answer[0]
+        probed = [row.size for row in answer if row.id is not None]
+        filled = len(probed) > limit or (max_bytes is not None and sum(probed) > max_bytes)
+        if not filled and head.examined >= PROBE_ROWS:  # more history than the probe saw
+            window = WALK_ROWS
+            # Words the probe already met are common: their candidates would be many.
+            if not head.loose and len(parsed.matched_words()) <= INDEX_WORDS:
+                if db.postgres:  # the candidates from the GIN index, whatever the estimates
+                    await _plan_with(conn, _INDEX_ONLY)
+                answer = (await conn.execute(*statement(where, limit + 1, max_bytes))).all()
+                window = None if answer[0].examined <= MAX_CANDIDATES else WALK_ROWS
+                if db.postgres and (
+                    window is not None
+                    or any(r.conversation_branched for r in answer if r.id is not None)
+                ):
+                    await _plan_with(conn, _PLANNER_DEFAULTS)  # a walk or branch reads follow
+            if window is not None:
+                walk = statement(where, limit + 1, max_bytes, WALK_ROWS)
+                answer = (await conn.execute(*walk)).all()
+        head = answer[0]
         found = [row._mapping for row in answer if row.id is not None]
         fitting = min(len(found), limit)
         sizes = [row["size"] for row in found[:fitting]]
@@ -106,13 +140,13 @@ async def search(
         examined = found[:fitting]
         kept, numbers = await _on_active_branches(conn, user_id, examined)
     # A walk that looked at a whole window may have more to find past it.
-    window_full = walked and answer[0].examined >= WALK_ROWS
+    window_full = window is not None and head.examined >= window
     has_more = len(found) > fitting or cut or window_full
     # After the last hit looked at, kept or not (a page may hold fewer hits than the limit);
     # after a whole window walked when every hit found fits.
     at: tuple[Any, uuid.UUID] | None = None
     if window_full and fitting == len(found) and not cut:
-        at = (answer[0].last_created_at, answer[0].last_id)
+        at = (head.last_created_at, head.last_id)
     elif examined:
         at = (examined[-1]["created_at"], examined[-1]["id"])
     return SearchPage.model_construct(
@@ -177,108 +211,153 @@ class Where:
     role: str | None
     after: tuple[object, uuid.UUID] | None
 
-    def rows(self) -> list[ColumnElement[bool]]:
-        """The user's index rows within the filters, after the cursor."""
-        conditions: list[ColumnElement[bool]] = [S.user_id == self.user_id]
-        if self.conversation_id is not None:
-            conditions.append(S.conversation_id == self.conversation_id)
-        if self.after is not None:
-            at, message_id = self.after
-            conditions.append(
-                tuple_(S.created_at, S.message_id)
-                < tuple_(literal(at, S.created_at.type), literal(message_id, S.message_id.type))
-            )
-        return conditions
-
-    def fts_matches(self) -> ColumnElement[bool]:
-        """SQLite: the index rows FTS5 finds, looked up once (then by rowid)."""
-        found: Select[Any] = (
-            select(literal_column("rowid"))
-            .select_from(_FTS)
-            .where(text("message_search_fts MATCH :q").bindparams(q=self.query.to_fts5()))
-        )
-        rowid: ColumnElement[int] = literal_column("message_search.search_rowid")
-        return rowid.in_(found)
-
 
 def statement(
-    where: Where, limit: int, max_bytes: int | None, *, walk: bool = False
-) -> Select[Any]:
+    where: Where, limit: int, max_bytes: int | None, walk: int | None = None
+) -> tuple[Select[Any], dict[str, Any]]:
     """One row saying how many index rows were looked at (``examined``) and the last of them,
     joined to the hits, newest first, at most ``limit`` and (with ``max_bytes``) only those
-    that start within that many bytes.
+    that start within that many bytes; and the statement's parameters.
 
     The rows looked at are the candidates of the index (PostgreSQL: those holding the query's
     words, from the GIN index, phrases and exclusions left for after; SQLite: FTS5's matches),
     at most :data:`MAX_CANDIDATES` + 1, and no hit comes back when there are more; or with
-    ``walk``, the :data:`WALK_ROWS` newest rows after the cursor."""
-    db, user_id = where.db, where.user_id
-    looked = select(S.message_id, S.conversation_id, S.created_at).where(*where.rows())
+    ``walk``, that many newest rows after the cursor, and then also how many of them hold the
+    query's words (``loose``, PostgreSQL; phrases and exclusions left out).
+
+    The statement is built once per shape (which filters, which kind of look) and cached, its
+    values all parameters, so a search builds no SQL and SQLAlchemy compiles it once."""
+    db = where.db
+    shape = _shape(
+        db.postgres,
+        where.conversation_id is not None,
+        where.role is not None,
+        where.after is not None,
+        walk is not None,
+        max_bytes is not None,
+    )
+    values: dict[str, Any] = {
+        "user_id": where.user_id,
+        "now": utcnow(),
+        "page": limit,
+        "looked_at": walk if walk is not None else MAX_CANDIDATES + 1,
+        "candidates": MAX_CANDIDATES,
+    }
     if db.postgres:
-        looked = looked.add_columns(S.words)
-    if walk:
-        looked = looked.order_by(S.created_at.desc(), S.message_id.desc()).limit(WALK_ROWS)
-    elif db.postgres:
-        loose = S.words.op("@@")(cast(bindparam("loose", where.query.to_loose_tsquery()), TSQUERY))
-        looked = looked.where(loose).limit(MAX_CANDIDATES + 1)
+        values["q"] = where.query.to_tsquery()
+        values["loose"] = where.query.to_loose_tsquery()
     else:
-        looked = looked.where(where.fts_matches()).limit(MAX_CANDIDATES + 1)
-    pool = looked.cte("looked").prefix_with("MATERIALIZED", dialect="postgresql")
+        values["q"] = where.query.to_fts5()
+    if where.conversation_id is not None:
+        values["conversation_id"] = where.conversation_id
+    if where.role is not None:
+        values["role"] = where.role
+    if where.after is not None:
+        values["after_at"], values["after_id"] = where.after
+    if max_bytes is not None:
+        values["max_bytes"] = max_bytes
+    return shape, values
+
+
+@functools.cache
+def _shape(
+    postgres: bool, in_conversation: bool, of_role: bool, after: bool, walk: bool, budget: bool
+) -> Select[Any]:
+    user_id = bindparam("user_id", type_=S.user_id.type)
+    looked = select(S.message_id, S.conversation_id, S.created_at).where(S.user_id == user_id)
+    if in_conversation:
+        looked = looked.where(
+            S.conversation_id == bindparam("conversation_id", type_=S.conversation_id.type)
+        )
+    if after:
+        looked = looked.where(
+            tuple_(S.created_at, S.message_id)
+            < tuple_(
+                bindparam("after_at", type_=S.created_at.type),
+                bindparam("after_id", type_=S.message_id.type),
+            )
+        )
+    fts_query = text("message_search_fts MATCH :q").bindparams(bindparam("q", type_=Text))
+    if postgres:
+        looked = looked.add_columns(S.words)
+    else:
+        looked = looked.add_columns(literal_column("message_search.search_rowid").label("rowid_"))
+    if walk:
+        looked = looked.order_by(S.created_at.desc(), S.message_id.desc())
+    elif postgres:
+        looked = looked.where(S.words.op("@@")(cast(bindparam("loose", type_=Text), TSQUERY)))
+    else:  # FTS5's matches, looked up once (then by rowid)
+        matched: Select[Any] = select(literal_column("rowid")).select_from(_FTS).where(fts_query)
+        search_rowid: ColumnElement[int] = literal_column("message_search.search_rowid")
+        looked = looked.where(search_rowid.in_(matched))
+    pool = (
+        looked.limit(bindparam("looked_at", type_=Integer))
+        .cte("looked")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
+    )
     examined = select(func.count()).select_from(pool).scalar_subquery()
     # Not in a conversation expired by now (SPEC 9): the user's expired ones, found once on
     # their partial index (usually none), left out before the page is cut.
     gone = conversations.alias("gone")
     expired = select(gone.c.id).where(
-        gone.c.user_id == user_id, gone.c.expires_at <= literal(utcnow(), gone.c.expires_at.type)
+        gone.c.user_id == user_id,
+        gone.c.expires_at <= bindparam("now", type_=gone.c.expires_at.type),
     )
     source: Any = pool
     conditions: list[ColumnElement[bool]] = [pool.c.conversation_id.not_in(expired)]
-    if db.postgres:
-        tsquery = cast(bindparam("q", where.query.to_tsquery()), TSQUERY)
-        conditions.append(pool.c.words.op("@@")(tsquery))
-    elif walk:
-        conditions.append(pool.c.message_id.in_(select(S.message_id).where(where.fts_matches())))
+    if postgres:
+        conditions.append(pool.c.words.op("@@")(cast(bindparam("q", type_=Text), TSQUERY)))
+    elif walk:  # FTS5 asked about each walked row (its rowid), not every match
+        fts_rowid: ColumnElement[int] = literal_column("message_search_fts.rowid")
+        conditions.append(exists().select_from(_FTS).where(fts_query, fts_rowid == pool.c.rowid_))
     if not walk:
-        conditions.append(examined <= MAX_CANDIDATES)
-    if where.role is not None:
-        of_role = messages.alias("of_role")
+        conditions.append(examined <= bindparam("candidates", type_=Integer))
+    if of_role:
+        role_of = messages.alias("of_role")
         source = source.join(
-            of_role, and_(of_role.c.id == pool.c.message_id, of_role.c.user_id == user_id)
+            role_of, and_(role_of.c.id == pool.c.message_id, role_of.c.user_id == user_id)
         )
-        conditions.append(of_role.c.role == where.role)
+        conditions.append(role_of.c.role == bindparam("role", type_=Text))
     hits = (
         select(pool.c.message_id, pool.c.conversation_id, pool.c.created_at)
         .select_from(source)
         .where(*conditions)
         .order_by(pool.c.created_at.desc(), pool.c.message_id.desc())
-        .limit(limit)
+        .limit(bindparam("page", type_=Integer))
         .subquery("hits")
     )
     joined = hits.join(messages, and_(M.id == hits.c.message_id, M.user_id == user_id)).join(
         conversations, and_(C.id == hits.c.conversation_id, C.user_id == user_id)
     )
+    size = limits.size_of(postgres)
     newest_first = (hits.c.created_at.desc(), hits.c.message_id.desc())
     found: Any = select(
         messages,
         C.title.label("conversation_title"),
         C.branched.label("conversation_branched"),
-        db.size.label("size"),
+        size.label("size"),
         hits.c.created_at.label("hit_at"),
     ).select_from(joined)
-    if max_bytes is not None:  # the hits that start within the budget (see store.limits)
-        running = func.sum(db.size).over(order_by=newest_first)
+    if budget:  # the hits that start within the budget (see store.limits)
+        running = func.sum(size).over(order_by=newest_first)
         numbered = found.add_columns(running.label("running")).subquery("numbered")
-        found = select(numbered).where(numbered.c.running - numbered.c.size <= max_bytes)
+        found = select(numbered).where(
+            numbered.c.running - numbered.c.size <= bindparam("max_bytes", type_=Integer)
+        )
     found = found.subquery("found")
+    loose_count: Any = literal(0)
+    if postgres and walk:
+        loose_words = cast(bindparam("loose", type_=Text), TSQUERY)
+        loose_count = (
+            select(func.count()).select_from(pool).where(pool.c.words.op("@@")(loose_words))
+        ).scalar_subquery()
     oldest = pool.c.created_at.asc(), pool.c.message_id.asc()
+    last = select(pool.c.created_at, pool.c.message_id).order_by(*oldest).limit(1)
     summary = select(
         examined.label("examined"),
-        select(pool.c.created_at)
-        .order_by(*oldest)
-        .limit(1)
-        .scalar_subquery()
-        .label("last_created_at"),
-        select(pool.c.message_id).order_by(*oldest).limit(1).scalar_subquery().label("last_id"),
+        loose_count.label("loose"),
+        last.with_only_columns(pool.c.created_at).scalar_subquery().label("last_created_at"),
+        last.with_only_columns(pool.c.message_id).scalar_subquery().label("last_id"),
     ).subquery("summary")
     return (
         select(summary, found)
