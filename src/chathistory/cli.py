@@ -16,7 +16,7 @@ from rich.console import Console
 
 from chathistory import migrations
 from chathistory.bench_command import bench_command
-from chathistory.config import Settings
+from chathistory.config import Settings, settings_help
 from chathistory.db import parse_database_url
 from chathistory.errors import ChatHistoryError
 from chathistory.lifecycle_schemas import parse_duration
@@ -129,7 +129,9 @@ def db_distribute(database_url: DatabaseUrl = None) -> None:
         console.print("nothing changed")
 
 
-@app.command()
+@app.command(
+    epilog="Every setting, as an environment variable:\n\n" + settings_help().replace("\n", "\n\n")
+)
 def serve(
     host: Annotated[
         str | None,

@@ -21,11 +21,18 @@ from chathistory.store import (
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHATHISTORY_", extra="ignore")
 
-    database_url: str = "sqlite:///./chathistory.db"
-    pool_size: int = Field(default=10, ge=1)
-    max_overflow: int = Field(default=10, ge=0)
+    database_url: str = Field(
+        default="sqlite:///./chathistory.db",
+        description="postgresql://, postgres:// (libpq parameters kept), sqlite:///path",
+    )
+    pool_size: int = Field(default=10, ge=1, description="connections the pool keeps open")
+    max_overflow: int = Field(
+        default=10, ge=0, description="connections opened past pool_size under load"
+    )
     pool_timeout: float = Field(default=10.0, gt=0, description="seconds to wait for a connection")
-    connect_timeout: float = Field(default=10.0, gt=0)
+    connect_timeout: float = Field(
+        default=10.0, gt=0, description="seconds to wait for a new connection (503 beyond)"
+    )
     statement_timeout: float = Field(
         default=30.0, gt=0, description="seconds a statement may run before it is cancelled (503)"
     )
@@ -33,8 +40,12 @@ class Settings(BaseSettings):
         default=False,
         description="keep named prepared statements (only for direct PostgreSQL connections)",
     )
-    max_content_chars: int = Field(default=DEFAULT_MAX_CONTENT_CHARS, ge=1)
-    max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    max_content_chars: int = Field(
+        default=DEFAULT_MAX_CONTENT_CHARS, ge=1, description="characters of one message's text"
+    )
+    max_body_bytes: int = Field(
+        default=2 * 1024 * 1024, ge=1024, description="bytes of one request body (413 beyond)"
+    )
     max_batch_messages: int = Field(
         default=DEFAULT_MAX_BATCH_MESSAGES, ge=1, description="messages one append may carry"
     )
@@ -75,9 +86,9 @@ class Settings(BaseSettings):
     )
 
     # HTTP service (``chathistory serve``)
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
-    workers: int = Field(default=1, ge=1)
+    host: str = Field(default="127.0.0.1", description="interface to listen on")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port")
+    workers: int = Field(default=1, ge=1, description="worker processes")
     retry_after_seconds: int = Field(
         default=5, ge=1, description="Retry-After sent with a 503 when the database is unavailable"
     )
@@ -147,3 +158,12 @@ class Settings(BaseSettings):
             "prepared_statement_cache": self.prepared_statement_cache,
             "statement_timeout_ms": int(self.statement_timeout * 1000),
         }
+
+
+def settings_help() -> str:
+    """Every setting as its environment variable, default and meaning (``serve --help``)."""
+    lines = []
+    for name, field in Settings.model_fields.items():
+        default = "none" if field.default in (None, "") else field.default
+        lines.append(f"CHATHISTORY_{name.upper()} (default {default}): {field.description}")
+    return "\n".join(lines)
