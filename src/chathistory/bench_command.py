@@ -84,6 +84,14 @@ def bench_command(
             help="after the HTTP load, the open-loop scenario (10,000 users, a turn every ~30 s)",
         ),
     ] = True,
+    migrations_scenario: Annotated[
+        bool,
+        typer.Option(
+            "--migrations/--no-migrations",
+            help="upgrade 1,000,000 messages from the first release's schema while readers "
+            "and writers run (quick: 100,000); off unless asked, it takes minutes",
+        ),
+    ] = False,
     clients: Annotated[int | None, typer.Option(help="concurrent HTTP clients")] = None,
     prepared_statement_cache: Annotated[
         bool | None,
@@ -146,6 +154,9 @@ def bench_command(
         if branches:
             sized = benchmarks.BranchSizes.quick() if quick else benchmarks.BranchSizes()
             report.merge(await benchmarks.run_branches(url, sized, log=log))
+        if migrations_scenario:
+            sized_m = benchmarks.MigrationSizes.quick() if quick else benchmarks.MigrationSizes()
+            report.merge(await benchmarks.run_migrations(url, sized_m, log=log))
         if load:
             opened = benchmarks.OpenLoopPlan.quick() if quick else benchmarks.OpenLoopPlan()
             loaded = await benchmarks.run_load(

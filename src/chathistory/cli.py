@@ -98,6 +98,47 @@ def db_upgrade(
     console.print(f"{parse_database_url(url).render()} is at revision [bold]{now}[/bold]")
 
 
+@db_app.command("downgrade")
+def db_downgrade(
+    revision: Annotated[str, typer.Argument(help="target revision ('base': drop every table)")],
+    database_url: DatabaseUrl = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+    allow_data_loss: Annotated[
+        bool, typer.Option("--allow-data-loss", help="downgrade even if it loses data")
+    ] = False,
+) -> None:
+    """Migrate the database schema down to REVISION: says what it would lose first (branches
+    flattened, statuses, lifecycle, message extras), refuses to lose anything unless
+    --allow-data-loss, and asks for confirmation unless --yes. Stop writers first."""
+    from chathistory.migrations import downgrading
+
+    url = _database_url(database_url)
+    shown = parse_database_url(url).render()
+    try:
+        plan = asyncio.run(downgrading.plan_downgrade(url, revision))
+        if not plan.undone:
+            console.print(f"{shown} is at revision [bold]{plan.current}[/bold]: nothing to do")
+            return
+        console.print(f"{shown}: undoing {', '.join(plan.undone)}")
+        for loss in plan.losses:
+            console.print(f"  [yellow]would lose:[/yellow] {loss.detail}", highlight=False)
+        if not plan.losses:
+            console.print("  nothing would be lost (derived data is rebuilt by an upgrade)")
+        elif not allow_data_loss:
+            console.print(
+                "[red]error:[/red] refusing to lose data: nothing changed "
+                "(--allow-data-loss downgrades anyway)"
+            )
+            raise typer.Exit(1)
+        if not yes:
+            typer.confirm(f"Downgrade to {plan.target or 'base'}?", abort=True)
+        asyncio.run(downgrading.downgrade(url, revision, allow_data_loss=allow_data_loss))
+        now = asyncio.run(migrations.current(url))
+    except ChatHistoryError as exc:
+        raise _fail(exc) from None
+    console.print(f"{shown} is at revision [bold]{now or '(none)'}[/bold]")
+
+
 @db_app.command("current")
 def db_current(database_url: DatabaseUrl = None) -> None:
     """Print the schema revision the database is at (and whether it is the newest)."""

@@ -12,6 +12,7 @@ one statement, the same statement handling) in alternating rounds.
 - :mod:`~chathistory.bench.search`: search against reading the newest 50, and its plans;
 - :mod:`~chathistory.bench.purge`: other users' appends while a purge of 100,000 runs;
 - :mod:`~chathistory.bench.branches`: the active branch of a branched 100,000 against 100;
+- :mod:`~chathistory.bench.migrations`: an upgrade of 1,000,000 messages under load;
 - :mod:`~chathistory.bench.load`: the HTTP service under load (clients in ``__main__``);
 - :mod:`~chathistory.bench.report`: figures, ratios, tables and JSON.
 """
@@ -19,6 +20,7 @@ one statement, the same statement handling) in alternating rounds.
 from chathistory.bench.branches import BranchSizes, run_branches
 from chathistory.bench.embedded import with_embedded_server
 from chathistory.bench.load import LoadPlan, run_load
+from chathistory.bench.migrations import MigrationSizes, run_migrations
 from chathistory.bench.open_loop import OpenLoopPlan
 from chathistory.bench.purge import PurgeSizes, run_purge
 from chathistory.bench.report import Figure, Ratio, Report, render, write_json
@@ -29,6 +31,7 @@ __all__ = [
     "BranchSizes",
     "Figure",
     "LoadPlan",
+    "MigrationSizes",
     "OpenLoopPlan",
     "PurgeSizes",
     "Ratio",
@@ -39,6 +42,7 @@ __all__ = [
     "run",
     "run_branches",
     "run_load",
+    "run_migrations",
     "run_purge",
     "run_search",
     "with_embedded_server",

@@ -1,8 +1,14 @@
 """The schema's Alembic migrations, shipped inside the package, and a Python API to run them.
 
 They keep their own version table (``chathistory_alembic_version``), so a host application's
-Alembic history is never touched. On PostgreSQL a transaction-scoped advisory lock makes
-concurrent upgrades (several workers starting at once) wait for each other instead of racing.
+Alembic history is never touched.
+
+On PostgreSQL an upgrade is online (:mod:`chathistory.migrations.online`): one revision at a
+time, each in short transactions of its own on one connection, while a second connection keeps
+a transaction-scoped advisory lock for the whole upgrade, so concurrent upgrades (several workers
+starting at once) wait for each other instead of racing, and nothing the readers and writers
+need stays locked. A revision is stamped only when all of it is done; an interrupted upgrade
+resumes on the next run.
 
     await chathistory.migrations.upgrade("postgresql://...")      # or an AsyncEngine
 """
@@ -20,7 +26,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chathistory.errors import UnavailableError
 
@@ -62,8 +68,12 @@ def configure_context(context: Any, connection: Connection) -> None:
 
 
 async def upgrade(target: str | AsyncEngine, revision: str = "head") -> None:
-    """Migrate the database up to ``revision`` (default: the newest)."""
-    await _run(target, lambda config: command.upgrade(config, revision))
+    """Migrate the database up to ``revision`` (default: the newest).
+
+    On PostgreSQL online (:mod:`chathistory.migrations.online`), with two connections of
+    ``target`` at once; raises :class:`~chathistory.migrations.online.LockBudgetError` when a
+    step cannot get its lock in time (run it again: it resumes)."""
+    await _run(target, lambda config: command.upgrade(config, revision), online=revision)
 
 
 async def downgrade(target: str | AsyncEngine, revision: str) -> None:
@@ -114,7 +124,7 @@ async def drift(target: str | AsyncEngine) -> list[Any]:
     return differences
 
 
-async def _run(target: str | AsyncEngine, action: Any) -> None:
+async def _run(target: str | AsyncEngine, action: Any, *, online: str | None = None) -> None:
     from chathistory.migrations import citus
 
     def run(connection: Connection) -> None:
@@ -137,7 +147,94 @@ async def _run(target: str | AsyncEngine, action: Any) -> None:
     loop = asyncio.get_running_loop()
     lock = _locks.setdefault(loop, asyncio.Lock())
     async with lock:
-        await with_connection(target, run)
+        if online is not None and _dialect(target) == "postgresql":
+            await _upgrade_online(target, online)
+        else:
+            await with_connection(target, run)
+
+
+def _dialect(target: str | AsyncEngine) -> str:
+    from chathistory.db import parse_database_url
+
+    if isinstance(target, str):
+        return parse_database_url(target).backend
+    return target.dialect.name
+
+
+async def _upgrade_online(target: str | AsyncEngine, revision: str) -> None:
+    """Upgrade PostgreSQL one revision at a time (see :mod:`chathistory.migrations.online`)."""
+    from chathistory.db import create_engine
+
+    engine = create_engine(target, pool_size=2) if isinstance(target, str) else target
+    try:
+        async with engine.connect() as guard, engine.connect() as work:
+            lock = await _guard(guard)
+            while await work.run_sync(_next_revision, revision):
+                await lock.execute("SELECT")  # still there, still holding the lock
+            await lock.execute("ROLLBACK")
+    except (OperationalError, InterfaceError, OSError) as exc:
+        raise UnavailableError(f"cannot reach {engine.url.render_as_string()}: {exc}") from exc
+    finally:
+        if isinstance(target, str):
+            await engine.dispose()
+
+
+async def _guard(guard: AsyncConnection) -> Any:
+    """Take the upgrade's advisory lock in a transaction of ``guard`` kept open for the whole
+    upgrade; return the driver connection that holds it.
+
+    The guard touches no table, so it makes no reader or writer wait, and it holds no snapshot
+    (statements in the simple query protocol, no portal left open), so that neither vacuum nor
+    ``CREATE INDEX CONCURRENTLY`` waits for it. Another upgrade tries the lock again and again,
+    never waiting inside a statement (a waiting statement holds a snapshot, which the running
+    upgrade's concurrent index builds would wait for, forever)."""
+    raw = await guard.get_raw_connection()
+    driver: Any = raw.driver_connection
+    delay = 0.05
+    while True:
+        await driver.execute("BEGIN")
+        taken = await driver.fetchval(f"SELECT pg_try_advisory_xact_lock({_LOCK_KEY})")
+        await driver.execute("SELECT")  # drops the unnamed portal and its snapshot
+        if taken:
+            return driver
+        await driver.execute("ROLLBACK")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+def _next_revision(connection: Connection, target: str) -> bool:
+    """Run the revision after the current one towards ``target``; ``False`` when there is none."""
+    from chathistory.migrations import online
+
+    current = read_revision(connection)
+    script = ScriptDirectory.from_config(alembic_config())
+    try:
+        pending = list(script.iterate_revisions(target, current or "base"))
+    except Exception:  # not an upgrade (``target`` is behind): Alembic says what is wrong
+        pending = []
+        step = target
+    else:
+        if not pending:
+            connection.rollback()
+            return False
+        step = pending[-1].revision
+
+    def attempt() -> None:
+        online.begin(connection, step)
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        command.upgrade(config, step)
+        connection.commit()
+
+    try:
+        if connection.in_transaction():
+            connection.rollback()
+        online.retrying(connection, f"revision {step}", attempt)
+    except BaseException:
+        if connection.in_transaction():
+            connection.rollback()
+        raise
+    return len(pending) > 1
 
 
 _locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (

@@ -28,8 +28,9 @@ def run_with(connection: Connection) -> None:
 async def _run_online(url: str) -> None:
     engine = create_engine(url)
     try:
-        async with engine.begin() as connection:
+        async with engine.connect() as connection:
             await connection.run_sync(run_with)
+            await connection.commit()  # a revision may have committed its own steps already
     finally:
         await engine.dispose()
 

@@ -10,10 +10,12 @@ VACUUM renumbers), an FTS5 index over ``words`` kept by triggers, and a trigger 
 message's row with the message. A future migration that rebuilds ``messages`` on SQLite (batch
 mode) drops that trigger with the table and must create it again (``MESSAGES_TRIGGER``).
 
-Backfill: every stored message is read once, in batches of 1,000 by ``(user_id, id)``, its words
-cut in Python (``chathistory.store.search_syntax``, the rules every search uses) and inserted.
-Expect about 10-20 s per million messages of Python work plus the index build; on a large table
-run ``chathistory db upgrade`` in a maintenance window.
+Backfill: every stored message is read once, in batches of 1,000 by primary key, its words
+cut in Python (``chathistory.store.search_syntax``, the rules every search uses) and inserted,
+one short transaction per batch on PostgreSQL (a message that has its row already is skipped,
+so an interrupted backfill resumes). It reads ``messages`` and locks none of it, so readers and
+writers go on; the indexes are then built with ``CREATE INDEX CONCURRENTLY``. Expect about
+10-20 s per million messages of Python work plus the index build.
 
 Revision ID: 0004_message_search
 Revises: 0003_message_extras
@@ -27,6 +29,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from chathistory.migrations import online
 from chathistory.migrations.citus import distribute_new_table
 from chathistory.store import search_syntax
 
@@ -69,39 +72,60 @@ def upgrade() -> None:
         for statement in _SQLITE:
             op.execute(statement)
     else:
-        op.execute("CREATE EXTENSION IF NOT EXISTS btree_gin")
-        op.create_table(
-            "message_search",
-            sa.Column("message_id", sa.Uuid(), nullable=False),
-            sa.Column("user_id", sa.String(length=255), nullable=False),
-            sa.Column("conversation_id", sa.Uuid(), nullable=False),
-            sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-            sa.Column("words", postgresql.TSVECTOR(), nullable=False),
-            sa.ForeignKeyConstraint(
-                ["message_id", "user_id"],
-                ["messages.id", "messages.user_id"],
-                name=op.f("fk_message_search_message_id_user_id_messages"),
-                ondelete="CASCADE",
-            ),
-            sa.PrimaryKeyConstraint("message_id", "user_id", name=op.f("pk_message_search")),
+        online.ddl(
+            bind,
+            "create message_search",
+            done=lambda: online.has_table(bind, "message_search"),
+            apply=_create,
         )
-        distribute_new_table(bind, "message_search")  # on Citus, like the others
-    _backfill(bind)
+    online.backfill(bind, "backfill message_search", lambda after: _batch(bind, after))
     if bind.dialect.name != "sqlite":  # indexes after the bulk insert: built once
-        op.create_index(
+        online.create_index(
+            bind,
             "ix_message_search_user_id_created_at_message_id",
-            "message_search",
-            ["user_id", "created_at", "message_id"],
+            lambda: op.create_index(
+                "ix_message_search_user_id_created_at_message_id",
+                "message_search",
+                ["user_id", "created_at", "message_id"],
+                postgresql_concurrently=True,
+            ),
         )
-        op.create_index(
+        online.create_index(
+            bind,
             "ix_message_search_user_id_words",
-            "message_search",
-            ["user_id", "words"],
-            postgresql_using="gin",
+            lambda: op.create_index(
+                "ix_message_search_user_id_words",
+                "message_search",
+                ["user_id", "words"],
+                postgresql_using="gin",
+                postgresql_concurrently=True,
+            ),
         )
 
 
-def _backfill(bind: Any) -> None:
+def _create() -> None:
+    op.execute("CREATE EXTENSION IF NOT EXISTS btree_gin")
+    op.create_table(
+        "message_search",
+        sa.Column("message_id", sa.Uuid(), nullable=False),
+        sa.Column("user_id", sa.String(length=255), nullable=False),
+        sa.Column("conversation_id", sa.Uuid(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("words", postgresql.TSVECTOR(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["message_id", "user_id"],
+            ["messages.id", "messages.user_id"],
+            name=op.f("fk_message_search_message_id_user_id_messages"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("message_id", "user_id", name=op.f("pk_message_search")),
+    )
+    distribute_new_table(op.get_bind(), "message_search")  # on Citus, like the others
+
+
+def _batch(bind: Any, after: tuple[Any, Any] | None) -> tuple[Any, Any] | None:
+    """The search rows of the next :data:`BATCH` messages by primary key, but for the
+    messages that have one already (written by an earlier, interrupted run)."""
     json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
     messages = sa.table(
         "messages",
@@ -123,33 +147,40 @@ def _backfill(bind: Any) -> None:
     postgres = bind.dialect.name == "postgresql"
     words = sa.bindparam("words", type_=postgresql.TSVECTOR() if postgres else sa.Text())
     insert = target.insert().values(words=words)
-    after: tuple[Any, Any] | None = None
-    while True:
-        query = sa.select(messages).order_by(messages.c.user_id, messages.c.id).limit(BATCH)
-        if after is not None:
-            query = query.where(sa.tuple_(messages.c.user_id, messages.c.id) > sa.tuple_(*after))
-        rows = bind.execute(query).all()
-        if not rows:
-            return
-        batch = []
-        for row in rows:
-            text = search_syntax.searchable_text(row.content, row.extras)
-            if text is None:
-                continue
-            batch.append(
-                {
-                    "message_id": row.id,
-                    "user_id": row.user_id,
-                    "conversation_id": row.conversation_id,
-                    "created_at": row.created_at,
-                    "words": search_syntax.tsvector_text(text)
-                    if postgres
-                    else search_syntax.index_text(text),
-                }
-            )
-        if batch:
-            bind.execute(insert, batch)
-        after = (rows[-1].user_id, rows[-1].id)
+    indexed = (
+        sa.select(target.c.message_id)
+        .where(target.c.message_id == messages.c.id, target.c.user_id == messages.c.user_id)
+        .exists()
+    )
+    query = (
+        sa.select(messages, indexed.label("indexed"))
+        .order_by(messages.c.id, messages.c.user_id)
+        .limit(BATCH)
+    )
+    if after is not None:
+        query = query.where(sa.tuple_(messages.c.id, messages.c.user_id) > sa.tuple_(*after))
+    rows = bind.execute(query).all()
+    if not rows:
+        return None
+    batch = []
+    for row in rows:
+        text = None if row.indexed else search_syntax.searchable_text(row.content, row.extras)
+        if text is None:
+            continue
+        batch.append(
+            {
+                "message_id": row.id,
+                "user_id": row.user_id,
+                "conversation_id": row.conversation_id,
+                "created_at": row.created_at,
+                "words": search_syntax.tsvector_text(text)
+                if postgres
+                else search_syntax.index_text(text),
+            }
+        )
+    if batch:
+        bind.execute(insert, batch)
+    return (rows[-1].id, rows[-1].user_id)
 
 
 def downgrade() -> None:

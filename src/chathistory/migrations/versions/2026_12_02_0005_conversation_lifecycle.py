@@ -5,6 +5,8 @@ ALTER TABLE and CREATE INDEX to the shards). The booleans are NOT NULL with a se
 false, so existing rows are neither archived nor pinned (PostgreSQL 11+ adds such a column
 without rewriting the table). The indexes keep every filtered listing keyset-paged on an index
 range, each starting with ``user_id``; a partial index finds the expired conversations to purge.
+On PostgreSQL the columns come in one short transaction and each index is built with
+``CREATE INDEX CONCURRENTLY``: readers and writers go on.
 
 Revision ID: 0005_conversation_lifecycle
 Revises: 0004_message_search
@@ -12,10 +14,12 @@ Create Date: 2026-12-02
 """
 
 from collections.abc import Sequence
+from functools import partial
 
 import sqlalchemy as sa
 from alembic import op
 
+from chathistory.migrations import online
 from chathistory.models import UTCDateTime
 
 revision: str = "0005_conversation_lifecycle"
@@ -31,6 +35,47 @@ _LISTINGS = {
 
 
 def upgrade() -> None:
+    bind = op.get_bind()
+    online.ddl(
+        bind,
+        "add the lifecycle columns",
+        done=lambda: online.postgres(bind) and online.has_column(bind, "conversations", "pinned"),
+        apply=_add_columns,
+    )
+    for name, flags in _LISTINGS.items():
+        online.create_index(
+            bind,
+            name,
+            partial(
+                op.create_index,
+                name,
+                "conversations",
+                [
+                    "user_id",
+                    *flags,
+                    sa.literal_column("updated_at").desc(),
+                    sa.literal_column("id").desc(),
+                ],
+                unique=False,
+                postgresql_concurrently=True,
+            ),
+        )
+    online.create_index(
+        bind,
+        "ix_conversations_user_id_expires_at",
+        lambda: op.create_index(
+            "ix_conversations_user_id_expires_at",
+            "conversations",
+            ["user_id", "expires_at"],
+            unique=False,
+            postgresql_where=sa.text("expires_at IS NOT NULL"),
+            sqlite_where=sa.text("expires_at IS NOT NULL"),
+            postgresql_concurrently=True,
+        ),
+    )
+
+
+def _add_columns() -> None:
     op.add_column(
         "conversations",
         sa.Column("archived", sa.Boolean(), server_default=sa.false(), nullable=False),
@@ -40,26 +85,6 @@ def upgrade() -> None:
         sa.Column("pinned", sa.Boolean(), server_default=sa.false(), nullable=False),
     )
     op.add_column("conversations", sa.Column("expires_at", UTCDateTime(), nullable=True))
-    for name, flags in _LISTINGS.items():
-        op.create_index(
-            name,
-            "conversations",
-            [
-                "user_id",
-                *flags,
-                sa.literal_column("updated_at").desc(),
-                sa.literal_column("id").desc(),
-            ],
-            unique=False,
-        )
-    op.create_index(
-        "ix_conversations_user_id_expires_at",
-        "conversations",
-        ["user_id", "expires_at"],
-        unique=False,
-        postgresql_where=sa.text("expires_at IS NOT NULL"),
-        sqlite_where=sa.text("expires_at IS NOT NULL"),
-    )
 
 
 def downgrade() -> None:

@@ -6,8 +6,8 @@ completed (PostgreSQL 11+ adds such a column without rewriting the table, and so
 until then: no backfill, no rewrite, however many messages there are.
 
 The CHECKs (a known status; only an assistant message is ever not completed): on PostgreSQL
-added ``NOT VALID`` and then validated, which scans the table under a lock that lets reads and
-writes go on; on SQLite written into the added column (SQLite checks existing rows as it adds
+added ``NOT VALID`` with the columns in one short transaction, then validated each in a
+transaction of its own, which scans the table under a lock that lets reads and writes go on; on SQLite written into the added column (SQLite checks existing rows as it adds
 it). Citus propagates both statements to the shards.
 
 Revision ID: 0006_streaming_turns
@@ -16,10 +16,12 @@ Create Date: 2026-12-02
 """
 
 from collections.abc import Sequence
+from functools import partial
 
 import sqlalchemy as sa
 from alembic import op
 
+from chathistory.migrations import online
 from chathistory.models import STATUSES, UTCDateTime
 
 revision: str = "0006_streaming_turns"
@@ -40,16 +42,30 @@ def upgrade() -> None:
             "ALTER TABLE messages ADD COLUMN status VARCHAR(16)"
             f" DEFAULT 'completed' NOT NULL {checks}"
         )
-    else:
-        op.add_column(
-            "messages",
-            sa.Column(
-                "status", sa.String(16), server_default=sa.text("'completed'"), nullable=False
-            ),
+        op.add_column("messages", sa.Column("updated_at", UTCDateTime(), nullable=True))
+        return
+    bind = op.get_bind()
+    online.ddl(
+        bind,
+        "add messages.status and messages.updated_at",
+        done=lambda: online.has_column(bind, "messages", "status"),
+        apply=_add_columns,
+    )
+    for name in _CHECKS:  # each its own transaction, after the ALTER TABLE's lock is gone
+        online.transaction(
+            bind,
+            f"validate {name}",
+            partial(op.execute, f"ALTER TABLE messages VALIDATE CONSTRAINT {name}"),
         )
-        for name, rule in _CHECKS.items():
-            op.execute(f"ALTER TABLE messages ADD CONSTRAINT {name} CHECK ({rule}) NOT VALID")
-            op.execute(f"ALTER TABLE messages VALIDATE CONSTRAINT {name}")
+
+
+def _add_columns() -> None:
+    op.add_column(
+        "messages",
+        sa.Column("status", sa.String(16), server_default=sa.text("'completed'"), nullable=False),
+    )
+    for name, rule in _CHECKS.items():
+        op.execute(f"ALTER TABLE messages ADD CONSTRAINT {name} CHECK ({rule}) NOT VALID")
     op.add_column("messages", sa.Column("updated_at", UTCDateTime(), nullable=True))
 
 

@@ -12,8 +12,9 @@ the database returns only the messages whose content may hold a refusal part (Po
 confirms each and cuts its words, and then, one user at a time, their ``message_search`` rows are
 deleted and inserted again (on SQLite the FTS5 index follows through its triggers). Every
 statement that writes names ``user_id``, so on Citus each goes to one shard; no statement
-updates a table. Messages without refusal parts are read as keys only and not touched. Expect
-a few seconds per million messages on PostgreSQL.
+updates a table. Messages without refusal parts are read as keys only and not touched. On
+PostgreSQL each window is a short transaction of its own (a window run twice gives the same
+rows, so an interrupted walk resumes). Expect a few seconds per million messages.
 
 Downgrade does nothing: the rows stay valid (a refusal's words stay findable), and the schema
 is unchanged.
@@ -31,6 +32,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from chathistory.migrations import online
 from chathistory.store import search_syntax
 
 revision: str = "0008_refusal_search"
@@ -62,6 +64,12 @@ _SEARCH = sa.table(
 
 def upgrade() -> None:
     bind = op.get_bind()
+    online.backfill(bind, "index refusal parts", lambda after: _window(bind, after))
+
+
+def _window(bind: Any, after: tuple[Any, Any] | None) -> tuple[Any, Any] | None:
+    """Index again the messages with refusal parts among the next :data:`WINDOW` keys after
+    ``after``; the last key of the window (``None`` at the end of the table)."""
     postgres = bind.dialect.name == "postgresql"
     m = _MESSAGES.c
     key = sa.tuple_(m.id, m.user_id)
@@ -69,20 +77,16 @@ def upgrade() -> None:
         may_refuse = sa.text("""messages.content @> '[{"type": "refusal"}]'::jsonb""")
     else:
         may_refuse = sa.text("""CAST(messages.content AS TEXT) LIKE '%"refusal"%'""")
-    after: tuple[Any, Any] | None = None
-    while True:
-        window = sa.select(m.id, m.user_id).order_by(m.id, m.user_id).offset(WINDOW - 1).limit(1)
-        found = sa.select(_MESSAGES).where(may_refuse).order_by(m.id, m.user_id)
-        if after is not None:
-            window = window.where(key > sa.tuple_(*after))
-            found = found.where(key > sa.tuple_(*after))
-        last = bind.execute(window).first()
-        if last is not None:
-            found = found.where(key <= sa.tuple_(*last))
-        _index(bind, [row for row in bind.execute(found) if _holds_refusal(row.content)], postgres)
-        if last is None:
-            return
-        after = tuple(last)
+    window = sa.select(m.id, m.user_id).order_by(m.id, m.user_id).offset(WINDOW - 1).limit(1)
+    found = sa.select(_MESSAGES).where(may_refuse).order_by(m.id, m.user_id)
+    if after is not None:
+        window = window.where(key > sa.tuple_(*after))
+        found = found.where(key > sa.tuple_(*after))
+    last = bind.execute(window).first()
+    if last is not None:
+        found = found.where(key <= sa.tuple_(*last))
+    _index(bind, [row for row in bind.execute(found) if _holds_refusal(row.content)], postgres)
+    return None if last is None else (last[0], last[1])
 
 
 def _holds_refusal(content: Any) -> bool:
