@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
@@ -25,6 +25,7 @@ from chathistory.schemas import (
 from chathistory.store import appending, branches, rows, search, tool_pairing
 from chathistory.store import conversations as rooms_conversations
 from chathistory.store.database import Database
+from chathistory.store.paths import walked
 from chathistory.store.rows import CONVERSATION_COLUMNS, C, M
 
 IMPORT_CHUNK: Final = 1000
@@ -221,9 +222,7 @@ async def _import(
             seq = await branches.message_seq(
                 conn, spec.user_id, spec.id, current, "current_message_id"
             )
-            _, path = await branches.route(
-                conn, spec.user_id, spec.id, seq, branched=False, count=0
-            )  # the whole branch: nothing is active yet
+            path = walked(tree.starts, tree.forks, seq)  # the whole branch: none is active yet
             await branches.make_active(
                 conn, spec.user_id, spec.id, branched=False, meet=0, after=path
             )
@@ -243,6 +242,8 @@ class _Tree:
 
     last_id: uuid.UUID | None = None
     branched: bool = False
+    starts: list[int] = field(default_factory=lambda: [1])  # where each run begins
+    forks: list[int] = field(default_factory=lambda: [0])  # and the seq it follows
 
 
 def _import_batches(
@@ -291,6 +292,7 @@ async def _import_batch(
     stored = [appending.row(rules, spec.user_id, spec.id, m, m.seq, m.created_at) for m in batch]
     runs: list[int] = []  # where each run of this batch begins (a message with a fork)
     seqs = {m.id: m.seq for m in batch}
+    seqs.update(await _stored_seqs(conn, spec, batch, seqs))
     for index, (message, row) in enumerate(zip(batch, stored, strict=True)):
         row["updated_at"] = message.updated_at
         named = "parent_id" in message.model_fields_set and message.parent_id != tree.last_id
@@ -308,6 +310,9 @@ async def _import_batch(
                 )
             row["fork"] = parent
             runs.append(index)
+            if message.seq > 1:
+                tree.starts.append(message.seq)
+                tree.forks.append(parent)
         tree.last_id = row["id"]
     await conn.execute(insert(messages), stored)
     if runs and not tree.branched:  # its first fork: tool calls pair along branches now
@@ -321,16 +326,41 @@ async def _import_batch(
                 if begin == end:
                     continue
                 part = batch[begin:end]
+                if not any(m.role == "tool" for m in part):
+                    continue  # nothing to pair
                 parent = stored[begin]["fork"] if begin in runs else part[0].seq - 1
-                _, base = await branches.route(
-                    conn, spec.user_id, spec.id, parent, branched=False, count=0
-                )
+                base = walked(tree.starts, tree.forks, parent)
                 await tool_pairing.check_along(
                     conn, spec.user_id, spec.id, base, part, [m.seq for m in part]
                 )
     except ValidationError as exc:  # its locations count from the batch's first message
         raise ValidationError([_shift(e, start) for e in exc.errors]) from None
     await search.index(conn, stored)
+
+
+async def _stored_seqs(
+    conn: AsyncConnection,
+    spec: ConversationRecord,
+    batch: list[MessageRecord],
+    known: Mapping[uuid.UUID, int],
+) -> dict[uuid.UUID, int]:
+    """The seqs of the parents named by ``batch`` in earlier batches, a statement per
+    thousand (the
+    ones not found are reported by :func:`_stored_seq`)."""
+    wanted = {
+        m.parent_id for m in batch if "parent_id" in m.model_fields_set and m.parent_id is not None
+    } - set(known)
+    ordered, found = sorted(wanted), dict[uuid.UUID, int]()
+    for start in range(0, len(ordered), IMPORT_CHUNK):  # under the bound-parameter limits
+        rows = await conn.execute(
+            select(M.id, M.seq).where(
+                M.conversation_id == spec.id,
+                M.user_id == spec.user_id,
+                M.id.in_(ordered[start : start + IMPORT_CHUNK]),
+            )
+        )
+        found.update((row.id, int(row.seq)) for row in rows)
+    return found
 
 
 async def _stored_seq(

@@ -15,8 +15,9 @@ active branch in ``conversation_paths``, one row per range: a read takes the row
 messages are, reads them in one statement through the ``(conversation_id, seq)`` index; an
 append changes a row or adds one; a switch or an append after another message walks the new
 branch back, run by run through a partial index of the messages that start one, only until it
-meets the active branch, and rewrites the rows from there. Nothing costs more as the
-conversation grows longer, or as branches pile up elsewhere in it.
+meets the active branch, and rewrites the rows from there (a lookup or two for an edit or a
+regeneration; a branch that parted many runs back costs two per run walked). Nothing costs
+more as the conversation grows longer, or as branches pile up elsewhere in it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chathistory.errors import ConversationNotFoundError, ValidationError
@@ -330,28 +331,35 @@ async def siblings(
     placed: Sequence[tuple[int, int | None]],
 ) -> dict[int, tuple[int, int]]:
     """``sibling_count`` and 1-based ``sibling_index`` (in seq order) of the messages given as
-    ``(seq, fork)``: the children of each one's parent, found in one statement."""
+    ``(seq, fork)``: the children of each one's parent counted in one statement, a row per
+    parent (however many siblings there are). A parent's children are the message after it
+    when that one goes straight on (always the first), and those whose ``fork`` names it."""
     parents = {seq: (seq - 1 if fork is None else fork) for seq, fork in placed}
     if not parents:
         return {}
-    nexts = {parent + 1 for parent in parents.values()}
+    forked = sorted(seq for seq, fork in placed if fork is not None)
+    parent_of = func.coalesce(M.fork, M.seq - 1).label("parent")
+    counts = [func.count().label("n")]
+    counts += [func.sum(case((M.seq <= seq, 1), else_=0)).label(f"s{seq}") for seq in forked]
+    nexts = {of + 1 for of in parents.values()}
     rows = (
         await conn.execute(
-            select(M.seq, M.fork).where(
+            select(parent_of, *counts)
+            .where(
                 M.conversation_id == conversation_id,
                 M.user_id == user_id,
-                or_(M.fork.in_(set(parents.values())), M.seq.in_(nexts)),
+                or_(M.fork.in_(set(parents.values())), and_(M.seq.in_(nexts), M.fork.is_(None))),
             )
+            .group_by(parent_of)
         )
     ).all()
-    children: dict[int, list[int]] = {}
-    for row in rows:
-        parent = row.seq - 1 if row.fork is None else row.fork
-        children.setdefault(parent, []).append(row.seq)
+    found = {int(row.parent): row._mapping for row in rows}
     numbers = {}
-    for seq, parent in parents.items():
-        family = sorted(set(children.get(parent, [])) | {seq})
-        numbers[seq] = (len(family), family.index(seq) + 1)
+    for seq, of in parents.items():
+        family = found.get(of)
+        count = int(family["n"]) if family is not None else 0
+        index = int(family[f"s{seq}"] or 0) if family is not None and seq in forked else 1
+        numbers[seq] = (max(count, 1), max(index, 1))
     return numbers
 
 

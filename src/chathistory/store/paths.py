@@ -3,6 +3,7 @@ database access here."""
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 
 Path = list[tuple[int, int]]
@@ -48,3 +49,15 @@ def seqs(path: Path, ascending: bool, limit: int, past: int | None, until: int |
         if len(found) == limit:
             break
     return found
+
+
+def walked(starts: list[int], forks: list[int], seq: int) -> Path:
+    """The branch ending at ``seq`` of a tree whose runs begin at ``starts`` (increasing, the
+    first at 1) after the messages ``forks`` (0: a first message): run by run back to the
+    root, with no database access (an import knows its tree)."""
+    found: Path = []
+    while seq > 0:
+        run = bisect.bisect_right(starts, seq) - 1
+        found.append((starts[run], seq))
+        seq = forks[run]
+    return found[::-1]
