@@ -307,6 +307,12 @@ def _duration(value: str | None) -> timedelta | None:
         raise typer.BadParameter(str(exc)) from None
 
 
+def _duty(value: float | None) -> float | None:
+    if value is not None and not 0 < value <= 1:
+        raise typer.BadParameter("must be above 0 and at most 1")
+    return value
+
+
 @app.command("purge")
 def purge_command(
     older_than: Annotated[
@@ -323,17 +329,33 @@ def purge_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="count what would be deleted; delete nothing")
     ] = False,
+    duty: Annotated[
+        float | None,
+        typer.Option(
+            "--duty",
+            callback=_duty,
+            help="fraction of its time the purge works, pausing after each batch in proportion "
+            "(0.5: as long as the batch took; 1: no pause); env CHATHISTORY_PURGE_DUTY, "
+            f"default {Settings.model_fields['purge_duty'].default}",
+        ),
+    ] = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Delete expired conversations (and, with --older-than, old unpinned ones) in short
-    batches; safe to run from several processes at once."""
+    batches, pausing between them to leave the writers their share; safe to run from several
+    processes at once."""
+    working = _settings().purge_duty if duty is None else duty
 
     async def run() -> int:
         async with _open_store(database_url, migrate=False) as store:
             what = "counting" if dry_run else "purging"
             with _progress(what, "conversations") as advance:
                 report = await store.purge(
-                    older_than=older_than, user_id=user, dry_run=dry_run, progress=advance
+                    older_than=older_than,
+                    user_id=user,
+                    dry_run=dry_run,
+                    progress=advance,
+                    duty=working,
                 )
         verb = "would delete" if dry_run else "deleted"
         console.print(

@@ -16,6 +16,7 @@ from chathistory.store import (
     DEFAULT_MAX_CONTENT_CHARS,
     DEFAULT_MAX_RESPONSE_BYTES,
 )
+from chathistory.store.purging import DEFAULT_DUTY
 
 
 class Settings(BaseSettings):
@@ -80,6 +81,13 @@ class Settings(BaseSettings):
         ge=1,
         description="connections each worker process serves at once (503 beyond); keep the "
         "process's open-files limit above it",
+    )
+    purge_duty: float = Field(
+        default=DEFAULT_DUTY,
+        gt=0,
+        le=1,
+        description="fraction of its time `chathistory purge` works: after each batch it pauses "
+        "in proportion (0.5: as long as the batch took; 1: no pause), leaving the rest to writers",
     )
     migrate_on_start: bool = Field(
         default=True, description="bring the schema up to date when the service starts"

@@ -1,7 +1,8 @@
 """Other users' appends while a large purge runs (SPEC 9: the purge "never holds locks for long
 or stalls writers"): appends by 1 and by 8 writers, each on its own conversation of a user the
-purge does not touch, timed while ``ChatHistory.purge`` deletes 100,000 conversations (default
-batch size) and, in between, while nothing else runs. Target: the p50 (and p99) of an append
+purge does not touch, timed while ``ChatHistory.purge`` deletes 100,000 conversations (its
+default batch size and duty, or those of :class:`PurgeSizes`; the "purge running" phases take
+in its pauses) and, in between, while nothing else runs. Target: the p50 (and p99) of an append
 during the purge at most 1.3 times the baseline's.
 
 Set-up is bulk SQL (untimed): the victims' conversations, expired a minute ago (or, with
@@ -18,7 +19,8 @@ holding nothing, they are timed for as long again ("no purge"). Phases take turn
 by writer count, the order rotated each round (D B, B D, ...), so a slow spell of the shared
 machine lands on both, until the purge is done; then the next of ``purges`` purges, on fresh
 victims, the samples pooled. The purge's own figure: one batch's latency, and conversations
-per second of the time it was running (pauses excluded). What a purge leaves to the server
+per second of the time it was running (its throttle's pauses included, the parking excluded:
+``duty``, the library's default unless given). What a purge leaves to the server
 (autovacuum of the deleted rows, checkpoints) may land in either phase.
 """
 
@@ -41,7 +43,7 @@ from chathistory.bench import fixtures, library
 from chathistory.bench.report import PURGE_TARGET, Figure, Ratio, Report
 from chathistory.bench.rounds import Samples, WriterOp, percentile
 from chathistory.db import parse_database_url
-from chathistory.store.purging import DEFAULT_BATCH
+from chathistory.store.purging import DEFAULT_BATCH, DEFAULT_DUTY
 
 STALE_AFTER = timedelta(days=30)  # older_than of the stale variant (its conversations: 90 days)
 CHUNK = 5000  # victims' conversations per set-up statement
@@ -58,6 +60,8 @@ class PurgeSizes:
     phase_batches: int = 4  # purge batches per "purge running" phase
     stale: bool = False  # old conversations purged with older_than, instead of expired ones
     purges: int = 3  # purges of `conversations` one after the other (fresh victims each)
+    duty: float = DEFAULT_DUTY  # the purge's duty (its throttle; 1: batches back to back)
+    batch_size: int = DEFAULT_BATCH  # the purge's batch size
 
     @classmethod
     def quick(cls) -> PurgeSizes:
@@ -69,12 +73,12 @@ class PurgeSizes:
         if not self.writers or min(self.writers) < 1 or min(self.phase_batches, self.purges) < 1:
             raise ValueError("need writers and at least one batch per phase")
         per_victim = self.conversations // self.victims
-        if self.victims * math.ceil(per_victim / DEFAULT_BATCH) < (
+        if self.victims * math.ceil(per_victim / self.batch_size) < (
             len(self.writers) * self.phase_batches
         ):
             raise ValueError(
                 f"{self.conversations:,} conversations make fewer purge batches of "
-                f"{DEFAULT_BATCH} than one phase per writer count needs"
+                f"{self.batch_size} than one phase per writer count needs"
             )
 
 
@@ -96,7 +100,7 @@ async def run_purge(url: str, sizes: PurgeSizes, *, log: Log = print) -> Report:
             for number in range(sizes.purges):
                 victims = [f"{prefix}-victim-{number}-{k}" for k in range(sizes.victims)]
                 await _write(setup, victims, sizes, log)
-                purger = _Purger(url, victims, STALE_AFTER if sizes.stale else None)
+                purger = _Purger(url, victims, STALE_AFTER if sizes.stale else None, sizes)
                 try:
                     await purger.start()
                     log(
@@ -227,11 +231,15 @@ class _Purger:
     :func:`purge_process`), run a few batches at a time: JSON lines, the set-up and ``go``
     on its standard input, ``ready`` / ``parked`` / ``done`` / ``error`` on its output."""
 
-    def __init__(self, url: str, users: list[str], older_than: timedelta | None) -> None:
+    def __init__(
+        self, url: str, users: list[str], older_than: timedelta | None, sizes: PurgeSizes
+    ) -> None:
         self._config = {
             "url": url,  # on a pipe, not the command line (it may hold a password)
             "users": users,
             "older_than": None if older_than is None else older_than.total_seconds(),
+            "duty": sizes.duty,
+            "batch_size": sizes.batch_size,
         }
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -316,6 +324,8 @@ def purge_process() -> None:
             config["url"],
             config["users"],
             None if older_than is None else timedelta(seconds=older_than),
+            float(config["duty"]),
+            int(config["batch_size"]),
         )
     except _Stop:
         return
@@ -341,9 +351,13 @@ def _wait_for_go() -> int:
     return int(json.loads(line)["go"])
 
 
-def _run_purge(url: str, users: list[str], older_than: timedelta | None) -> dict[str, Any]:
-    """Purge each victim (its ``user_id`` given) with the default batch size, parking after
-    the batches the bench allows; one batch's latency, the counts, the running time."""
+def _run_purge(
+    url: str, users: list[str], older_than: timedelta | None, duty: float, batch_size: int
+) -> dict[str, Any]:
+    """Purge each victim (its ``user_id`` given) with ``batch_size`` and ``duty``,
+    parking after the batches the bench allows; one batch's period (the batch and the
+    throttle's pause before the next), the counts, the running time (pauses included, parking
+    excluded)."""
     clock = time.perf_counter
     state = {"budget": 0, "mark": 0.0, "active": 0.0}
     batches: list[float] = []
@@ -368,7 +382,13 @@ def _run_purge(url: str, users: list[str], older_than: timedelta | None) -> dict
             started = clock()
             for user in users:
                 state["mark"] = clock()
-                done = await store.purge(older_than=older_than, user_id=user, progress=progress)
+                done = await store.purge(
+                    older_than=older_than,
+                    user_id=user,
+                    progress=progress,
+                    duty=duty,
+                    batch_size=batch_size,
+                )
                 state["active"] += clock() - state["mark"]
                 deleted += done.conversations
                 messages += done.messages
@@ -484,20 +504,22 @@ def _figures(report: Report, run: _Run) -> None:
         Figure(
             f"purge {sizes.conversations:,} {what} conversations, {sizes.messages} messages "
             f"each ({purges})",
-            f"library purge, batches of {DEFAULT_BATCH} (latency: one batch; rate: "
-            "conversations/s)",
+            f"library purge, batches of {sizes.batch_size}, duty {sizes.duty} (latency: one "
+            "batch and its pause; rate: conversations/s)",
             len(run.batches_ms),
             round(percentile(run.batches_ms, 0.5), 3),
             round(percentile(run.batches_ms, 0.99), 3),
             rate,
             "unnamed",
-            "per_second: conversations per second of purging, pauses excluded",
+            "per_second: conversations per second of purging (its pauses included, the "
+            "bench's parking excluded)",
         )
     )
     report.setup["purge"] = {
         **purged,
         "purges": sizes.purges,
-        "batch_size": DEFAULT_BATCH,
+        "batch_size": sizes.batch_size,
+        "duty": sizes.duty,
         "batches": len(run.batches_ms),
         "running_seconds": round(run.active, 3),
         "wall_seconds_with_pauses": round(run.wall, 3),

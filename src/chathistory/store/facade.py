@@ -316,6 +316,7 @@ class ChatHistory:
         dry_run: bool = False,
         batch_size: int = purging.DEFAULT_BATCH,
         progress: Callable[[int], object] | None = None,
+        duty: float = purging.DEFAULT_DUTY,
     ) -> PurgeReport:
         """Delete the expired conversations and, with ``older_than``, every conversation not
         updated for that long, except pinned ones (of ``user_id`` only, when given); their
@@ -325,7 +326,9 @@ class ChatHistory:
         Works in batches of ``batch_size``, each its own short transaction; safe to run from
         several processes at once (each conversation is deleted once, nothing errors); a
         conversation that gets a message while the purge runs is kept. ``progress`` is called
-        after each batch with the conversations it deleted (a coroutine function is awaited)."""
+        after each batch with the conversations it deleted (a coroutine function is awaited).
+        ``duty`` (above 0, at most 1): the fraction of its time the purge works; after each
+        batch it pauses in proportion (0.5: as long as the batch took; 1: no pause)."""
         if user_id is not None:
             check_user_id(user_id)
         return await purging.purge(
@@ -335,6 +338,7 @@ class ChatHistory:
             dry_run=dry_run,
             batch_size=batch_size,
             progress=progress,
+            duty=duty,
         )
 
     async def delete_user_data(self, user_id: str) -> int:

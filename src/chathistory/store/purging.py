@@ -12,6 +12,12 @@ Bounded batches, each its own short transaction, so a large purge never holds lo
 - SQLite: one ``DELETE ... WHERE id IN (SELECT ... LIMIT n) AND <still due> RETURNING`` per
   batch; the database's write lock serializes purgers and appenders.
 
+``duty`` throttles the purge: after a batch that took ``t`` seconds it pauses ``t * (1 - duty)
+/ duty`` (a duty of 0.5 pauses as long as the batch ran), so it works for that fraction of its
+time and leaves the rest to the writers; 1 runs its batches back to back. What the writers wait
+on beside a purge is the WAL (each batch writes its deletes' WAL, which their commits then
+flush): the duty cycle halves that rate at 0.5. A dry run never pauses.
+
 Every statement names the user. A purge of every user first finds the users with something due
 (one statement over every shard on Citus, paged by user id: the documented multi-shard step),
 then purges each one's conversations as above, on that user's shard.
@@ -19,8 +25,10 @@ then purges each one's conversations as above, on that user's shard.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -33,10 +41,13 @@ from chathistory.store.database import Database
 from chathistory.store.rows import C
 
 DEFAULT_BATCH: Final = 500
+DEFAULT_DUTY: Final = 0.5
 MAX_BATCH: Final = 10_000
 _USERS_CHUNK: Final = 1000
+_clock = time.perf_counter  # a batch's own time, for its pause
 
 Progress = Callable[[int], object]
+Sleep = Callable[[float], Awaitable[object]]
 
 
 class _Rule:
@@ -55,7 +66,7 @@ def _rules(now: datetime, older_than: timedelta | None) -> list[_Rule]:
     return rules
 
 
-def _check(older_than: object, dry_run: object, batch_size: object) -> None:
+def _check(older_than: object, dry_run: object, batch_size: object, duty: object) -> None:
     if older_than is not None and (
         not isinstance(older_than, timedelta) or older_than <= timedelta(0)
     ):
@@ -68,6 +79,8 @@ def _check(older_than: object, dry_run: object, batch_size: object) -> None:
         or not 1 <= batch_size <= MAX_BATCH
     ):
         raise ValidationError(f"must be an integer from 1 to {MAX_BATCH}", loc=("batch_size",))
+    if isinstance(duty, bool) or not isinstance(duty, int | float) or not 0 < duty <= 1:
+        raise ValidationError("must be a number above 0, at most 1", loc=("duty",))
 
 
 async def purge(
@@ -78,8 +91,10 @@ async def purge(
     dry_run: bool,
     batch_size: int,
     progress: Progress | None,
+    duty: float = DEFAULT_DUTY,
+    sleep: Sleep = asyncio.sleep,
 ) -> PurgeReport:
-    _check(older_than, dry_run, batch_size)
+    _check(older_than, dry_run, batch_size, duty)
     now = utcnow()
     try:
         rules = _rules(now, older_than)
@@ -97,12 +112,16 @@ async def purge(
             continue
         for rule in rules:
             while True:
+                started = _clock()
                 deleted = await _batch(db, user, rule, batch_size)
                 if not deleted:
                     break
+                took = _clock() - started
                 conversations_done += len(deleted)
                 messages_done += sum(deleted)
                 await _report(progress, len(deleted))
+                if duty < 1:
+                    await sleep(took * (1 - duty) / duty)
     return PurgeReport(conversations_done, messages_done, dry_run)
 
 
