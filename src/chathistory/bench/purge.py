@@ -40,7 +40,7 @@ from typing import Any
 
 from chathistory import ChatHistory
 from chathistory.bench import fixtures, library
-from chathistory.bench.report import PURGE_TARGET, Figure, Ratio, Report
+from chathistory.bench.report import PURGE_P99_TARGET, PURGE_TARGET, Figure, Ratio, Report
 from chathistory.bench.rounds import Samples, WriterOp, percentile
 from chathistory.db import parse_database_url
 from chathistory.store.purging import DEFAULT_BATCH, DEFAULT_DUTY
@@ -495,7 +495,7 @@ def _figures(report: Report, run: _Run) -> None:
                 during.name,
                 baseline.name,
                 round(during.p99_ms / baseline.p99_ms, 2),
-                PURGE_TARGET,
+                PURGE_P99_TARGET,
             )
         )
     purged = run.purged

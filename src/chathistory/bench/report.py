@@ -16,6 +16,7 @@ MODES: dict[str, str] = {
 FLOOR_TARGET = 1.3  # section 6: library p50 at most 1.3x its floor's
 SCALE_TARGET = 1.3  # section 6: the newest 50 of 100,000 and page 1,000 cost what 100 / page 1 do
 PURGE_TARGET = 1.3  # section 9: other users' appends keep their latency while a purge runs
+PURGE_P99_TARGET = 1.5  # section 6 (v3): their append p99 within 1.5x of no purge
 
 
 @dataclass
@@ -149,7 +150,7 @@ def render(report: Report) -> list[Any]:
             "other users' append p50 while a purge runs / with no purge, interleaved "
             f"(target: at most {PURGE_TARGET})",
         ),
-        ("purge p99", f"the same, p99 / p99 (target: at most {PURGE_TARGET})"),
+        ("purge p99", f"the same, p99 / p99 (target: at most {PURGE_P99_TARGET})"),
     ):
         rows = [r for r in report.comparisons if r.kind == kind]
         if not rows:
