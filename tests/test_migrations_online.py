@@ -6,15 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
-import subprocess
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from alembic.script import ScriptDirectory
@@ -28,7 +22,7 @@ from chathistory.db import create_engine
 from chathistory.migrations import citus as citus_schema
 from chathistory.migrations import online
 from citus_cluster import Cluster
-from conftest import _free_port, _user_exists, _wait_until_accepting
+from pgbouncer import pgbouncer
 
 FIRST = "0001_initial"
 STORE_TABLES = ("conversations", "messages", "open_tool_calls", "message_search")
@@ -312,56 +306,8 @@ def test_a_held_lock_fails_the_step_naming_the_revision(
 @pytest.fixture
 def bouncer(pg_server_url: str) -> Iterator[Callable[[str], str]]:
     """``bouncer(database_url)``: the same database through PgBouncer in transaction mode."""
-    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-    if not Path(binary).exists():
-        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer)")
-    parts = urlsplit(pg_server_url)
-    host = parse_qs(parts.query).get("host", [parts.hostname or "127.0.0.1"])[0]
-    user, password = parts.username or "postgres", parts.password or ""
-    workdir = Path(tempfile.mkdtemp(prefix="chpgb-online-"))
-    listen_port = _free_port()
-    (workdir / "users.txt").write_text(f'"{user}" "{password}"\n')
-    (workdir / "pgbouncer.ini").write_text(
-        f"""[databases]
-* = host={host} port={parts.port or 5432} user={user}
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {listen_port}
-unix_socket_dir =
-auth_type = trust
-auth_file = {workdir / "users.txt"}
-pool_mode = transaction
-default_pool_size = 10
-server_reset_query =
-ignore_startup_parameters = extra_float_digits
-logfile = {workdir / "pgbouncer.log"}
-pidfile = {workdir / "pgbouncer.pid"}
-"""
-    )
-    command = [binary, str(workdir / "pgbouncer.ini")]
-    if os.geteuid() == 0:  # pgbouncer refuses to run as root
-        run_as = "embedded_postgres" if _user_exists("embedded_postgres") else "nobody"
-        shutil.chown(workdir, run_as)
-        for child in workdir.iterdir():
-            shutil.chown(child, run_as)
-        command[1:1] = ["-u", run_as]
-    output = (workdir / "pgbouncer.out").open("wb")
-    process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-
-    def through(url: str) -> str:
-        database = urlsplit(url).path.lstrip("/")
-        bounced = f"postgresql://{user}:{password}@127.0.0.1:{listen_port}/{database}"
-        _wait_until_accepting(bounced, process, workdir / "pgbouncer.log")
-        return bounced
-
-    try:
+    with pgbouncer(pg_server_url) as through:
         yield through
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        output.close()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def test_concurrent_upgrades_through_pgbouncer(

@@ -8,26 +8,23 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
-import conftest
 from chathistory import ChatHistory, migrations
 from chathistory.migrations import citus as citus_schema
 from chathistory.migrations import downgrading
 from citus_cluster import Cluster
+from pgbouncer import pgbouncer
 
 HEAD = migrations.head()
 FIRST = "0001_initial"
@@ -57,40 +54,9 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 def pooled_url(make_pg_database: Callable[[str], str]) -> Iterator[str]:
     """A database of this module's own behind a PgBouncer in transaction pooling mode (the
     suite's pooler serves only the shared store database, which a downgrade would break)."""
-    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-    if not Path(binary).exists():
-        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer)")
-    parts = urlsplit(make_pg_database("roundtrip_pooled"))
-    host = parse_qs(parts.query).get("host", [parts.hostname or "127.0.0.1"])[0]
-    user, port = parts.username or "postgres", conftest._free_port()
-    workdir = Path(tempfile.mkdtemp(prefix="chrtb-"))
-    (workdir / "users.txt").write_text(f'"{user}" "{parts.password or ""}"\n')
-    (workdir / "pgbouncer.ini").write_text(
-        "[databases]\n"
-        f"roundtrip_pooled = host={host} port={parts.port or 5432} user={user}\n"
-        "[pgbouncer]\nlisten_addr = 127.0.0.1\n"
-        f"listen_port = {port}\nunix_socket_dir =\nauth_type = trust\n"
-        f"auth_file = {workdir / 'users.txt'}\npool_mode = transaction\n"
-        "server_reset_query =\nignore_startup_parameters = extra_float_digits\n"
-        f"logfile = {workdir / 'pgbouncer.log'}\n"
-    )
-    command = [binary, str(workdir / "pgbouncer.ini")]
-    if os.geteuid() == 0:  # pgbouncer refuses to run as root
-        run_as = "embedded_postgres" if conftest._user_exists("embedded_postgres") else "nobody"
-        for path in (workdir, *workdir.iterdir()):
-            shutil.chown(path, run_as)
-        command[1:1] = ["-u", run_as]
-    output = (workdir / "pgbouncer.out").open("wb")
-    process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-    url = f"postgresql://{user}:{parts.password or ''}@127.0.0.1:{port}/roundtrip_pooled"
-    try:
-        conftest._wait_until_accepting(url, process, workdir / "pgbouncer.log")
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        output.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+    url = make_pg_database("roundtrip_pooled")
+    with pgbouncer(url) as through:
+        yield through(url)
 
 
 def _drop_version_table(connection: Connection) -> None:
