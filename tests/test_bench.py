@@ -196,7 +196,14 @@ async def test_branches_scenario_checks_its_fixture_and_times_both_sizes(
         "branched: switch back": ("library update_conversation current_message_id",),
     }
     scale = [r for r in report.comparisons if r.kind == "scale"]
-    assert len(report.figures) == 8 and len(scale) == 4
+    against = [r for r in report.comparisons if r.kind == "branched"]
+    assert len(report.figures) == 8 + 12 and len(scale) == 4 and len(against) == 6
+    for label in ("read newest", "newest as a page", "append"):  # branched / never branched
+        for count in (80, 400):
+            (ratio,) = [r for r in against if r.operation.startswith(f"{label}, {count} ")]
+            assert ratio.numerator.endswith(f"library {label}, branched [unnamed]")
+            assert ratio.denominator.endswith(f"library {label}, never branched [unnamed]")
+            assert ratio.target == 1.3
     for operation, contenders in operations.items():
         for contender in contenders:
             small = report.get(f"{operation}, 80 messages: {contender} [unnamed]")
@@ -210,7 +217,9 @@ async def test_branches_scenario_checks_its_fixture_and_times_both_sizes(
     console = Console(record=True, width=200)
     for table in bench.render(report):
         console.print(table)
-    assert "branched: switch back: 400 / 80" in console.export_text()
+    printed = console.export_text()
+    assert "branched: switch back: 400 / 80" in printed
+    assert "append, 400 messages: branched / never branched" in printed
 
     conn = await asyncpg.connect(parse_database_url(postgres_store_url).connect_args["dsn"])
     try:

@@ -142,6 +142,8 @@ class Conversation(Base, table=True):
     branched: bool = Field(
         default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
     )
+    # How many first messages it has, once a new one was added (NULL: one at most).
+    roots: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
 
 
 class Message(Base, table=True):
@@ -228,6 +230,13 @@ class Message(Base, table=True):
     # seq (0 for a new first message); NULL for every other message.
     parent_id: uuid.UUID | None = Field(default=None, nullable=True)
     fork: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    # Sibling numbers kept with the tree (migration 0010), so a read takes them from the rows
+    # it reads instead of counting: ``children``, the number of children of a message some
+    # message forked from (NULL: none did, so it has at most the one that goes straight on);
+    # ``sibling``, the 1-based place of a message that starts a run among its parent's
+    # children (NULL: 1, the child that goes straight on is always the first).
+    children: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    sibling: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
 
 
 class OpenToolCall(Base, table=True):
@@ -252,6 +261,28 @@ class OpenToolCall(Base, table=True):
     call_id: str = Field(sa_column_kwargs={"primary_key": True}, sa_type=Text)
     user_id: str = Field(sa_column_kwargs={"primary_key": True}, max_length=255)
     seq: int = Field(sa_column=Column(Integer, nullable=False))
+
+
+class ToolCallSite(Base, table=True):
+    """Where a tool call was made: the seq of each assistant message that called ``call_id``
+    (every one, on every branch). A tool result appended to a branched conversation is checked
+    by looking its call id up here and among the tool results (an index of
+    ``messages.tool_call_id``), instead of walking the branch's tool turns (store/tool_sites.py).
+    """
+
+    __tablename__ = "tool_call_sites"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["conversation_id", "user_id"],
+            ["conversations.id", "conversations.user_id"],
+            ondelete="CASCADE",
+        ),
+    )
+
+    conversation_id: uuid.UUID = Field(primary_key=True)
+    call_id: str = Field(sa_column_kwargs={"primary_key": True}, sa_type=Text)
+    seq: int = Field(sa_column=Column(Integer, primary_key=True))
+    user_id: str = Field(sa_column_kwargs={"primary_key": True}, max_length=255)
 
 
 class ConversationPath(Base, table=True):
@@ -308,6 +339,7 @@ conversations = Conversation.__table__  # type: ignore[attr-defined]
 conversation_paths = ConversationPath.__table__  # type: ignore[attr-defined]
 message_search = MessageSearch.__table__  # type: ignore[attr-defined]
 open_tool_calls = OpenToolCall.__table__  # type: ignore[attr-defined]
+tool_call_sites = ToolCallSite.__table__  # type: ignore[attr-defined]
 
 # The listing order: a user's conversations, most recently updated first (keyset pagination).
 Index(
@@ -345,12 +377,14 @@ __all__ = [
     "Message",
     "MessageSearch",
     "OpenToolCall",
+    "ToolCallSite",
     "conversation_paths",
     "conversations",
     "message_search",
     "messages",
     "metadata",
     "open_tool_calls",
+    "tool_call_sites",
     "utcnow",
     "uuid7",
 ]

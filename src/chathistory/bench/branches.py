@@ -184,6 +184,12 @@ async def run_branches(url: str, sizes: BranchSizes, *, log: Log = print) -> Rep
             tree, tip = shape(count, sizes)
             log(f"branches: writing a conversation of {count:,} messages, {_runs(tree)} runs")
             made.append(await _write(setup, user, tree, tip))
+        chains = []
+        for count in sorted(set(sizes.sizes)):
+            chain = Tree()
+            chain.carry_on(0, count // 2)
+            log(f"branches: writing a conversation of {count:,} messages that never branched")
+            chains.append(await _write(setup, user, chain, chain.count, branched=False))
         for table in ("conversations", "messages", "message_search"):
             await setup.execute(f"ANALYZE {table}")
         small, large = made[0], made[-1]
@@ -193,11 +199,12 @@ async def run_branches(url: str, sizes: BranchSizes, *, log: Log = print) -> Rep
                 for made_one in made
             }
             await _reads(store, user, small, large, sizes, report, log)
+            await _against_chains(store, user, made, chains, sizes, report, log)
             await _branch_and_switch(store, user, small, large, sizes, report, log)
             for made_one in (small, large):  # back where it was, still whole
                 await _switch(store, user, made_one)(0, 0)
                 await _check_newest(store, user, made_one, sizes.limit)
-            await fixtures.check_appended(setup, user, [small.id, large.id])
+            await fixtures.check_appended(setup, user, [m.id for m in (*made, *chains)])
     finally:
         log("branches: cleaning up")
         await fixtures.remove(setup, prefix)
@@ -212,11 +219,12 @@ def _runs(tree: Tree) -> int:
 # $1 user, $2 conversation, $3 text, $4 messages in the conversation; one array per column.
 _MESSAGES_SQL = (
     "WITH m AS (INSERT INTO messages (id, user_id, conversation_id, seq, role, content,"
-    " metadata, token_count, created_at, parent_id, fork)"
+    " metadata, token_count, created_at, parent_id, fork, children, sibling)"
     " SELECT m.id, $1, $2, m.seq, m.role, to_jsonb('turn ' || m.seq || ': ' || $3::text),"
-    " '{}'::jsonb, 90, now() - ($4 - m.seq) * interval '1 millisecond', m.parent, m.fork"
-    " FROM unnest($5::uuid[], $6::int[], $7::text[], $8::uuid[], $9::int[])"
-    " AS m(id, seq, role, parent, fork)"
+    " '{}'::jsonb, 90, now() - ($4 - m.seq) * interval '1 millisecond', m.parent, m.fork,"
+    " m.children, m.sibling"
+    " FROM unnest($5::uuid[], $6::int[], $7::text[], $8::uuid[], $9::int[], $10::int[],"
+    " $11::int[]) AS m(id, seq, role, parent, fork, children, sibling)"
     " RETURNING id, user_id, conversation_id, created_at, content)"
     " INSERT INTO message_search (message_id, user_id, conversation_id, created_at, words)"
     " SELECT id, user_id, conversation_id, created_at, to_tsvector('simple', content #>> '{}')"
@@ -224,20 +232,33 @@ _MESSAGES_SQL = (
 )
 
 
-async def _write(conn: Any, user: str, tree: Tree, tip: int) -> _Conversation:
-    """The conversation as the store keeps it, its messages ``CHUNK`` per statement."""
+async def _write(
+    conn: Any, user: str, tree: Tree, tip: int, *, branched: bool = True
+) -> _Conversation:
+    """The conversation as the store keeps it, its messages ``CHUNK`` per statement (one that
+    never ``branched``: a chain, ``tip`` its last message, no path rows)."""
     made = _Conversation(tree.count, uuid.uuid4(), tree, tip, [uuid7() for _ in tree.parents])
     ids = made.ids
     await conn.execute(
         "INSERT INTO conversations (id, user_id, title, metadata, created_at, updated_at,"
         " message_count, has_user_message, current_message_id, branched)"
-        " VALUES ($1, $2, 'branches bench', '{}', now(), now(), $3, true, $4, true)",
+        " VALUES ($1, $2, 'branches bench', '{}', now(), now(), $3, true, $4, $5)",
         made.id,
         user,
         tree.count,
         ids[tip],
+        branched,
     )
-    path = tree.path(tip)
+    numbers = tree.siblings()
+    children = {tree.parents[s]: numbers[s][0] for s in numbers if tree.fork(s) is not None}
+    if 0 in children:
+        await conn.execute(
+            "UPDATE conversations SET roots = $3 WHERE id = $1 AND user_id = $2",
+            made.id,
+            user,
+            children[0],
+        )
+    path = tree.path(tip) if branched else []
     await conn.execute(
         "INSERT INTO conversation_paths (conversation_id, user_id, lo, hi)"
         " SELECT $1, $2, lo, hi FROM unnest($3::int[], $4::int[]) AS r(lo, hi)",
@@ -259,6 +280,8 @@ async def _write(conn: Any, user: str, tree: Tree, tip: int) -> _Conversation:
             [tree.role(s) for s in seqs],
             [ids[tree.parents[s]] if tree.parents[s] else None for s in seqs],
             [tree.fork(s) for s in seqs],
+            [children.get(s) for s in seqs],
+            [None if tree.fork(s) is None else numbers[s][1] for s in seqs],
         )
     return made
 
@@ -393,6 +416,68 @@ async def _reads(
     operation = f"branched: read newest {limit}"
     for pair in (slice(0, 2), slice(2, 4)):
         _scaled(report, operation, contenders[pair], samples[pair], small.count, large.count)
+
+
+def _carry_on(store: ChatHistory, user: str, made: _Conversation) -> WriterOp:
+    """Append one message after the current one, as a chat goes on (the tree in memory takes
+    it too, and it becomes the active message)."""
+
+    async def op(_w: int, _n: int) -> object:
+        stored = await store.add_message(user, made.id, "user", fixtures.CONTENT)
+        made.ids.append(stored.id)
+        made.tip = made.tree.add(made.tip)
+        if made.tip != stored.seq:
+            raise RuntimeError(f"an append to {made.count:,} was stored at another seq")
+        return stored
+
+    return op
+
+
+async def _against_chains(
+    store: ChatHistory,
+    user: str,
+    made: Sequence[_Conversation],
+    chains: Sequence[_Conversation],
+    sizes: BranchSizes,
+    report: Report,
+    log: Log,
+) -> None:
+    """SPEC 6 (v3): each operation on a branched conversation against the same on one of the
+    same size that never branched, in the same rounds: both reads, then appends."""
+    limit = sizes.limit
+    for label, make, runs in (
+        ("read newest", library.chat_history, sizes.reads),
+        ("newest as a page", library.newest_page, sizes.reads),
+        ("append", None, sizes.switches),
+    ):
+        contenders = [
+            Contender(
+                f"library {label}, {'branched' if c is m else 'never branched'}",
+                make(store, user, c.id, limit) if make else _carry_on(store, user, c),
+            )
+            for m, chain in zip(made, chains, strict=True)
+            for c in (m, chain)
+        ]
+        log(f"branches: {label}, branched and never branched, {len(made)} sizes")
+        samples = await alternate(contenders, runs=runs, rounds=sizes.rounds, warmup=4)
+        for at, (m, _) in enumerate(zip(made, chains, strict=True)):
+            branched, linear = (
+                report.add(
+                    s.figure(
+                        f"{label} {limit if make else 1}, {m.count:,} messages", c.label, "unnamed"
+                    )
+                )
+                for c, s in zip(
+                    contenders[2 * at : 2 * at + 2], samples[2 * at : 2 * at + 2], strict=True
+                )
+            )
+            report.compare(
+                "branched",
+                f"{label}, {m.count:,} messages: branched / never branched",
+                branched,
+                linear,
+                SCALE_TARGET,
+            )
 
 
 async def _branch_and_switch(

@@ -144,6 +144,11 @@ def render(report: Report) -> list[Any]:
             f"operation, as a service does; target: at most {FLOOR_TARGET})",
         ),
         ("scale", f"large / small p50, same contender (target: at most {SCALE_TARGET})"),
+        (
+            "branched",
+            "a branched conversation p50 / one of the same size that never branched "
+            f"(target: at most {SCALE_TARGET})",
+        ),
         ("search", "search p50 / reading the newest 50, same user (target: at most 10)"),
         (
             "purge",

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chathistory.errors import (
@@ -26,7 +27,7 @@ from chathistory.errors import (
 )
 from chathistory.models import conversations, messages, utcnow, uuid7
 from chathistory.schemas import MAX_TOOL_CALLS, MessageCreate, MessageRead, title_from
-from chathistory.store import branches, rows, search, tool_pairing
+from chathistory.store import branched_sql, branches, rows, search, tool_pairing, tool_sites
 from chathistory.store.conversations import free_expired, live
 from chathistory.store.database import Database
 from chathistory.store.rows import C, M
@@ -123,6 +124,29 @@ def at_once(batch: Sequence[MessageCreate]) -> bool:
     )
 
 
+async def store(
+    db: Database, rules: Rules, user_id: str, conversation_id: uuid.UUID, batch: list[MessageCreate]
+) -> tuple[list[MessageRead], bool]:
+    """Store a parsed batch: in one statement when it can (:func:`append_at_once`), else by
+    :func:`append` in a transaction (``False``: a replay of messages stored identically)."""
+    if db.postgres and at_once(batch):
+        stored = await append_at_once(db, rules, user_id, conversation_id, batch)
+        if stored is not None:
+            return stored, True
+    for _attempt in range(2):
+        try:
+            async with db.transaction() as conn:
+                stale_before = db.stale_before(utcnow())
+                return await append(
+                    conn, rules, user_id, conversation_id, batch, stale_before, db.branched
+                )
+        except IntegrityError:
+            # Only a concurrent insert of one of these ids (into another conversation) gets
+            # here: the retry sees it and replays or reports the conflict.
+            continue
+    raise ConflictError("message ids collide with messages stored concurrently")
+
+
 async def append_at_once(
     db: Database,
     rules: Rules,
@@ -142,24 +166,29 @@ async def append_at_once(
         [r["name"] for r in stored],
         [json.dumps(r["metadata"]) for r in stored],
         [r["token_count"] for r in stored],
-        search.words_column(stored),
+        search.words_column(stored, db.engine),
     )
     parents = [None, *(r["id"] for r in stored[:-1])]  # (one message follows the current one)
     one = len(stored) == 1  # its values as they are, not in arrays (sql.APPEND_SQL)
+    arguments = (
+        conversation_id,
+        user_id,
+        len(batch),
+        now,
+        first_user is not None,
+        None if first_user is None else title_from(first_user.text()),
+        *([column[0] for column in columns] if one else columns),
+        stored[-1]["id"],
+        *(() if one else (parents,)),
+    )
+    # a conversation seen branched: first the branched form (sql.branched_sql)
+    forms = (True, False) if conversation_id in db.branched else (False,)
     async with db.driver() as driver:
-        seqs = await driver.fetch(
-            db.append_statement(driver, one),
-            conversation_id,
-            user_id,
-            len(batch),
-            now,
-            first_user is not None,
-            None if first_user is None else title_from(first_user.text()),
-            *([column[0] for column in columns] if one else columns),
-            stored[-1]["id"],
-            *(() if one else (parents,)),
-        )
-    if not seqs:  # not the user's, expired, or branched: the general path tells
+        for branched in forms:
+            seqs = await driver.fetch(db.append_statement(driver, one, branched), *arguments)
+            if seqs:
+                break
+    if not seqs:  # not the user's, expired, or branched elsewhere: the general path tells
         return None
     first_seq = min(record["seq"] for record in seqs)
     parent_of = {record["seq"]: record["parent_id"] for record in seqs}
@@ -176,9 +205,11 @@ async def append(
     conversation_id: uuid.UUID,
     batch: list[MessageCreate],
     stale_before: datetime,
+    seen: branched_sql.Branched | None = None,
 ) -> tuple[list[MessageRead], bool]:
     """Store the batch (``True``), or return the stored rows of a replay (``False``), their
-    status settled at ``stale_before`` (:func:`rows.settled`)."""
+    status settled at ``stale_before`` (:func:`rows.settled`); a branched conversation is
+    added to ``seen`` (:class:`branched_sql.Branched`)."""
     now = utcnow()
     # 1. Lock the conversation row and reserve seq numbers: the first statement writes, so
     #    concurrent appenders queue here (PostgreSQL row lock, SQLite write lock).
@@ -222,14 +253,6 @@ async def append(
     seqs = range(first_seq, first_seq + len(batch))
     if placed.linear:
         await tool_pairing.apply(conn, user_id, conversation_id, batch, seqs)
-    else:
-        base: branches.Path = []
-        if any(m.role == "tool" for m in batch):
-            reached = await branches.up_to_meeting(
-                conn, user_id, conversation_id, placed.meet, branched=branched
-            )
-            base = reached + placed.after
-        await tool_pairing.check_along(conn, user_id, conversation_id, base, batch, seqs)
 
     # 5. The first user message ever titles a conversation nobody titled.
     if not locked.has_user_message:
@@ -243,23 +266,36 @@ async def append(
     for stored_row in stored:
         stored_row["parent_id"], parent_id = parent_id, stored_row["id"]
     stored[0]["fork"] = placed.fork
+    if placed.fork is not None:  # it starts a run: one more child of its parent
+        stored[0]["sibling"] = await branches.adopt(conn, user_id, conversation_id, placed.fork)
     await conn.execute(insert(messages), stored)
+    await tool_sites.record(conn, user_id, conversation_id, stored)
     last_seq = first_seq + len(batch) - 1
     await branches.follow(
-        conn, user_id, conversation_id, placed, branched=branched, first=first_seq, last=last_seq
+        conn,
+        user_id,
+        conversation_id,
+        placed,
+        branched=branched,
+        count=first_seq - 1,
+        first=first_seq,
+        last=last_seq,
     )
+    if not placed.linear:  # results answer calls of the branch the batch joined, now active
+        await tool_sites.check(conn, user_id, conversation_id, None, batch, seqs)
     current: dict[str, Any] = {"current_message_id": stored[-1]["id"]}
     if not placed.linear:
         current["branched"] = True
+        if seen is not None:
+            seen.add(conversation_id)
     await conn.execute(
         update(conversations).where(C.user_id == user_id, C.id == conversation_id).values(current)
     )
     await search.index(conn, stored)
     made = [rows.message(r, None) for r in stored]
-    if not placed.linear:  # a branch: the first message may have siblings
-        placing = [(placed_row["seq"], placed_row["fork"]) for placed_row in stored[:1]]
-        numbers = await branches.siblings(conn, user_id, conversation_id, placing)
-        rows.numbered(made[0], *numbers[made[0].seq])
+    if placed.fork is not None:  # the newest of its parent's children (one going straight
+        # on has none before it: its parent was the last message)
+        rows.numbered(made[0], stored[0]["sibling"], stored[0]["sibling"])
     return made, True
 
 
@@ -343,6 +379,7 @@ def row(
         "updated_at": None,
         "parent_id": None,
         "fork": None,
+        "sibling": None,
     }
     stored["token_count"] = rules.tokens.count_message(stored)
     return stored

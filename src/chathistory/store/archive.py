@@ -4,6 +4,7 @@ The JSON Lines format lives in :mod:`chathistory.transfer`."""
 
 from __future__ import annotations
 
+import bisect
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from chathistory.schemas import (
     MessageRead,
     check_user_id,
 )
-from chathistory.store import appending, branches, rows, search, tool_pairing
+from chathistory.store import appending, branches, rows, search, tool_pairing, tool_sites
 from chathistory.store import conversations as rooms_conversations
 from chathistory.store.database import Database
 from chathistory.store.paths import walked
@@ -223,10 +224,10 @@ async def _import(
                 conn, spec.user_id, spec.id, current, "current_message_id"
             )
             path = walked(tree.starts, tree.forks, seq)  # the whole branch: none is active yet
-            await branches.make_active(
-                conn, spec.user_id, spec.id, branched=False, meet=0, after=path
-            )
+            await branches.write_path(conn, spec.user_id, spec.id, path)
             values["branched"] = True
+        values["roots"] = tree.children.pop(0, None)
+        await branches.number_parents(conn, spec.user_id, spec.id, tree.children)
         await conn.execute(
             update(conversations)
             .where(C.user_id == spec.user_id, C.id == spec.id)
@@ -244,6 +245,18 @@ class _Tree:
     branched: bool = False
     starts: list[int] = field(default_factory=lambda: [1])  # where each run begins
     forks: list[int] = field(default_factory=lambda: [0])  # and the seq it follows
+    children: dict[int, int] = field(default_factory=dict)  # of each parent forked from
+
+    def adopt(self, parent: int) -> int:
+        """A message starting a run after ``parent`` (0: a new first message): its place among
+        the parent's children. The one going straight on (the message after the parent, when
+        it starts no run) came first."""
+        if parent not in self.children:
+            after = bisect.bisect_left(self.starts, parent + 1)
+            starts_run = after < len(self.starts) and self.starts[after] == parent + 1
+            self.children[parent] = 0 if parent and starts_run else 1
+        self.children[parent] += 1
+        return self.children[parent]
 
 
 def _import_batches(
@@ -309,12 +322,14 @@ async def _import_batch(
                     loc=("messages", start + index, "parent_id"),
                 )
             row["fork"] = parent
+            row["sibling"] = tree.adopt(parent)
             runs.append(index)
             if message.seq > 1:
                 tree.starts.append(message.seq)
                 tree.forks.append(parent)
         tree.last_id = row["id"]
     await conn.execute(insert(messages), stored)
+    await tool_sites.record(conn, spec.user_id, spec.id, stored)
     if runs and not tree.branched:  # its first fork: tool calls pair along branches now
         await tool_pairing.forget(conn, spec.user_id, spec.id)  # (rows come at the end)
         tree.branched = True
@@ -330,7 +345,7 @@ async def _import_batch(
                     continue  # nothing to pair
                 parent = stored[begin]["fork"] if begin in runs else part[0].seq - 1
                 base = walked(tree.starts, tree.forks, parent)
-                await tool_pairing.check_along(
+                await tool_sites.check(
                     conn, spec.user_id, spec.id, base, part, [m.seq for m in part]
                 )
     except ValidationError as exc:  # its locations count from the batch's first message

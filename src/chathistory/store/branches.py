@@ -25,13 +25,27 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
-from sqlalchemy import ColumnElement, and_, case, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    String,
+    Uuid,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chathistory.errors import ConversationNotFoundError, ValidationError
-from chathistory.models import conversation_paths, messages, utcnow
+from chathistory.models import conversation_paths, conversations, messages, utcnow
 from chathistory.store import limits, tool_pairing
 from chathistory.store.paths import Path, clipped, extended, linear, seqs, up_to
 from chathistory.store.rows import C, M
@@ -106,27 +120,45 @@ async def holds(conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID,
     return hi is not None and hi >= seq
 
 
-async def _run_start(
-    conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID, seq: int
-) -> tuple[int, int]:
-    """The first seq of the run holding ``seq``, and the seq of that message's parent."""
-    start = (
-        await conn.execute(
-            select(M.seq, M.fork)
-            .where(
-                M.conversation_id == conversation_id,
-                M.user_id == user_id,
-                M.fork.is_not(None),
-                M.seq <= seq,
-            )
-            .order_by(M.seq.desc())
-            .limit(1)
+def _walk(start: str) -> str:
+    """The branch ending at ``start`` (a seq off the active branch) walked back run by run in
+    the database, one row per run ``(lo, hi, up)`` (``up`` the seq its first message follows),
+    until it meets the active branch (or the root): one recursive statement, an index lookup
+    or two per run (the runs' first messages, and the path row holding a seq)."""
+    owned = "m.conversation_id = :c AND m.user_id = :u AND m.fork IS NOT NULL"
+
+    def run(of: str, column: str, missing: int) -> str:
+        return (
+            f"coalesce((SELECT m.{column} FROM messages AS m WHERE {owned} AND m.seq <= {of}"  # noqa: S608
+            f" ORDER BY m.seq DESC LIMIT 1), {missing})"
         )
-    ).first()
-    return (1, 0) if start is None else (int(start.seq), int(start.fork))
+
+    return (
+        "WITH RECURSIVE walk(lo, hi, up) AS ("  # noqa: S608 - constant text
+        f"SELECT {run(start, 'seq', 1)}, {start}, {run(start, 'fork', 0)}"
+        f" UNION ALL SELECT {run('w.up', 'seq', 1)}, w.up, {run('w.up', 'fork', 0)}"
+        " FROM walk AS w WHERE w.up > 0 AND coalesce((SELECT p.hi FROM conversation_paths AS p"
+        " WHERE p.conversation_id = :c AND p.user_id = :u AND p.lo <= w.up"
+        " ORDER BY p.lo DESC LIMIT 1), 0) < w.up)"
+    )
 
 
-async def route(
+_KEYS: Final = (
+    bindparam("c", type_=Uuid()),
+    bindparam("u", type_=String()),
+    bindparam("seq", type_=Integer()),
+)
+_MEETING: Final = text(
+    f"{_walk(':seq')} SELECT up FROM walk ORDER BY lo LIMIT 1"  # noqa: S608
+).bindparams(*_KEYS)
+# (the walk in a subquery: Citus plans an INSERT's own WITH apart from its SELECT)
+_WALKED: Final = text(
+    "INSERT INTO conversation_paths (conversation_id, user_id, lo, hi)"  # noqa: S608
+    f" SELECT :c, :u, lo, hi FROM ({_walk(':seq')} SELECT lo, hi FROM walk) AS walked"
+).bindparams(*_KEYS)
+
+
+async def activate(
     conn: AsyncConnection,
     user_id: str,
     conversation_id: uuid.UUID,
@@ -134,77 +166,64 @@ async def route(
     *,
     branched: bool,
     count: int,
-) -> tuple[int, Path]:
-    """The branch ending at ``seq`` against the active one: the last seq they share (0 for
-    none) and the ranges it runs through after that, walked back run by run only until it
-    meets the active branch (a lookup or two for a sibling, an edit or a regeneration)."""
-    walked: Path = []
-    while seq > 0:
-        on_active = seq <= count  # a conversation that never branched: every message
-        if branched:
-            on_active = await holds(conn, user_id, conversation_id, seq)
-        if on_active:
-            break
-        start, parent = await _run_start(conn, user_id, conversation_id, seq)
-        walked.append((start, seq))
-        seq = parent
-    return seq, walked[::-1]
-
-
-async def up_to_meeting(
-    conn: AsyncConnection,
-    user_id: str,
-    conversation_id: uuid.UUID,
-    meet: int,
-    *,
-    branched: bool,
-) -> Path:
-    """The active branch up to ``meet`` (tool pairing along a branch reads it whole)."""
-    if not branched:
-        return linear(meet)
-    found = await ranges(conn, user_id, conversation_id, ascending=True, limit=None)
-    return up_to(found, meet)
-
-
-async def make_active(
-    conn: AsyncConnection,
-    user_id: str,
-    conversation_id: uuid.UUID,
-    *,
-    branched: bool,
-    meet: int,
-    after: Path,
+    then: tuple[int, int] | None = None,
 ) -> None:
-    """Store the active branch as the current one up to ``meet``, then the ranges ``after``:
-    the rows past ``meet`` go, the one holding it ends there, the new ones are added (merged
-    into it when they go straight on). A conversation that never branched has no rows yet,
-    and its one-chain table of open tool calls no longer tells (:mod:`tool_pairing`)."""
+    """Make the branch ending at ``seq`` (0: none) the active one, then (``then``) the
+    messages ``first`` to ``last`` after it. The new branch is walked back only until it
+    meets the active one (one statement, :func:`_walk`); the path rows past that point go,
+    the one holding it ends there, and the walk's rows are written by the database itself:
+    a bounded number of statements and no rows sent back, however many runs it crosses. A
+    conversation that never branched gets its first rows, and its one-chain table of open
+    tool calls no longer tells (:mod:`tool_pairing`)."""
     owned = _rows(user_id, conversation_id)
-    kept: Path = linear(meet)[-1:] if not branched else []
-    if not branched:  # off its one chain: tool calls pair along the branch from now on
+    keys = {"c": conversation_id, "u": user_id, "seq": seq}
+    on_active = seq <= count
+    if branched:
+        on_active = seq == 0 or await holds(conn, user_id, conversation_id, seq)
+    meet = seq
+    if not on_active:
+        meet = int((await conn.execute(_MEETING, keys)).scalar_one())
+    if not branched:
         await tool_pairing.forget(conn, user_id, conversation_id)
+        if meet > 0:
+            await conn.execute(
+                insert(conversation_paths).values(
+                    conversation_id=conversation_id, user_id=user_id, lo=1, hi=meet
+                )
+            )
     else:
         await conn.execute(delete(conversation_paths).where(*owned, P.lo > meet))
         if meet > 0:
-            holding = (
-                await conn.execute(
-                    select(P.lo).where(*owned, P.lo <= meet).order_by(P.lo.desc()).limit(1)
-                )
-            ).scalar()
-            if holding is not None:
-                kept = [(int(holding), meet)]
-                await conn.execute(delete(conversation_paths).where(*owned, P.lo == holding))
-    rows = kept
-    for lo, hi in after:
-        rows = extended(rows, lo, hi)
-    if rows:
+            holding = select(func.max(P.lo)).where(*owned, P.lo <= meet).scalar_subquery()
+            await conn.execute(
+                update(conversation_paths).where(*owned, P.lo == holding).values(hi=meet)
+            )
+    if not on_active:
+        await conn.execute(_WALKED, keys)
+    if then is None:
+        return
+    first, last = then
+    if seq == first - 1 and seq > 0:  # straight on from the branch's end
+        await grow(conn, user_id, conversation_id, seq, last)
+    else:
         await conn.execute(
-            insert(conversation_paths),
-            [
-                {"conversation_id": conversation_id, "user_id": user_id, "lo": lo, "hi": hi}
-                for lo, hi in rows
-            ],
+            insert(conversation_paths).values(
+                conversation_id=conversation_id, user_id=user_id, lo=first, hi=last
+            )
         )
+
+
+async def write_path(
+    conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID, path: Path
+) -> None:
+    """Store ``path`` as the active branch of a conversation that has none (an import)."""
+    await tool_pairing.forget(conn, user_id, conversation_id)
+    rows = [
+        {"conversation_id": conversation_id, "user_id": user_id, "lo": lo, "hi": hi}
+        for lo, hi in path
+    ]
+    for start in range(0, len(rows), 1000):
+        await conn.execute(insert(conversation_paths), rows[start : start + 1000])
 
 
 async def grow(
@@ -328,39 +347,95 @@ async def siblings(
     conn: AsyncConnection,
     user_id: str,
     conversation_id: uuid.UUID,
-    placed: Sequence[tuple[int, int | None]],
+    placed: Sequence[tuple[int, int | None, int | None]],
 ) -> dict[int, tuple[int, int]]:
-    """``sibling_count`` and 1-based ``sibling_index`` (in seq order) of the messages given as
-    ``(seq, fork)``: the children of each one's parent counted in one statement, a row per
-    parent (however many siblings there are). A parent's children are the message after it
-    when that one goes straight on (always the first), and those whose ``fork`` names it."""
-    parents = {seq: (seq - 1 if fork is None else fork) for seq, fork in placed}
+    """``sibling_count`` and 1-based ``sibling_index`` of the messages given as ``(seq, fork,
+    sibling)``, from the numbers kept with the tree: each one's place is its own ``sibling``
+    (1 for a message that goes straight on), the count its parent's ``children`` (the
+    conversation's ``roots`` for a first message), read in one statement of at most a row per
+    parent (however many siblings there are)."""
+    parents = {seq: (seq - 1 if fork is None else fork) for seq, fork, _ in placed}
     if not parents:
         return {}
-    forked = sorted(seq for seq, fork in placed if fork is not None)
-    parent_of = func.coalesce(M.fork, M.seq - 1).label("parent")
-    counts = [func.count().label("n")]
-    counts += [func.sum(case((M.seq <= seq, 1), else_=0)).label(f"s{seq}") for seq in forked]
-    nexts = {of + 1 for of in parents.values()}
-    rows = (
-        await conn.execute(
-            select(parent_of, *counts)
-            .where(
-                M.conversation_id == conversation_id,
-                M.user_id == user_id,
-                or_(M.fork.in_(set(parents.values())), and_(M.seq.in_(nexts), M.fork.is_(None))),
-            )
-            .group_by(parent_of)
+    wanted = {of for of in parents.values() if of > 0}
+    counts: dict[int, int] = {}
+    if wanted:
+        query: Any = select(M.seq, M.children).where(
+            M.conversation_id == conversation_id,
+            M.user_id == user_id,
+            M.seq.in_(wanted),
+            M.children.is_not(None),
         )
-    ).all()
-    found = {int(row.parent): row._mapping for row in rows}
-    numbers = {}
-    for seq, of in parents.items():
-        family = found.get(of)
-        count = int(family["n"]) if family is not None else 0
-        index = int(family[f"s{seq}"] or 0) if family is not None and seq in forked else 1
-        numbers[seq] = (max(count, 1), max(index, 1))
-    return numbers
+        if 0 in parents.values():
+            query = query.union_all(_roots(user_id, conversation_id))
+    elif 0 in parents.values():
+        query = _roots(user_id, conversation_id)
+    found = (await conn.execute(query)).all()
+    counts = {int(seq): int(children) for seq, children in found if children is not None}
+    return {seq: (counts.get(parents[seq], 1), sibling or 1) for seq, _, sibling in placed}
+
+
+def _roots(user_id: str, conversation_id: uuid.UUID) -> Any:
+    return select(literal(0).label("seq"), C.roots.label("children")).where(
+        C.user_id == user_id, C.id == conversation_id
+    )
+
+
+async def adopt(
+    conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID, parent: int
+) -> int:
+    """A message starts a run after the message at seq ``parent`` (0: a new first message):
+    count it among the parent's children and return its place (the last)."""
+    if parent == 0:
+        return int(
+            (
+                await conn.execute(
+                    update(conversations)
+                    .where(C.user_id == user_id, C.id == conversation_id)
+                    .values(roots=func.coalesce(C.roots, 1) + 1)
+                    .returning(C.roots)
+                )
+            ).scalar_one()
+        )
+    after = messages.alias("after")
+    goes_on = (
+        select(func.count())
+        .where(
+            after.c.conversation_id == conversation_id,
+            after.c.user_id == user_id,
+            after.c.seq == parent + 1,
+            after.c.fork.is_(None),
+        )
+        .scalar_subquery()
+    )
+    return int(
+        (
+            await conn.execute(
+                update(messages)
+                .where(M.conversation_id == conversation_id, M.user_id == user_id, M.seq == parent)
+                .values(children=func.coalesce(M.children, goes_on) + 1)
+                .returning(M.children)
+            )
+        ).scalar_one()
+    )
+
+
+async def number_parents(
+    conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID, children: Mapping[int, int]
+) -> None:
+    """Store the child counts of the parents an import forked from (one statement)."""
+    if not children:
+        return
+    await conn.execute(
+        update(messages)
+        .where(
+            M.conversation_id == conversation_id,
+            M.user_id == user_id,
+            M.seq == bindparam("at"),
+        )
+        .values(children=bindparam("n")),
+        [{"at": seq, "n": n} for seq, n in children.items()],
+    )
 
 
 @dataclass(frozen=True)
@@ -368,9 +443,9 @@ class Placement:
     """Where an append's messages go in the tree."""
 
     parent_id: uuid.UUID | None  # of the first message; the others follow each other
+    parent_seq: int  # its seq (0: the messages start a new first message)
     fork: int | None  # the first message's ``fork`` (None: it continues its parent's run)
-    meet: int  # where the branch the messages join meets the active one
-    after: Path  # the ranges of that branch past ``meet``, up to the parent
+    current: bool  # the parent is the current message (the end of the active branch)
     linear: bool  # the conversation never branched, and still has not
 
 
@@ -388,22 +463,18 @@ async def place(
     (``parent`` = ``(True, id)``) after the message named, or as a new first message
     (``(True, None)``)."""
     named, parent_id = parent
-    meet, after = 0, list[tuple[int, int]]()
-    if not named or (parent_id is not None and parent_id == current_id):
+    current = not named or (parent_id is not None and parent_id == current_id)
+    if current:
         parent_id, parent_seq = current_id, count
         if branched and current_id is not None:
             parent_seq = await message_seq(conn, user_id, conversation_id, current_id, "parent_id")
-        meet = parent_seq if current_id is not None else 0
     elif parent_id is None:
         parent_seq = 0
     else:
         parent_seq = await message_seq(conn, user_id, conversation_id, parent_id, "parent_id")
-        meet, after = await route(
-            conn, user_id, conversation_id, parent_seq, branched=branched, count=count
-        )
     fork = None if parent_seq == count else parent_seq
-    stays = not branched and fork is None and meet == count and not after
-    return Placement(parent_id, fork, meet, after, stays)
+    stays = not branched and fork is None and (current or parent_seq == count)
+    return Placement(parent_id, parent_seq, fork, current or current_id is None, stays)
 
 
 async def follow(
@@ -413,6 +484,7 @@ async def follow(
     placed: Placement,
     *,
     branched: bool,
+    count: int,
     first: int,
     last: int,
 ) -> None:
@@ -420,12 +492,17 @@ async def follow(
     never branched needs nothing)."""
     if placed.linear:
         return
-    if branched and placed.fork is None and not placed.after and placed.meet == first - 1:
+    if branched and placed.current and placed.parent_seq == first - 1:
         await grow(conn, user_id, conversation_id, first - 1, last)  # straight on
         return
-    after = extended(placed.after, first, last)
-    await make_active(
-        conn, user_id, conversation_id, branched=branched, meet=placed.meet, after=after
+    await activate(
+        conn,
+        user_id,
+        conversation_id,
+        placed.parent_seq,
+        branched=branched,
+        count=count,
+        then=(first, last),
     )
 
 
@@ -433,22 +510,23 @@ __all__ = [
     "P",
     "Path",
     "Placement",
+    "activate",
     "active",
+    "adopt",
     "clipped",
     "extended",
     "follow",
     "grow",
     "holds",
     "linear",
-    "make_active",
     "message_seq",
+    "number_parents",
     "place",
     "ranges",
     "read",
     "read_active",
-    "route",
     "seqs",
     "siblings",
     "up_to",
-    "up_to_meeting",
+    "write_path",
 ]

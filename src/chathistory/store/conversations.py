@@ -26,7 +26,7 @@ from chathistory import pagination
 from chathistory.errors import ConflictError, ConversationNotFoundError, ValidationError
 from chathistory.models import conversation_paths, conversations, messages, utcnow, uuid7
 from chathistory.schemas import ConversationCreate, ConversationRead, ConversationUpdate, Page
-from chathistory.store import branches, rows, sql, tool_pairing
+from chathistory.store import branches, rows, sql, tool_pairing, tool_sites
 from chathistory.store.database import Database
 from chathistory.store.rows import CONVERSATION_COLUMNS, C, M
 
@@ -268,12 +268,7 @@ async def _switch(
     branched, count = bool(locked.branched), int(locked.message_count)
     if not branched and seq == count:  # the last message of one that never branched
         return {"current_message_id": target}
-    meet, after = await branches.route(
-        conn, user_id, conversation_id, seq, branched=branched, count=count
-    )
-    await branches.make_active(
-        conn, user_id, conversation_id, branched=branched, meet=meet, after=after
-    )
+    await branches.activate(conn, user_id, conversation_id, seq, branched=branched, count=count)
     return {"current_message_id": target, "branched": True}
 
 
@@ -306,6 +301,7 @@ async def clear(conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID)
     if locked is None:
         raise ConversationNotFoundError(conversation_id)
     await tool_pairing.forget(conn, user_id, conversation_id)
+    await tool_sites.forget(conn, user_id, conversation_id)
     await conn.execute(
         delete(conversation_paths).where(
             conversation_paths.c.conversation_id == conversation_id,

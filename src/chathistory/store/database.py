@@ -31,7 +31,7 @@ from sqlalchemy.util import greenlet_spawn
 
 from chathistory.db import _replace_closed
 from chathistory.errors import ChatHistoryError, SchemaNotCurrentError, UnavailableError
-from chathistory.store import limits, sql
+from chathistory.store import branched_sql, limits, sql
 
 _UNAVAILABLE_SQLSTATE_PREFIXES: Final = ("08", "53", "57P", "28", "3D000", "25006")
 _SCHEMA_SQLSTATES: Final = ("42P01", "42703")  # undefined table, undefined column
@@ -65,20 +65,26 @@ class Database:
         self._sync_engine = engine.sync_engine  # its pool is looked up per call (dispose)
         self._dbapi: Any = engine.dialect.loaded_dbapi
         self._citus: bool | None = None  # the citus extension, looked up on first export
+        self.branched = branched_sql.Branched()  # which read to try first (PostgreSQL)
         self._append: Mapping[bool, str] | None = None  # the append for the server's version
+        self._append_branched: Mapping[bool, str] = branched_sql.APPEND_SQL
         self._revisions: tuple[str, frozenset[str]] | None = None  # head, all: read on first ping
         self._gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
 
-    def append_statement(self, driver: Any, one: bool) -> str:
+    def append_statement(self, driver: Any, one: bool, branched: bool = False) -> str:
         """The one-statement append for this server (:data:`sql.APPEND_SQL` from PostgreSQL
         18, which returns old values; :data:`sql.APPEND_LOCKING_SQL` before, chosen once),
-        in its form for ``one`` message or for a batch."""
+        in its form for ``one`` message or for a batch; the ``branched`` form of
+        :mod:`branched_sql`."""
         if self._append is None:
             major = driver.get_server_version().major
             self._append = sql.APPEND_SQL if major >= 18 else sql.APPEND_LOCKING_SQL
-        return self._append[one]
+            self._append_branched = (
+                branched_sql.APPEND_SQL if major >= 18 else branched_sql.APPEND_LOCKING_SQL
+            )
+        return (self._append_branched if branched else self._append)[one]
 
     def stale_before(self, now: datetime) -> datetime:
         """Before this instant an ``in_progress`` message's last update is too old: it reads

@@ -55,6 +55,7 @@ from chathistory.store import (
 from chathistory.store.database import DEFAULT_STREAM_TIMEOUT, Database
 from chathistory.store.opening import Opening
 from chathistory.store.reading import Branch, Order
+from chathistory.store.search import turned_off
 from chathistory.streaming_schemas import MessageUpdate
 
 DEFAULT_MAX_CONTENT_CHARS: Final = 100_000
@@ -106,6 +107,7 @@ class ChatHistory:
         encoding: str = tokens.DEFAULT_ENCODING,
         stream_timeout: timedelta = DEFAULT_STREAM_TIMEOUT,
         owns_engine: bool = False,
+        search: bool = True,  # False: no search rows written; a search is SearchDisabledError
     ) -> None:
         self.engine = engine
         self.max_content_chars = max_content_chars
@@ -113,7 +115,7 @@ class ChatHistory:
         self.max_response_bytes = max_response_bytes
         self.tokens = tokens.counter(encoding)
         self._owns_engine = owns_engine
-        self._db = Database(engine, stream_timeout)
+        self._db = Database(engine if search else turned_off(engine), stream_timeout)
         self._rules = appending.Rules(max_content_chars, max_batch_messages, self.tokens)
 
     def with_response_budget(self, max_bytes: int) -> ChatHistory:
@@ -136,6 +138,7 @@ class ChatHistory:
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         encoding: str = tokens.DEFAULT_ENCODING,
         stream_timeout: timedelta = DEFAULT_STREAM_TIMEOUT,
+        search: bool = True,
         **engine_options: Any,
     ) -> Opening:
         """Open a store on a database URL (or an existing engine, which stays the caller's).
@@ -153,6 +156,7 @@ class ChatHistory:
             "max_response_bytes": max_response_bytes,
             "encoding": encoding,
             "stream_timeout": stream_timeout,
+            "search": search,
         }
         return Opening(cls, database, migrate, options, engine_options)
 
@@ -395,24 +399,7 @@ class ChatHistory:
         of messages whose ids are already stored identically)."""
         check_user_id(user_id)
         batch = appending.parse_batch(self._rules, messages)
-        if self._db.postgres and appending.at_once(batch):
-            stored = await appending.append_at_once(
-                self._db, self._rules, user_id, conversation_id, batch
-            )
-            if stored is not None:
-                return stored, True
-        for _attempt in range(2):
-            try:
-                async with self._db.transaction() as conn:
-                    stale_before = self._db.stale_before(utcnow())
-                    return await appending.append(
-                        conn, self._rules, user_id, conversation_id, batch, stale_before
-                    )
-            except IntegrityError:
-                # Only a concurrent insert of one of these ids (into another conversation)
-                # gets here: the retry sees it and replays or reports the conflict.
-                continue
-        raise ConflictError("message ids collide with messages stored concurrently")
+        return await appending.store(self._db, self._rules, user_id, conversation_id, batch)
 
     async def get_message(
         self, user_id: str, conversation_id: uuid.UUID, message_id: uuid.UUID

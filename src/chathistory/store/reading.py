@@ -20,7 +20,7 @@ from chathistory import pagination
 from chathistory.errors import InvalidCursorError, MessageNotFoundError, ValidationError
 from chathistory.models import messages, utcnow
 from chathistory.schemas import MessagePage, MessageRead
-from chathistory.store import branches, conversations, limits, rows, sql
+from chathistory.store import branched_sql, branches, conversations, limits, rows, sql
 from chathistory.store.database import Database
 from chathistory.store.rows import M
 
@@ -69,7 +69,7 @@ async def _numbered(
 ) -> list[MessageRead]:
     """Read models of stored rows of a branched conversation, with their sibling numbers."""
     items = [rows.message(row, stale_before) for row in found]
-    placed = [(row["seq"], row["fork"]) for row in found]
+    placed = [(row["seq"], row["fork"], row["sibling"]) for row in found]
     numbers = await branches.siblings(conn, user_id, conversation_id, placed)
     for item in items:
         rows.numbered(item, *numbers[item.seq])
@@ -90,7 +90,9 @@ async def _along_branch(
     async with db.transaction() as conn:
         branched, count = await branches.active(conn, user_id, conversation_id)
         if not branched:
+            db.branched.discard(conversation_id)
             return None
+        db.branched.add(conversation_id)
         if branch == "all":
             owned = (M.conversation_id == conversation_id, M.user_id == user_id)
             found = await branches.read(conn, db.size, owned, branches.linear(count), **bounds)
@@ -137,7 +139,9 @@ async def page(
     # Only "before" given: take the items nearest to it, scanning away from it.
     scan_ascending = ascending != (until is not None and past is None)
     bounds = {"limit": limit + 1, "past": low, "until": high, "max_bytes": max_bytes}
-    found = await read_range(db, user_id, conversation_id, ascending=scan_ascending, **bounds)
+    found = await read_range(
+        db, user_id, conversation_id, ascending=scan_ascending, every=branch == "all", **bounds
+    )
     built: list[MessageRead] | None = None
     if not found:
         branched = await _along_branch(
@@ -156,9 +160,7 @@ async def page(
     # returned the row that crossed it; whether any follow it, only the next page knows).
     has_more = len(found) > fitting or total > max_bytes
     if built is None:  # only the page's rows (not the one past it)
-        build = rows.message_record if db.postgres else rows.message
-        stale_before = db.stale_before(utcnow())
-        built = [build(row, stale_before) for row in found[:fitting]]
+        built = _built(db, found, fitting)
     items = built[:fitting]
     if scan_ascending != ascending:
         items.reverse()
@@ -186,14 +188,23 @@ async def newest(
         branched = await _along_branch(
             db, user_id, conversation_id, "active", ascending=limit is None, limit=limit
         )
-    if branched is not None:
-        items = branched[1]
-    else:
-        build = rows.message_record if db.postgres else rows.message
-        stale_before = db.stale_before(utcnow())
-        items = [build(row, stale_before) for row in found]
+    items = branched[1] if branched is not None else _built(db, found, len(found))
     if limit is not None:
         items.reverse()
+    return items
+
+
+def _built(db: Database, found: Sequence[Mapping[Any, Any]], upto: int) -> list[MessageRead]:
+    """Read models of the first ``upto`` rows one statement read (a branched conversation's
+    with their sibling numbers, :mod:`branched_sql`)."""
+    stale_before = db.stale_before(utcnow())
+    if not db.postgres:
+        return [rows.message(row, stale_before) for row in found[:upto]]
+    items = [rows.message_record(row, stale_before) for row in found[:upto]]
+    if isinstance(found, Numbered):
+        for item, (count, index) in zip(items, found.numbers, strict=False):
+            if count != 1 or index != 1:
+                rows.numbered(item, count, index)
     return items
 
 
@@ -207,10 +218,13 @@ async def read_range(
     past: int | None = None,
     until: int | None = None,
     max_bytes: int | None = None,
+    every: bool = False,
 ) -> list[Mapping[Any, Any]]:
     """Messages of a conversation with ``past < seq < until``, by seq, at most ``limit``,
     and (with ``max_bytes``) only those that start within that many bytes of content and
-    tool calls (each row carries its ``size``; the caller cuts the one that crosses)."""
+    tool calls (each row carries its ``size``; the caller cuts the one that crosses). A
+    conversation known to have branched is read along its active branch (unless ``every``
+    message is asked for); one never branched, in seq order; any other reads nothing."""
     now = utcnow()
     if db.postgres:
         arguments = [
@@ -221,11 +235,13 @@ async def read_range(
             limit,
         ]
         async with db.driver() as driver:
+            found: list[Mapping[Any, Any]]
+            if conversation_id in db.branched and limit is not None and not every:
+                found = await _branched(driver, arguments, ascending, max_bytes, now)
+                if found:
+                    return found
             if max_bytes is None:
-                found: list[Mapping[Any, Any]] = await driver.fetch(
-                    sql.RANGE_SQL[ascending], *arguments, now
-                )
-                return found
+                return list(await driver.fetch(sql.RANGE_SQL[ascending], *arguments, now))
             if limit is None:  # no share to give each row
                 statement = sql.PAGE_SQL[ascending]
                 return list(await driver.fetch(statement, *arguments, max_bytes, now))
@@ -255,6 +271,47 @@ async def read_range(
     )
     async with db.transaction() as conn:
         return [row._mapping for row in await conn.execute(query)]
+
+
+async def _branched(
+    driver: Any,
+    arguments: list[Any],
+    ascending: bool,
+    max_bytes: int | None,
+    now: datetime,
+) -> list[Mapping[str, Any]]:
+    """:func:`read_range` of a branched conversation in one statement (:mod:`branched_sql`),
+    each row with its ``sibling_count`` and ``sibling_index``; nothing when the conversation
+    is not branched, has no such messages, or a large row needs the long way."""
+    conversation_id, user_id, past, until, limit = arguments
+    # one message more, on the oldest side: the parent of the oldest one asked for
+    asked = [conversation_id, user_id, past, until, limit + 1]
+    if max_bytes is None:
+        found = await driver.fetch(branched_sql.RANGE_SQL[ascending], *asked, now)
+    else:
+        share = min(max_bytes // max(limit, 1), sql.MAX_SIZE)
+        found = await driver.fetch(branched_sql.PAGE_SHARE_SQL[ascending], *asked, share, now)
+    kept = [row for row in found if row["seq"] != past][:limit] if ascending else found[:limit]
+    numbers = await branched_sql.numbers(driver, user_id, conversation_id, kept, found)
+    numbered = list(zip(kept, numbers, strict=True))
+    if max_bytes is not None:
+        sizes = [row["size"] for row, _ in numbered]
+        if sum(sizes) > max_bytes:  # keep the rows starting within the budget
+            numbered = numbered[: limits.starting_within(sizes, max_bytes)]
+            sizes = sizes[: len(numbered)]
+        if sizes and max(sizes) > share:  # a large row came without its content
+            return []
+    return Numbered(row for row, _ in numbered).having([pair for _, pair in numbered])
+
+
+class Numbered(list[Any]):
+    """Rows of a branched conversation read in one statement, with their sibling numbers."""
+
+    numbers: list[tuple[int, int]]
+
+    def having(self, numbers: list[tuple[int, int]]) -> Numbered:
+        self.numbers = numbers
+        return self
 
 
 async def _seq_of(

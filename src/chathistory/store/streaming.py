@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from chathistory.errors import ConflictError, ConversationNotFoundError, MessageNotFoundError
 from chathistory.models import conversations, messages
 from chathistory.schemas import MessageCreate, MessageRead
-from chathistory.store import appending, rows, search, tool_pairing
+from chathistory.store import appending, rows, search, tool_pairing, tool_sites
 from chathistory.store.conversations import live
 from chathistory.store.rows import C, M
 from chathistory.streaming_schemas import MessageUpdate
@@ -62,17 +62,13 @@ async def update_message(
         )
     message: MessageCreate = rows.parse(MessageCreate, change.applied_to(_fields(current)))
     appending.check_sizes(rules, [message])
+    old = [call["id"] for call in current.tool_calls or ()]
+    new = [c.id for c in message.tool_calls or ()]
     await tool_pairing.replace_calls(
-        conn,
-        user_id,
-        conversation_id,
-        current.seq,
-        (
-            [call["id"] for call in current.tool_calls or ()],
-            [c.id for c in message.tool_calls or ()],
-        ),
-        linear=not locked.branched,
+        conn, user_id, conversation_id, current.seq, (old, new), linear=not locked.branched
     )
+    dropped, added = sorted(set(old) - set(new)), sorted(set(new) - set(old))
+    await tool_sites.replace(conn, user_id, conversation_id, current.seq, dropped, added)
     stored = appending.row(
         rules, user_id, conversation_id, message, current.seq, current.created_at
     )

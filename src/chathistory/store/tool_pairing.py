@@ -19,18 +19,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chathistory.errors import FieldError, ValidationError
 from chathistory.models import messages, open_tool_calls
 from chathistory.schemas import MessageCreate
-from chathistory.store.paths import Path, clipped
 
 _T = open_tool_calls.c
 _M = messages.c
-_WALK = 200  # tool turns per statement of a walk along a branch
 # Rows or ids per statement: far under PostgreSQL's and SQLite's bound-parameter limits.
 _CHUNK: Final = 1000
 
@@ -104,7 +102,7 @@ async def apply(
         was_open.update(rows.scalars())
     bad = todo.bad + [i for call, i in todo.answers_stored.items() if call not in was_open]
     if bad:
-        raise ValidationError([_error(batch, index) for index in sorted(bad)])
+        raise ValidationError([error(batch, index) for index in sorted(bad)])
     opened = [
         {"user_id": user_id, "conversation_id": conversation_id, "call_id": call, "seq": seq}
         for call, seq in todo.opened.items()
@@ -117,48 +115,6 @@ async def apply(
             set_={"seq": statement.excluded.seq},
         )
         await conn.execute(statement, opened[start : start + _CHUNK])
-
-
-async def check_along(
-    conn: AsyncConnection,
-    user_id: str,
-    conversation_id: uuid.UUID,
-    branch: Path,
-    batch: Sequence[MessageCreate],
-    seqs: Sequence[int],
-) -> None:
-    """:func:`apply` for a branched conversation (SPEC 11): a result answers an open call of
-    an earlier assistant message of its own branch, found by walking the branch's tool turns
-    newest first (a partial index holds only those) until each result met its call (open) or
-    an earlier result for it (answered): the walk goes back as far as the calls it looks for."""
-    todo = plan(batch, seqs)
-    bad = list(todo.bad)
-    pending = dict(todo.answers_stored)  # call id -> batch index
-    for after, before in clipped(branch, False, None, None):
-        while pending and after + 1 < before:
-            turns = (
-                await conn.execute(
-                    select(_M.seq, _M.tool_calls, _M.tool_call_id)
-                    .where(
-                        _M.conversation_id == conversation_id,
-                        _M.user_id == user_id,
-                        or_(_M.tool_calls.is_not(None), _M.tool_call_id.is_not(None)),
-                        _M.seq > after,
-                        _M.seq < before,
-                    )
-                    .order_by(_M.seq.desc())
-                    .limit(_WALK)
-                )
-            ).all()
-            for turn in turns:
-                if turn.tool_call_id in pending:  # answered after its newest call
-                    bad.append(pending.pop(turn.tool_call_id))
-                for call in turn.tool_calls or ():
-                    pending.pop(call["id"], None)  # the newest call: open
-            before = turns[-1].seq if len(turns) == _WALK else after + 1
-    bad += pending.values()  # no call of that id on the branch
-    if bad:
-        raise ValidationError([_error(batch, index) for index in sorted(bad)])
 
 
 async def replace_calls(
@@ -228,7 +184,7 @@ async def forget(conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID
     )
 
 
-def _error(batch: Sequence[MessageCreate], index: int) -> FieldError:
+def error(batch: Sequence[MessageCreate], index: int) -> FieldError:
     loc: tuple[str | int, ...] = (index,) if len(batch) > 1 else ()
     return FieldError(
         (*loc, "tool_call_id"),
@@ -238,4 +194,4 @@ def _error(batch: Sequence[MessageCreate], index: int) -> FieldError:
     )
 
 
-__all__ = ["Plan", "apply", "check_along", "forget", "plan", "replace_calls"]
+__all__ = ["Plan", "apply", "error", "forget", "plan", "replace_calls"]
