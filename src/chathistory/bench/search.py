@@ -2,6 +2,9 @@
 word and a word in half of that user's messages, each against reading the newest 50 of one of
 that user's conversations (target: at most 10 times its p50), in alternating rounds; and the
 plans PostgreSQL chose for both (``EXPLAIN (ANALYZE, BUFFERS)``), kept in the report.
+:func:`run_search_sqlite` does the same on SQLite (a file database in a temporary directory,
+written with ``executemany`` in large transactions; a word absent from the table is searched
+too) and keeps SQLite's ``EXPLAIN QUERY PLAN`` of the statements.
 
 Fixtures are bulk SQL: messages of 1,000 per conversation, one per second back from now, every
 other one holding ``harbor`` (else ``meadow``), one in 10,000 ``zanzibar``; their search rows
@@ -11,6 +14,7 @@ store does).
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,7 +27,7 @@ from chathistory.bench.rounds import Contender, WriterOp, alternate
 from chathistory.db import parse_database_url
 
 SEARCH_TARGET = 10.0  # section 6: a search at most 10x the p50 of reading the newest 50
-RARE, COMMON = "zanzibar", "harbor"
+RARE, COMMON, ABSENT = "zanzibar", "harbor", "quokka"
 PER_CONVERSATION = 1000
 Log = Callable[[str], None]
 
@@ -166,3 +170,163 @@ async def _explain(conn: Any, store: ChatHistory, user: str, word: str) -> str:
         rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {compiled}")
         plans.append("\n".join(row[0] for row in rows))
     return "\n\n".join(plans)
+
+
+async def run_search_sqlite(sizes: SearchSizes, *, log: Log = print) -> Report:
+    """The same scenario on SQLite: a file database of its own in a temporary directory,
+    migrated, bulk-written (the search rows go to FTS5 through the schema's triggers, as the
+    store's appends do) and removed afterwards."""
+    import asyncio
+    import tempfile
+    from pathlib import Path
+
+    from chathistory import migrations
+
+    report = Report(setup={"search_sizes_sqlite": asdict(sizes)})
+    user = "bench-search-0"
+    with tempfile.TemporaryDirectory(prefix="chathistory-bench-") as directory:
+        path = Path(directory) / "search.db"
+        url = f"sqlite:///{path}"
+        await migrations.upgrade(url)
+        conversations = await asyncio.to_thread(_write_sqlite, str(path), sizes, log)
+        async with library.opened(url, cached=False) as store:
+            contenders = [
+                Contender(f"search a rare word ({RARE}), SQLite", _search(store, user, RARE)),
+                Contender(f"search a common word ({COMMON}), SQLite", _search(store, user, COMMON)),
+                Contender(
+                    f"search an absent word ({ABSENT}), SQLite", _search(store, user, ABSENT)
+                ),
+                Contender(
+                    "read newest 50 (get_chat_history), SQLite",
+                    library.chat_history(store, user, conversations[0], 50),
+                ),
+            ]
+            for contender in contenders[:2]:
+                page: Any = await contender.op(0, 0)
+                if not page.data:
+                    raise RuntimeError(f"{contender.label}: no hit")
+            log("search on SQLite: rare, common and absent word, newest 50, alternating")
+            samples = await alternate(contenders, runs=sizes.runs, rounds=sizes.rounds)
+            operation = (
+                f"search on SQLite, {sizes.user_messages:,} of {sizes.table_messages:,} messages"
+            )
+            figures = [
+                report.add(s.figure(operation, c.label, "unnamed"))
+                for c, s in zip(contenders, samples, strict=True)
+            ]
+            for figure in figures[:3]:
+                report.compare("search", operation, figure, figures[3], SEARCH_TARGET)
+            report.setup["search_explain_sqlite"] = {
+                word: await _explain_sqlite(store, user, word) for word in (RARE, COMMON, ABSENT)
+            }
+    return report
+
+
+def _write_sqlite(path: str, sizes: SearchSizes, log: Log) -> list[uuid.UUID]:
+    """The same fixtures as :func:`_write` on SQLite, with ``executemany`` in one transaction
+    per user; returns the searching user's conversation ids."""
+    import sqlite3
+    from datetime import UTC, datetime, timedelta
+
+    from chathistory.store import search_syntax
+
+    others = max(0, sizes.table_messages - sizes.user_messages)
+    per_other = others // max(1, sizes.users - 1)
+    first = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=365)
+    now = datetime.now(UTC).replace(tzinfo=None).isoformat(sep=" ")
+    tail = fixtures.CONTENT[:120]
+    words = {  # the index text of every message but for its number
+        (topic, rare): search_syntax.index_text(
+            f"about the {topic}{' and zanzibar' if rare else ''}. {tail}"
+        )
+        for topic in ("harbor", "meadow")
+        for rare in (False, True)
+    }
+    mine: list[uuid.UUID] = []
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=OFF")
+        for index in range(sizes.users):
+            count = sizes.user_messages if index == 0 else per_other
+            user = f"bench-search-{index}"
+            log(f"search on SQLite: writing {count:,} messages of {user}")
+            db.execute("BEGIN")
+            for start in range(0, count, PER_CONVERSATION):
+                conversation = uuid.uuid4()
+                if index == 0:
+                    mine.append(conversation)
+                n = min(PER_CONVERSATION, count - start)
+                db.execute(
+                    "INSERT INTO conversations (id, user_id, title, metadata, created_at,"
+                    " updated_at, message_count) VALUES (?, ?, 'search bench', '{}', ?, ?, ?)",
+                    (conversation.hex, user, now, now, n),
+                )
+                message_rows, search_rows = [], []
+                for s in range(1, n + 1):
+                    k = start + s
+                    topic = "harbor" if k % 2 == 0 else "meadow"
+                    rare = k % 10000 == 7
+                    text = f"turn {k} about the {topic}{' and zanzibar' if rare else ''}. {tail}"
+                    at = (first + timedelta(seconds=k)).isoformat(sep=" ", timespec="microseconds")
+                    message_id = uuid.uuid4().hex
+                    role = "assistant" if s % 2 == 0 else "user"
+                    message_rows.append(
+                        (message_id, user, conversation.hex, s, role, json.dumps(text), at)
+                    )
+                    search_rows.append(
+                        (message_id, user, conversation.hex, at, f"turn {k} {words[topic, rare]}")
+                    )
+                db.executemany(
+                    "INSERT INTO messages (id, user_id, conversation_id, seq, role, content,"
+                    " metadata, token_count, created_at) VALUES (?, ?, ?, ?, ?, ?, '{}', 90, ?)",
+                    message_rows,
+                )
+                db.executemany(
+                    "INSERT INTO message_search (message_id, user_id, conversation_id,"
+                    " created_at, words) VALUES (?, ?, ?, ?, ?)",
+                    search_rows,
+                )
+            db.execute("COMMIT")
+        # No ANALYZE: the store never runs it, so SQLite plans without statistics, as it does
+        # for the store's users.
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        db.close()
+    return mine
+
+
+async def _explain_sqlite(store: ChatHistory, user: str, word: str) -> str:
+    """SQLite's ``EXPLAIN QUERY PLAN`` of the store's search statements for ``word``: the
+    probe of the newest rows, then the index candidates."""
+    from chathistory.store import search, search_syntax
+
+    where = search.Where(store._db, user, search_syntax.parse_query(word), None, None, None)
+    plans = []
+    async with store._db.engine.connect() as conn:
+        for statement, values in (
+            search.statement(where, 21, None, search.PROBE_ROWS),
+            search.statement(where, 21, None),
+        ):
+            sql, parameters = compiled_sqlite(statement, values, conn.dialect)
+            rows = (await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", parameters)).all()
+            plans.append(
+                "\n".join(
+                    f"{r['id']:>3} {r['parent']:>3} {r['detail']}"
+                    for r in (x._mapping for x in rows)
+                )
+            )
+    return "\n\n".join(plans)
+
+
+def compiled_sqlite(
+    statement: Any, values: dict[str, Any], dialect: Any
+) -> tuple[str, tuple[Any, ...]]:
+    """A statement's SQLite text and its positional parameters, as the driver receives them."""
+    compiled = statement.compile(dialect=dialect)
+    params = compiled.construct_params(values)
+    processors = compiled._bind_processors
+    return str(compiled), tuple(
+        processors[name](params[name]) if name in processors else params[name]
+        for name in compiled.positiontup or ()
+    )
