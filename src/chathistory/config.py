@@ -89,6 +89,11 @@ class Settings(BaseSettings):
         description="fraction of its time `chathistory purge` works: after each batch it pauses "
         "in proportion (0.5: as long as the batch took; 1: no pause), leaving the rest to writers",
     )
+    search: bool = Field(
+        default=True,
+        description="index messages for search; false: appends write no search rows and a "
+        "search answers 409 search_disabled (fill the index in before turning it back on)",
+    )
     migrate_on_start: bool = Field(
         default=True, description="bring the schema up to date when the service starts"
     )
@@ -154,6 +159,7 @@ class Settings(BaseSettings):
             "max_batch_messages": self.max_batch_messages,
             "max_response_bytes": self.max_response_bytes,
             "stream_timeout": timedelta(seconds=self.stream_timeout_seconds),
+            "search": self.search,
             **self.engine_options(),
         }
 

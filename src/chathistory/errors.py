@@ -81,6 +81,12 @@ class ConfigurationError(ChatHistoryError):
     """The store was given settings it cannot work with (for example an unusable database URL)."""
 
 
+class SearchDisabledError(ChatHistoryError):
+    """Search is turned off for this store (``ChatHistory(..., search=False)``,
+    ``CHATHISTORY_SEARCH=false``): its appends write no search rows, so a search could only
+    answer wrong (missing) hits; it answers this instead (HTTP 409 ``search_disabled``)."""
+
+
 def _describe(error: FieldError) -> str:
     where = ".".join(str(part) for part in error.loc)
     return f"{where}: {error.msg}" if where else error.msg

@@ -28,6 +28,7 @@ from chathistory.errors import (
     ConflictError,
     InvalidCursorError,
     NotFoundError,
+    SearchDisabledError,
     UnavailableError,
     ValidationError,
 )
@@ -44,6 +45,7 @@ DOMAIN_STATUS: Final[tuple[tuple[type[ChatHistoryError], int, str], ...]] = (
     (ValidationError, 422, "validation_error"),
     (NotFoundError, 404, "not_found"),
     (ConflictError, 409, "conflict"),
+    (SearchDisabledError, 409, "search_disabled"),
     (UnavailableError, 503, "unavailable"),
 )
 

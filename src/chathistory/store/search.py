@@ -13,6 +13,7 @@ on that user's shard only.
 from __future__ import annotations
 
 import functools
+import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +28,6 @@ from sqlalchemy import (
     bindparam,
     cast,
     delete,
-    exists,
     func,
     insert,
     literal,
@@ -38,10 +38,10 @@ from sqlalchemy import (
     tuple_,
 )
 from sqlalchemy.dialects.postgresql import TSQUERY
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chathistory import pagination
-from chathistory.errors import ValidationError
+from chathistory.errors import SearchDisabledError, ValidationError
 from chathistory.models import ROLES, conversations, message_search, messages, utcnow
 from chathistory.search_schemas import HitConversation, SearchHit, SearchPage
 from chathistory.store import branches, limits, rows, search_syntax
@@ -51,7 +51,7 @@ from chathistory.store.database import Database
 S = message_search.c
 M = messages.c
 C = conversations.c
-_FTS = table("message_search_fts")  # SQLite's FTS5 index over message_search.words
+_FTS = table("message_search_fts")  # SQLite's FTS5 index: each user's words (fts5_query)
 
 
 PROBE_ROWS: Final = 128
@@ -78,6 +78,24 @@ _PLANNER_DEFAULTS: Final = (
 )
 
 
+_OFF: Final = "chathistory_search_off"
+"""The execution option a store with search off sets on its engine: every connection it opens
+carries it, so every room that would index a message (an append, a streaming update, an
+import) sees it without another argument."""
+
+
+def turned_off(engine: AsyncEngine) -> AsyncEngine:
+    """The engine as a store with search off uses it (``ChatHistory(..., search=False)``):
+    the same pool, its connections marked."""
+    return engine.execution_options(**{_OFF: True})
+
+
+def enabled(on: AsyncEngine | AsyncConnection) -> bool:
+    """Whether messages written through this engine or connection get search rows."""
+    engine = on.engine if isinstance(on, AsyncConnection) else on
+    return not engine.get_execution_options().get(_OFF, False)
+
+
 async def _plan_with(conn: AsyncConnection, settings: str) -> None:
     """Planner settings for the rest of this transaction (``set_config(..., true)``: nothing
     outlives it, so PgBouncer's transaction mode is fine), in one round trip (the simple
@@ -97,6 +115,12 @@ async def search(
     cursor: str | None,
     max_bytes: int | None = None,
 ) -> SearchPage:
+    if not enabled(db.engine):
+        raise SearchDisabledError(
+            "search is turned off for this store (search=False, CHATHISTORY_SEARCH=false):"
+            " messages are not indexed, so no search can answer; turn it on and fill the index"
+            " in (chathistory.store.search.fill) to search"
+        )
     parsed = search_syntax.parse_query(query)
     rows.check_limit(limit)
     if role is not None and role not in ROLES:
@@ -194,7 +218,11 @@ async def _on_active_branches(
             kept.append(row)
     numbers: dict[tuple[uuid.UUID, int], tuple[int, int]] = {}
     for conversation in {r["conversation_id"] for r in kept if r["conversation_branched"]}:
-        placed = [(r["seq"], r["fork"]) for r in kept if r["conversation_id"] == conversation]
+        placed = [
+            (r["seq"], r["fork"], r["sibling"])
+            for r in kept
+            if r["conversation_id"] == conversation
+        ]
         counted = await branches.siblings(conn, user_id, conversation, placed)
         numbers.update({(conversation, seq): pair for seq, pair in counted.items()})
     return kept, numbers
@@ -220,10 +248,11 @@ def statement(
     that start within that many bytes; and the statement's parameters.
 
     The rows looked at are the candidates of the index (PostgreSQL: those holding the query's
-    words, from the GIN index, phrases and exclusions left for after; SQLite: FTS5's matches),
-    at most :data:`MAX_CANDIDATES` + 1, and no hit comes back when there are more; or with
-    ``walk``, that many newest rows after the cursor, and then also how many of them hold the
-    query's words (``loose``, PostgreSQL; phrases and exclusions left out).
+    words, from the GIN index, phrases and exclusions left for after; SQLite: FTS5's matches
+    among the user's own terms, :func:`fts5_query`), at most :data:`MAX_CANDIDATES` + 1, and no
+    hit comes back when there are more; or with ``walk``, that many newest rows after the
+    cursor (SQLite reads their words, :data:`_SQLITE_HOLDS`, and asks FTS5 nothing), and then
+    also how many of them hold the query's words (``loose``; phrases and exclusions left out).
 
     The statement is built once per shape (which filters, which kind of look) and cached, its
     values all parameters, so a search builds no SQL and SQLAlchemy compiles it once."""
@@ -247,7 +276,7 @@ def statement(
         values["q"] = where.query.to_tsquery()
         values["loose"] = where.query.to_loose_tsquery()
     else:
-        values["q"] = where.query.to_fts5()
+        values.update(_sqlite_values(where.query, where.user_id))
     if where.conversation_id is not None:
         values["conversation_id"] = where.conversation_id
     if where.role is not None:
@@ -264,7 +293,10 @@ def _shape(
     postgres: bool, in_conversation: bool, of_role: bool, after: bool, walk: bool, budget: bool
 ) -> Select[Any]:
     user_id = bindparam("user_id", type_=S.user_id.type)
-    looked = select(S.message_id, S.conversation_id, S.created_at).where(S.user_id == user_id)
+    owner: ColumnElement[Any] = S.user_id
+    if not postgres and not walk:  # SQLite's candidates: FTS5's rowids drive (see below)
+        owner = literal_column("+message_search.user_id")
+    looked = select(S.message_id, S.conversation_id, S.created_at).where(owner == user_id)
     if in_conversation:
         looked = looked.where(
             S.conversation_id == bindparam("conversation_id", type_=S.conversation_id.type)
@@ -278,15 +310,15 @@ def _shape(
             )
         )
     fts_query = text("message_search_fts MATCH :q").bindparams(bindparam("q", type_=Text))
-    if postgres:
+    if postgres or walk:
         looked = looked.add_columns(S.words)
-    else:
-        looked = looked.add_columns(literal_column("message_search.search_rowid").label("rowid_"))
     if walk:
         looked = looked.order_by(S.created_at.desc(), S.message_id.desc())
     elif postgres:
         looked = looked.where(S.words.op("@@")(cast(bindparam("loose", type_=Text), TSQUERY)))
-    else:  # FTS5's matches, looked up once (then by rowid)
+    else:  # FTS5's matches (the user's terms), looked up once, then each row by its rowid: the
+        # unary + above keeps SQLite from walking the user's index instead, every row of the
+        # history tested against the matches (its choice without ANALYZE's statistics)
         matched: Select[Any] = select(literal_column("rowid")).select_from(_FTS).where(fts_query)
         search_rowid: ColumnElement[int] = literal_column("message_search.search_rowid")
         looked = looked.where(search_rowid.in_(matched))
@@ -307,9 +339,8 @@ def _shape(
     conditions: list[ColumnElement[bool]] = [pool.c.conversation_id.not_in(expired)]
     if postgres:
         conditions.append(pool.c.words.op("@@")(cast(bindparam("q", type_=Text), TSQUERY)))
-    elif walk:  # FTS5 asked about each walked row (its rowid), not every match
-        fts_rowid: ColumnElement[int] = literal_column("message_search_fts.rowid")
-        conditions.append(exists().select_from(_FTS).where(fts_query, fts_rowid == pool.c.rowid_))
+    elif walk:  # each walked row's words read, not FTS5's (see _SQLITE_HOLDS)
+        conditions.append(and_(_SQLITE_HOLDS))
     if not walk:
         conditions.append(examined <= bindparam("candidates", type_=Integer))
     if of_role:
@@ -351,6 +382,8 @@ def _shape(
         loose_count = (
             select(func.count()).select_from(pool).where(pool.c.words.op("@@")(loose_words))
         ).scalar_subquery()
+    elif walk:
+        loose_count = select(func.count()).select_from(pool).where(_SQLITE_LOOSE).scalar_subquery()
     oldest = pool.c.created_at.asc(), pool.c.message_id.asc()
     last = select(pool.c.created_at, pool.c.message_id).order_by(*oldest).limit(1)
     summary = select(
@@ -364,6 +397,70 @@ def _shape(
         .select_from(summary.outerjoin(found, literal(True)))
         .order_by(found.c.hit_at.desc(), found.c.id.desc())
     )
+
+
+# SQLite: whether a walked row (of the CTE ``looked``) matches, read from its words (the
+# message's words joined by single spaces: ``search_syntax.index_text``), so a walk's work is
+# its rows. FTS5 asked about one row (``MATCH ... AND rowid = ?``) skips ahead to the next
+# real match in the whole index when the row holds the words but not the phrase, or holds an
+# excluded word: seconds for one row at 1,000,000 messages. ``:groups`` is a JSON array of
+# groups (all must match), each an array of terms (any), each a term's words between spaces
+# (a phrase's words adjacent, as FTS5 matches them); ``:excluded`` those none may match.
+_SQLITE_HOLDS: Final = text(
+    "NOT EXISTS (SELECT 1 FROM json_each(:groups) AS g WHERE NOT EXISTS"
+    " (SELECT 1 FROM json_each(g.value) AS t"
+    " WHERE instr(' ' || looked.words || ' ', t.value) > 0))"
+    " AND NOT EXISTS (SELECT 1 FROM json_each(:excluded) AS x"
+    " WHERE instr(' ' || looked.words || ' ', x.value) > 0)"
+).bindparams(bindparam("groups", type_=Text), bindparam("excluded", type_=Text))
+# ... and whether it holds the query's words (phrases as their words, exclusions left out):
+# ``:loose_groups``, each group an array of terms, each an array of words (as PostgreSQL's
+# ``to_loose_tsquery``).
+_SQLITE_LOOSE: Final = text(
+    "NOT EXISTS (SELECT 1 FROM json_each(:loose_groups) AS g WHERE NOT EXISTS"
+    " (SELECT 1 FROM json_each(g.value) AS t WHERE NOT EXISTS"
+    " (SELECT 1 FROM json_each(t.value) AS w"
+    " WHERE instr(' ' || looked.words || ' ', w.value) = 0)))"
+).bindparams(bindparam("loose_groups", type_=Text))
+
+
+def _sqlite_values(query: search_syntax.Query, user_id: str) -> dict[str, str]:
+    """The parameters of SQLite's search statements: FTS5's query (``q``, the user's terms:
+    :func:`fts5_query`) and the JSON of :data:`_SQLITE_HOLDS` and :data:`_SQLITE_LOOSE`."""
+
+    def spaced(term: search_syntax.Term) -> str:
+        return " " + " ".join(term) + " "
+
+    return {
+        "q": fts5_query(query, user_id),
+        "groups": _json([[spaced(term) for term in group] for group in query.groups]),
+        "excluded": _json([spaced(term) for term in query.excluded]),
+        "loose_groups": _json(
+            [[[f" {word} " for word in term] for term in group] for group in query.groups]
+        ),
+    }
+
+
+def _json(value: Any) -> str:
+    """JSON with the words as they are (no ``\\u`` escapes for SQLite's JSON to decode)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def fts5_query(query: search_syntax.Query, user_id: str) -> str:
+    """SQLite's FTS5 query for one user: ``query.to_fts5()`` with each word prefixed as the
+    index holds it since migration ``0011_sqlite_search``: the user id's UTF-8 bytes in hex,
+    then ``x`` (never a hex digit), then the word; so it reads that user's posting lists only."""
+    tag = user_id.encode("utf-8").hex() + "x"
+
+    def quoted(term: search_syntax.Term) -> str:
+        return '"' + " ".join(tag + word for word in term).replace('"', '""') + '"'
+
+    expression = " AND ".join(
+        "(" + " OR ".join(quoted(term) for term in group) + ")" for group in query.groups
+    )
+    for term in query.excluded:
+        expression = f"({expression}) NOT {quoted(term)}"
+    return expression
 
 
 def index_rows(stored: list[dict[str, Any]], postgres: bool) -> list[dict[str, Any]]:
@@ -383,23 +480,63 @@ def index_rows(stored: list[dict[str, Any]], postgres: bool) -> list[dict[str, A
 
 
 async def index(conn: AsyncConnection, stored: list[dict[str, Any]]) -> None:
-    """Index freshly stored messages in the transaction that stores them."""
+    """Index freshly stored messages in the transaction that stores them (nothing with
+    search off)."""
+    if not enabled(conn):
+        return
     found = index_rows(stored, conn.dialect.name == "postgresql")
     if found:
         await conn.execute(insert(message_search), found)
 
 
 async def reindex(conn: AsyncConnection, stored: dict[str, Any]) -> None:
-    """Index an updated message's words again (a streaming update, SPEC 10)."""
+    """Index an updated message's words again (a streaming update, SPEC 10). With search off
+    the old row still goes (a message begun with search on), so :func:`fill` indexes it anew."""
     await conn.execute(
         delete(message_search).where(S.message_id == stored["id"], S.user_id == stored["user_id"])
     )
     await index(conn, [stored])
 
 
-def words_column(stored: list[dict[str, Any]]) -> list[str | None]:
+async def fill(engine: AsyncEngine, *, user_id: str | None = None, batch: int = 1_000) -> int:
+    """Index the stored messages that have no search rows (those appended while search was
+    off) and return how many were indexed. Walks the messages in ``id`` order, ``batch`` keys
+    at a time, one short transaction each, so it runs beside readers and writers, and again
+    after an interruption (what is indexed is skipped; a row a concurrent append indexed
+    first is left as it is). Turn search back on in every process, then fill the index in:
+    until it is done, searches miss the messages not indexed yet. With ``user_id``, only that
+    user's messages."""
+    from sqlalchemy import exists
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    postgres = engine.dialect.name == "postgresql"
+    indexed = exists().where(S.message_id == M.id, S.user_id == M.user_id)
+    columns = (M.id, M.user_id, M.conversation_id, M.created_at, M.content, M.extras)
+    after: uuid.UUID | None = None
+    done = 0
+    while True:
+        async with engine.begin() as conn:
+            window = select(*columns, indexed.label("indexed")).order_by(M.id).limit(batch)
+            if after is not None:
+                window = window.where(M.id > after)
+            if user_id is not None:
+                window = window.where(M.user_id == user_id)
+            walked = [row._asdict() for row in await conn.execute(window)]
+            if not walked:
+                return done
+            after = walked[-1]["id"]
+            found = index_rows([row for row in walked if not row["indexed"]], postgres)
+            if found:
+                adding = (postgresql.insert if postgres else sqlite.insert)(message_search)
+                await conn.execute(adding.on_conflict_do_nothing(), found)
+            done += len(found)
+
+
+def words_column(stored: list[dict[str, Any]], engine: AsyncEngine) -> list[str | None]:
     """Each stored row's words as PostgreSQL ``tsvector`` text, ``None`` where it has no text
-    (the one-statement append's last array)."""
+    or search is off (the one-statement append's last array: no row for a ``None``)."""
+    if not enabled(engine):
+        return [None] * len(stored)
     return _words(stored, search_syntax.tsvector_text)
 
 
