@@ -32,6 +32,8 @@ class OpenLoopPlan:
     read_share: float = 0.8
     messages_per_conversation: int = 20
     workers: int = 2
+    give_up_seconds: float = 10.0  # a turn still unanswered by then counts as an error
+    token_exp: int = 0  # the users' tokens' exp (the same token on every run); 0: in an hour
 
     @classmethod
     def quick(cls) -> OpenLoopPlan:
@@ -67,13 +69,16 @@ async def open_loop_clients(
         await asyncio.sleep(max(0.0, scheduled - loop.time()))
         token = tokens.get(user)
         if token is None:
-            claims = {"sub": user, "exp": int(time.time()) + 3600}
+            claims = {"sub": user, "exp": plan.token_exp or int(time.time()) + 3600}
             token = tokens[user] = jwt.encode(claims, secret, "HS256")
         path = f"/api/{user}/conversations/{users[user][0]}/messages"
         op = "read newest 50" if reading else "append"
         connection = _Connection(host, port)
         try:
-            ok, key = await take_turn(connection, path, token, reading, body)
+            async with asyncio.timeout(plan.give_up_seconds):
+                ok, key = await take_turn(connection, path, token, reading, body)
+        except TimeoutError:
+            ok, key = False, f"{op}: no answer in {plan.give_up_seconds:g} s"
         finally:
             if connection.writer is not None:
                 connection.writer.close()
@@ -87,6 +92,7 @@ async def open_loop_clients(
         "scheduled": len(turns),
         "rate": round(rate, 1),
         "seconds": plan.seconds,
+        "elapsed": round(loop.time() - start, 3),  # to the last answer (or give-up)
         "errors": errors,
         "samples": latencies,
     }
