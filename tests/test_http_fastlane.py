@@ -25,7 +25,7 @@ SECRET = "test-secret-for-the-fast-lane-0123456789"
 
 
 def token(sub: str, **claims: Any) -> str:
-    """A token of its own (a fresh ``jti``): its first request is verified by the route."""
+    """A token of its own (a fresh ``jti``): its first request verifies it."""
     payload = {"sub": sub, "exp": int(time.time()) + 300, "jti": uuid.uuid4().hex} | claims
     return jwt.encode(payload, SECRET, algorithm="HS256")
 
@@ -37,8 +37,9 @@ def bearer(value: str) -> dict[str, str]:
 class Counted:
     """Counts the requests the fast lane passes on to the FastAPI app."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, lane: FastLane) -> None:
         self.app = app
+        self.lane = lane
         self.passed = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -52,7 +53,7 @@ def count_passed(app: FastAPI) -> Counted:
     layer: Any = app.middleware_stack
     while not isinstance(layer, FastLane):
         layer = layer.app
-    layer.app = Counted(layer.app)
+    layer.app = Counted(layer.app, layer)
     return layer.app
 
 
@@ -76,10 +77,19 @@ def same(route: httpx.Response, fast: httpx.Response) -> None:
 async def twice(
     http: httpx.AsyncClient, counted: Counted, method: str, path: str, user: str, **kw: Any
 ) -> tuple[httpx.Response, httpx.Response]:
-    """The same request through the route (a token's first request), then the fast lane."""
+    """The same request through the route (the lane made to pass it on), then the fast
+    lane."""
     headers = bearer(token(user)) | kw.pop("headers", {})
     before = counted.passed
-    route = await http.request(method, path, headers=headers, **kw)
+
+    async def nobody(scope: Scope, user_id: str) -> bool:
+        return False
+
+    counted.lane._owner = nobody  # type: ignore[method-assign]
+    try:
+        route = await http.request(method, path, headers=headers, **kw)
+    finally:
+        del counted.lane._owner
     assert counted.passed == before + 1
     fast = await http.request(method, path, headers=headers, **kw)
     assert counted.passed == before + 1, "the fast lane passed it on"
@@ -190,10 +200,7 @@ async def test_a_bug_is_the_apps_500(
 
     monkeypatch.setattr(store, "list_messages", broken)
     mine = bearer(token(user)) | {"X-Request-ID": "bug-2"}
-    passed = counted.passed
-    route = await http.get(path, headers=mine)
-    fast = await http.get(path, headers=mine)
-    assert counted.passed == passed + 1
+    route, fast = await twice(http, counted, "GET", path, user, headers=mine)
     for response in (route, fast):
         assert response.status_code == 500
         assert response.json()["code"] == "internal_error"
@@ -270,3 +277,25 @@ async def test_a_remembered_token_ends_with_its_exp(monkeypatch: pytest.MonkeyPa
     assert verifier.remembered(tokens[0]) is None
     assert verifier.remembered(tokens[1]) is not None
     assert verifier.remembered(tokens[2]) is not None
+
+
+async def test_a_tokens_first_request_takes_the_lane(
+    lane: tuple[httpx.AsyncClient, Counted, FastAPI], user: str, other_user: str
+) -> None:
+    """The lane verifies a token it has not seen with the route's verifier (no FastAPI
+    routing for a user's first turn on a worker); one that does not verify, or is not the
+    path's user's, goes on to the route, which refuses it."""
+    http, counted, _ = lane
+    conv = await conversation(http, user)
+    path = f"/api/{user}/conversations/{conv}/messages"
+    before = counted.passed
+    assert (await http.get(path, headers=bearer(token(user)))).status_code == 200
+    sent = await http.post(
+        path, json={"role": "user", "content": "hi"}, headers=bearer(token(user))
+    )
+    assert sent.status_code == 201
+    assert counted.passed == before
+    forged = jwt.encode({"sub": user, "exp": int(time.time()) + 60}, "x" * 40, algorithm="HS256")
+    for headers, status in ((bearer(forged), 401), (bearer(token(other_user)), 403)):
+        assert (await http.get(path, headers=headers)).status_code == status
+    assert counted.passed == before + 2

@@ -7,8 +7,8 @@ answer exactly as the route would, with the same store call and the same renderi
 
 - ``GET`` or ``POST`` on ``/api/{user_id}/conversations/{conversation_id}/messages``, the id a
   canonical UUID, no ``root_path``, no dependency overrides;
-- a bearer token the verifier already verified and that has not expired, whose ``sub`` is the
-  path's user (the first request of a token takes the route, which verifies and remembers it);
+- a bearer token that verifies (the route's own verifier, which remembers a token it verified
+  with the shared secret until it expires), whose ``sub`` is the path's user;
 - ``GET``: a query of at most ``limit`` (1 to 100, plain digits) and ``order`` (``asc`` or
   ``desc``), each once;
 - ``POST``: a body sent as ``application/json`` that is a JSON object or array.
@@ -77,7 +77,7 @@ class FastLane:
             await self.app(scope, receive, send)
             return
         user_id = parts[2]
-        if not self._owner(scope, user_id):
+        if not await self._owner(scope, user_id):
             await self.app(scope, receive, send)
             return
         conversation_id = uuid.UUID(parts[4])
@@ -127,9 +127,11 @@ class FastLane:
         else:
             await _answer(send, 201 if created else 200, body)
 
-    def _owner(self, scope: Scope, user_id: str) -> bool:
-        """Whether the request carries a remembered bearer token of ``user_id`` (read as
-        FastAPI's ``HTTPBearer`` reads it: the first Authorization header)."""
+    async def _owner(self, scope: Scope, user_id: str) -> bool:
+        """Whether the request carries a bearer token of ``user_id`` that verifies (read as
+        FastAPI's ``HTTPBearer`` reads it: the first Authorization header), by the route's own
+        verifier: a token it remembers costs a lookup, another one its verification. A token
+        that does not verify goes on to the route, which refuses it in its own words."""
         for name, value in scope["headers"]:
             if name == b"authorization":
                 scheme, _, param = value.decode("latin-1").partition(" ")
@@ -137,7 +139,12 @@ class FastLane:
                 if not token or scheme.lower() != "bearer":
                     return False
                 principal = self.verifier.remembered(token)
-                return principal is not None and principal.owns(user_id)
+                if principal is None:
+                    try:
+                        principal = await self.verifier.verify(token)
+                    except Exception:  # the route verifies it again, and answers
+                        return False
+                return principal.owns(user_id)
         return False
 
     async def _problem(self, exc: Exception, scope: Scope, receive: Receive, send: Send) -> None:
