@@ -127,11 +127,14 @@ _AT_NEWEST: Final = (
     " AND branched AND current_message_id = (SELECT m.id FROM messages AS m"
     " WHERE m.conversation_id = $1 AND m.user_id = $2 AND m.seq = conversations.message_count)"
 )
-# The active branch's last range ended at the message that was newest: it now ends at the
-# new newest.
+# The active branch's last range (the one with the largest lo: found by the primary key, not
+# by hi, which no index holds) ended at the message that was newest: it now ends at the new
+# newest.
 _GROW: Final = (
     " p AS (UPDATE conversation_paths SET hi = c.message_count FROM c"
     " WHERE conversation_paths.conversation_id = $1 AND conversation_paths.user_id = $2"
+    " AND conversation_paths.lo = (SELECT max(lo) FROM conversation_paths"
+    " WHERE conversation_id = $1 AND user_id = $2)"
     " AND conversation_paths.hi = c.message_count - $3),"
 )
 _INSERT: Final = " i AS (INSERT INTO messages"

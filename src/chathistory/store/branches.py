@@ -229,10 +229,13 @@ async def write_path(
 async def grow(
     conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID, current: int, last: int
 ) -> None:
-    """The active branch goes on from its last message ``current`` to ``last``."""
+    """The active branch goes on from its last message ``current`` to ``last``: its last
+    row (the largest ``lo``, by the primary key) ends there now."""
+    owned = _rows(user_id, conversation_id)
+    newest = select(func.max(P.lo)).where(*owned).scalar_subquery()
     await conn.execute(
         update(conversation_paths)
-        .where(*_rows(user_id, conversation_id), P.hi == current)
+        .where(*owned, P.lo == newest, P.hi == current)
         .values(hi=last)
     )
 
