@@ -234,9 +234,7 @@ async def grow(
     owned = _rows(user_id, conversation_id)
     newest = select(func.max(P.lo)).where(*owned).scalar_subquery()
     await conn.execute(
-        update(conversation_paths)
-        .where(*owned, P.lo == newest, P.hi == current)
-        .values(hi=last)
+        update(conversation_paths).where(*owned, P.lo == newest, P.hi == current).values(hi=last)
     )
 
 
