@@ -9,15 +9,22 @@ one statement, the same statement handling) in alternating rounds.
 - :mod:`~chathistory.bench.library` / :mod:`~chathistory.bench.floors`: the two sides;
 - :mod:`~chathistory.bench.rounds`: timing in alternating rounds;
 - :mod:`~chathistory.bench.fixtures`: bulk set-up and integrity checks;
-- :mod:`~chathistory.bench.search`: search against reading the newest 50, and its plans;
+- :mod:`~chathistory.bench.search`: search against reading the newest 50, and its plans, on
+  PostgreSQL and on SQLite;
 - :mod:`~chathistory.bench.purge`: other users' appends while a purge of 100,000 runs;
-- :mod:`~chathistory.bench.branches`: the active branch of a branched 100,000 against 100;
+- :mod:`~chathistory.bench.branches`: the active branch of a branched 100,000 against 100,
+  and against a conversation of the same size that never branched;
+- :mod:`~chathistory.bench.storage`: bytes per message and the append's tail, against
+  langchain-postgres's table;
+- :mod:`~chathistory.bench.capacity`: the users the service and its bare-ASGI floor hold, and
+  the plot;
 - :mod:`~chathistory.bench.migrations`: an upgrade of 1,000,000 messages under load;
 - :mod:`~chathistory.bench.load`: the HTTP service under load (clients in ``__main__``);
 - :mod:`~chathistory.bench.report`: figures, ratios, tables and JSON.
 """
 
 from chathistory.bench.branches import BranchSizes, run_branches
+from chathistory.bench.capacity import CapacityPlan, run_capacity
 from chathistory.bench.embedded import with_embedded_server
 from chathistory.bench.load import LoadPlan, run_load
 from chathistory.bench.migrations import MigrationSizes, run_migrations
@@ -25,10 +32,12 @@ from chathistory.bench.open_loop import OpenLoopPlan
 from chathistory.bench.purge import PurgeSizes, run_purge
 from chathistory.bench.report import Figure, Ratio, Report, render, write_json
 from chathistory.bench.scenarios import Sizes, run
-from chathistory.bench.search import SearchSizes, run_search
+from chathistory.bench.search import SearchSizes, run_search, run_search_sqlite
+from chathistory.bench.storage import StorageSizes, run_storage
 
 __all__ = [
     "BranchSizes",
+    "CapacityPlan",
     "Figure",
     "LoadPlan",
     "MigrationSizes",
@@ -38,13 +47,17 @@ __all__ = [
     "Report",
     "SearchSizes",
     "Sizes",
+    "StorageSizes",
     "render",
     "run",
     "run_branches",
+    "run_capacity",
     "run_load",
     "run_migrations",
     "run_purge",
     "run_search",
+    "run_search_sqlite",
+    "run_storage",
     "with_embedded_server",
     "write_json",
 ]
