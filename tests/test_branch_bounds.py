@@ -1,4 +1,4 @@
-"""Branch work is bounded by the request, not by the branch (README "Bounded work per request",
+"""Branch work is bounded by the request, not by the branch (docs/bounded-work.md,
 SPEC 11): each operation is measured in statements and in rows returned to the client at two
 sizes of the tree (10 and 1,000 runs or tool turns, 10 and 10,000 siblings), built in bulk
 straight into the tables (the store's own appends would take minutes), and must cost the same

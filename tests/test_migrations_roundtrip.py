@@ -337,7 +337,7 @@ async def test_a_cycle_keeps_every_row_and_loses_only_what_it_reported(empty_url
 
 
 def _expect_only_reported_losses(before: Snapshot, after: Snapshot, known: dict[str, Any]) -> None:
-    """What README's "Migrations" section says a downgrade to the first revision and back does
+    """What docs/migrations.md says a downgrade to the first revision and back does
     (each conversation one chain in seq order, the last message current; no status, update,
     extras or lifecycle), applied to ``before``, is exactly ``after``."""
     postgres = isinstance(before["messages"][0]["seq"], str)  # every value as text

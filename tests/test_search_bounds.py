@@ -1,4 +1,4 @@
-"""Search's bounds (README "Search"): hits within the response byte budget, and each page's
+"""Search's bounds (docs/search.md): hits within the response byte budget, and each page's
 work bounded by index candidates and a walk of the newest rows, counted in rows."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SQLite search's work (README "Search"): FTS5 reads the searching user's posting lists only,
+"""SQLite search's work (docs/search.md): FTS5 reads the searching user's posting lists only,
 and the probe and the walk read their rows' words without asking FTS5; counted in SQLite VM
 steps and read from query plans, never timed."""
 

@@ -331,13 +331,13 @@ async def test_concurrent_updates_each_keep_their_text(store: ChatHistory, user:
     assert len(str(stored.content)) == sum(map(len, pieces))
 
 
-def _readme_example() -> Callable[..., Any]:
-    """The README's streaming example, run as written."""
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    after = readme.split("<!-- streaming-example -->", 1)[1]
+def _guide_example() -> Callable[..., Any]:
+    """The streaming example of the library guide (docs/library.md), run as written."""
+    guide = (Path(__file__).parent.parent / "docs" / "library.md").read_text()
+    after = guide.split("<!-- streaming-example -->", 1)[1]
     code = after.split("```python\n", 1)[1].split("```", 1)[0]
     namespace: dict[str, Any] = {}
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(code, "docs/library.md", "exec"), namespace)
     return cast(Callable[..., Any], namespace["stream_answer"])
 
 
@@ -373,10 +373,8 @@ def _openai(words: list[str], *, cut_after: int | None = None) -> openai.AsyncOp
     )
 
 
-async def test_the_readme_example_streams_from_the_openai_sdk(
-    store: ChatHistory, user: str
-) -> None:
-    stream_answer = _readme_example()
+async def test_the_guide_example_streams_from_the_openai_sdk(store: ChatHistory, user: str) -> None:
+    stream_answer = _guide_example()
     words = [f"word{i} " for i in range(120)]
     conv = await store.create_conversation(user)
     await store.add_message(user, conv.id, "user", "Tell me a long story")
