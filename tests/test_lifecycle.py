@@ -27,8 +27,8 @@ from chathistory import (
 from chathistory.cli import app as cli_app
 from chathistory.db import create_engine
 from chathistory.http import create_app
-from chathistory.lifecycle_schemas import parse_duration
 from chathistory.models import conversations
+from chathistory.schemas.lifecycle import parse_duration
 from chathistory.store import sql
 from chathistory.transfer import export_jsonl
 from test_http_api import bearer, problem, settings

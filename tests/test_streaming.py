@@ -28,7 +28,7 @@ from chathistory import (
     ValidationError,
 )
 from chathistory.models import messages
-from chathistory.streaming_schemas import MessageUpdate
+from chathistory.schemas.streaming import MessageUpdate
 from test_http_api import bearer, problem
 from test_http_serve import SECRET, serving
 

@@ -15,8 +15,8 @@ from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
 from chathistory import ChatHistory, MessageRead
-from chathistory.openai_types import ChatMessage
 from chathistory.schemas import ContextWindow
+from chathistory.schemas.openai import ChatMessage
 
 
 def send(messages: Iterable[ChatCompletionMessageParam]) -> int:

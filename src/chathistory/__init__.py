@@ -19,7 +19,6 @@ from chathistory.errors import (
     UnavailableError,
     ValidationError,
 )
-from chathistory.lifecycle_schemas import PurgeReport
 from chathistory.schemas import (
     ConversationCreate,
     ConversationRead,
@@ -30,6 +29,7 @@ from chathistory.schemas import (
     Page,
     ToolCall,
 )
+from chathistory.schemas.lifecycle import PurgeReport
 from chathistory.store import UNSET, ChatHistory
 
 __version__ = "0.1.0"

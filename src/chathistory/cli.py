@@ -19,8 +19,8 @@ from chathistory.bench_command import bench_command
 from chathistory.config import Settings, settings_help
 from chathistory.db import parse_database_url
 from chathistory.errors import ChatHistoryError
-from chathistory.lifecycle_schemas import parse_duration
 from chathistory.mcp_server.cli import mcp_command
+from chathistory.schemas.lifecycle import parse_duration
 
 if TYPE_CHECKING:
     from chathistory.store.opening import Opening

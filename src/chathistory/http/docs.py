@@ -1,10 +1,8 @@
-"""What the OpenAPI document shows: response models, examples, the problem responses of each
-route, and the finishing touches on the generated document."""
+"""What the OpenAPI document shows beyond the models (``chathistory.schemas``): examples, the
+problem responses of each route, and the finishing touches on the generated document."""
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Final, Literal, TypeAlias
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any, Final
 
 from chathistory.http.problems import (
     PROBLEM_JSON,
@@ -12,14 +10,8 @@ from chathistory.http.problems import (
     problem_openapi,
     status_phrase,
 )
-from chathistory.schemas import (
-    ConversationRead,
-    MessageRead,
-    Page,
-    every_field_required,
-)
 
-# -- response models and examples -------------------------------------------------------------
+# -- examples -------------------------------------------------------------------------------
 
 EXAMPLE_USER = "user-1"
 EXAMPLE_CONVERSATION_ID = "0196a0f4-8a6f-7c2e-9d0b-3f1e2a4b5c6d"
@@ -93,28 +85,6 @@ MESSAGE_EXAMPLES: Final[list[dict[str, Any]]] = [
         "function_call": None,
     },
 ]
-
-
-class ConversationPage(Page[ConversationRead]):
-    """A page of conversations, most recently updated first."""
-
-
-class MessageBatch(BaseModel):
-    """The messages stored by one append of a JSON array, in the order sent."""
-
-    model_config = ConfigDict(json_schema_extra=every_field_required)
-
-    object: Literal["list"] = "list"
-    data: list[MessageRead]
-
-
-# The append's answer: a message for a single object, a list object for an array, told apart
-# by ``object`` (a oneOf with a discriminator in the document, so typed clients narrow it).
-AppendAnswer: TypeAlias = Annotated[MessageRead | MessageBatch, Field(discriminator="object")]
-
-
-class Health(BaseModel):
-    status: Literal["ok"] = Field(examples=["ok"])
 
 
 _PROBLEM_TEXT: Final[Mapping[int, tuple[str, str]]] = {

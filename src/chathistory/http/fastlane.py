@@ -31,11 +31,11 @@ from pydantic import TypeAdapter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chathistory.http.auth import JWTVerifier
-from chathistory.http.docs import AppendAnswer, MessageBatch
 from chathistory.http.problems import problem_from_exception, problem_response
 from chathistory.http.requests import strict_json_loads
 from chathistory.http.router import created_location
 from chathistory.schemas import MessagePage
+from chathistory.schemas.responses import AppendAnswer, MessageBatch
 from chathistory.store import MAX_PAGE
 
 _UUID: Final = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")

@@ -21,7 +21,7 @@ from chathistory.schemas import (
     ConversationUpdate,
     MessageCreate,
 )
-from chathistory.streaming_schemas import MessageUpdate
+from chathistory.schemas.streaming import MessageUpdate
 
 # -- request bodies ---------------------------------------------------------------------------
 

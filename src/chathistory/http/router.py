@@ -32,10 +32,6 @@ from chathistory.http.docs import (
     EXAMPLE_CURSOR,
     EXAMPLE_MESSAGE_IDS,
     EXAMPLE_USER,
-    AppendAnswer,
-    ConversationPage,
-    Health,
-    MessageBatch,
     finish_openapi,
     problem_responses,
 )
@@ -50,7 +46,6 @@ from chathistory.http.requests import (
     require_json,
     strict_json_loads,
 )
-from chathistory.lifecycle_schemas import Flag
 from chathistory.schemas import (
     ContextWindow,
     ConversationRead,
@@ -58,7 +53,9 @@ from chathistory.schemas import (
     MessageRead,
     Page,
 )
-from chathistory.search_schemas import SearchPage
+from chathistory.schemas.lifecycle import Flag
+from chathistory.schemas.responses import AppendAnswer, ConversationPage, Health, MessageBatch
+from chathistory.schemas.search import SearchPage
 from chathistory.store import MAX_PAGE, ChatHistory
 
 # -- the router --------------------------------------------------------------------------------

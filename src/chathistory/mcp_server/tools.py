@@ -32,7 +32,6 @@ from chathistory.errors import (
     UnavailableError,
     ValidationError,
 )
-from chathistory.openai_types import ChatToolCall, DocumentedAs, MessageContent
 from chathistory.schemas import (
     ContextWindow,
     ConversationRead,
@@ -41,7 +40,8 @@ from chathistory.schemas import (
     Page,
     Role,
 )
-from chathistory.search_schemas import SearchPage
+from chathistory.schemas.openai import ChatToolCall, DocumentedAs, MessageContent
+from chathistory.schemas.search import SearchPage
 from chathistory.store import MAX_PAGE, ChatHistory, Order
 
 INSTRUCTIONS: Final = (

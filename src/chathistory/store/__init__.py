@@ -6,7 +6,7 @@
 - ``tool_pairing``: tool results answer open calls (``open_tool_calls``), O(batch).
 - ``reading``: one message, pages by ``seq``, the newest messages (the hot read).
 - ``context``: the context window; choosing (``Budget``, ``Selection``) is pure.
-- ``archive``: export in one snapshot, import a conversation whole.
+- ``transfer``: export in one snapshot, import a conversation whole.
 - ``purging``: delete expired and old conversations in short batches (SPEC 9).
 - ``limits``: byte budgets of reads; ``sql``: PostgreSQL's hand-written statements;
   ``database``: transactions, the raw connection, failures as ``UnavailableError``;

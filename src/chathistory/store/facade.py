@@ -26,9 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chathistory import tokens
 from chathistory.errors import ConflictError, ConversationNotFoundError, ValidationError
-from chathistory.lifecycle_schemas import Flag, PurgeReport, flag
 from chathistory.models import utcnow
-from chathistory.record_schemas import ConversationRecord, MessageRecord
 from chathistory.schemas import (
     ContextWindow,
     ConversationCreate,
@@ -40,10 +38,12 @@ from chathistory.schemas import (
     Page,
     check_user_id,
 )
-from chathistory.search_schemas import SearchPage
+from chathistory.schemas.lifecycle import Flag, PurgeReport, flag
+from chathistory.schemas.search import SearchPage
+from chathistory.schemas.streaming import MessageUpdate
+from chathistory.schemas.transfer import ConversationRecord, MessageRecord
 from chathistory.store import (
     appending,
-    archive,
     context,
     conversations,
     purging,
@@ -51,12 +51,12 @@ from chathistory.store import (
     rows,
     search,
     streaming,
+    transfer,
 )
 from chathistory.store.database import DEFAULT_STREAM_TIMEOUT, Database
 from chathistory.store.opening import Opening
 from chathistory.store.reading import Branch, Order
 from chathistory.store.search import turned_off
-from chathistory.streaming_schemas import MessageUpdate
 
 DEFAULT_MAX_CONTENT_CHARS: Final = 100_000
 DEFAULT_MAX_BATCH_MESSAGES: Final = 1000
@@ -538,14 +538,14 @@ class ChatHistory:
 
     def iter_user_ids(self, *, chunk: int = 1000) -> AsyncIterator[str]:
         """Every user that has a conversation, in order (for exports of the whole database)."""
-        return archive.user_ids(self._db, chunk=chunk)
+        return transfer.user_ids(self._db, chunk=chunk)
 
     def iter_messages(
         self, user_id: str, conversation_id: uuid.UUID, *, chunk: int = 1000
     ) -> AsyncIterator[MessageRead]:
         """Every message of a conversation in seq order, read ``chunk`` rows at a time."""
         check_user_id(user_id)
-        return archive.conversation_messages(self._db, user_id, conversation_id, chunk=chunk)
+        return transfer.conversation_messages(self._db, user_id, conversation_id, chunk=chunk)
 
     def iter_export(
         self, user_ids: Iterable[str] | None = None, *, chunk: int = 200
@@ -559,14 +559,14 @@ class ChatHistory:
         Memory holds ``chunk`` rows, never a user or a conversation. Stopping early? Close the
         iterator (``contextlib.aclosing``): that ends the snapshot."""
         given = None if user_ids is None else list(dict.fromkeys(map(check_user_id, user_ids)))
-        return archive.export(self._db, given, chunk=chunk)
+        return transfer.export(self._db, given, chunk=chunk)
 
     async def import_conversation(
         self,
         record: ConversationRecord | Mapping[str, Any],
         items: Iterable[MessageRecord | Mapping[str, Any]] | None = None,
         *,
-        chunk: int = archive.IMPORT_CHUNK,
+        chunk: int = transfer.IMPORT_CHUNK,
     ) -> bool:
         """Store an exported conversation whole, keeping its ids, seq and timestamps.
 
@@ -578,4 +578,4 @@ class ChatHistory:
         come from ``items`` (a generator, say): validated and inserted at most ``chunk`` (or
         about 4 million characters) at a time inside the one transaction, so memory holds one
         chunk, never the conversation. An exception from ``items`` rolls it all back."""
-        return await archive.import_conversation(self._db, self._rules, record, items, chunk)
+        return await transfer.import_conversation(self._db, self._rules, record, items, chunk)

@@ -35,8 +35,8 @@ from typing import Any, Final
 from sqlalchemy import ColumnElement, and_, delete, false, func, or_, select
 
 from chathistory.errors import ValidationError
-from chathistory.lifecycle_schemas import PurgeReport
 from chathistory.models import conversations, utcnow
+from chathistory.schemas.lifecycle import PurgeReport
 from chathistory.store.database import Database
 from chathistory.store.rows import C
 

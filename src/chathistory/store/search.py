@@ -43,7 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from chathistory import pagination
 from chathistory.errors import SearchDisabledError, ValidationError
 from chathistory.models import ROLES, conversations, message_search, messages, utcnow
-from chathistory.search_schemas import HitConversation, SearchHit, SearchPage
+from chathistory.schemas.search import HitConversation, SearchHit, SearchPage
 from chathistory.store import branches, limits, rows, search_syntax
 from chathistory.store import conversations as conversation_room
 from chathistory.store.database import Database

@@ -20,10 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from chathistory.errors import ConflictError, ConversationNotFoundError, MessageNotFoundError
 from chathistory.models import conversations, messages
 from chathistory.schemas import MessageCreate, MessageRead
+from chathistory.schemas.streaming import MessageUpdate
 from chathistory.store import appending, rows, search, tool_pairing, tool_sites
 from chathistory.store.conversations import live
 from chathistory.store.rows import C, M
-from chathistory.streaming_schemas import MessageUpdate
 
 
 async def update_message(

@@ -1,27 +1,18 @@
-"""Input and output models, and the validation rules of the data model (SPEC section 1).
-
-Static rules live on the models; the store applies them (and its configurable size limits) to
-every write, whichever face the write came from.
-"""
+"""Messages: what an append takes (tool calls, audio, citations, OpenAI's extras), what a read
+gives back, in OpenAI's chat format too, and the context window (SPEC sections 1 and 4)."""
 
 from __future__ import annotations
 
-import math
-import re
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, cast
 
-import pydantic
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
     Field,
-    PlainValidator,
-    StrictBool,
     StrictInt,
     Tag,
     field_validator,
@@ -30,9 +21,24 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from chathistory.content_parts import check_parts, field_error
-from chathistory.errors import FieldError, ValidationError
-from chathistory.lifecycle_schemas import FutureInstant, Switch, optional_in_clients
-from chathistory.openai_types import (
+from chathistory.schemas.base import (
+    MAX_ID_CHARS,
+    MAX_NAME,
+    MAX_TOOL_CALLS,
+    READ,
+    Content,
+    ContentType,
+    Input,
+    Metadata,
+    Page,
+    Role,
+    Status,
+    Text,
+    check_metadata,
+    storable,
+)
+from chathistory.schemas.lifecycle import optional_in_clients
+from chathistory.schemas.openai import (
     ChatMessage,
     ChatToolCall,
     ContextMessage,
@@ -40,143 +46,8 @@ from chathistory.openai_types import (
     MessageContent,
 )
 
-Role = Literal["system", "user", "assistant", "tool"]
-Status = Literal["completed", "in_progress", "incomplete"]
-
-MAX_USER_ID = 255
-MAX_TITLE = 255
-MAX_NAME = 64
-MAX_ID_CHARS = 255
-MAX_METADATA_KEYS = 16
-MAX_METADATA_KEY = 64
-MAX_METADATA_VALUE = 512
-TITLE_FROM_MESSAGE_CHARS = 80
-MAX_JSON_DEPTH = 32
-MAX_TOOL_CALLS = 128
-"""Tool calls one message holds at most (OpenAI's own bound on the tools of one request)."""
-
-# Characters PostgreSQL TEXT / JSONB cannot hold: NUL and UTF-16 surrogates (a str holding one
-# is not valid Unicode text and cannot be encoded as UTF-8).
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
 # OpenAI SDK objects dumped to dicts carry these keys, empty, on every assistant message.
 _IGNORED_WHEN_EMPTY = ("refusal", "audio", "function_call", "annotations")
-
-
-def find_unstorable(value: Any, loc: tuple[str | int, ...] = ()) -> FieldError | None:
-    """The first thing in a JSON value that no backend can store alike: a string (or key)
-    holding NUL or a lone surrogate, a non-finite number, or nesting deeper than the limit."""
-    if isinstance(value, str):
-        match = _UNSTORABLE.search(value)
-        if match is None:
-            return None
-        what = "the NUL character" if match.group() == "\x00" else "a lone surrogate"
-        return FieldError(
-            loc,
-            f"text contains {what} (U+{ord(match.group()):04X}) at index {match.start()}, "
-            "which cannot be stored",
-            "unstorable_text",
-        )
-    if isinstance(value, float) and not math.isfinite(value):
-        return FieldError(loc, f"{value} is not a JSON number", "unstorable_value")
-    if isinstance(value, Mapping | list | tuple):
-        if len(loc) > MAX_JSON_DEPTH:
-            return FieldError(loc, f"nested deeper than {MAX_JSON_DEPTH} levels", "too_deep")
-        items = value.items() if isinstance(value, Mapping) else enumerate(value)
-        for key, item in items:
-            where = (*loc, key if isinstance(key, int) else str(key))
-            found = (isinstance(key, str) and find_unstorable(key, where)) or find_unstorable(
-                item, where
-            )
-            if found:
-                return found
-    return None
-
-
-def _storable(value: Any) -> Any:
-    found = find_unstorable(value)
-    if found is not None:
-        raise ValueError(found.msg)
-    return value
-
-
-def check_user_id(user_id: object) -> str:
-    if not isinstance(user_id, str):
-        raise ValidationError("must be a string", loc=("user_id",))
-    if not 1 <= len(user_id) <= MAX_USER_ID:
-        raise ValidationError(f"must be 1 to {MAX_USER_ID} characters", loc=("user_id",))
-    found = find_unstorable(user_id, ("user_id",))
-    if found:
-        raise ValidationError([found])
-    return user_id
-
-
-def check_metadata(value: Mapping[str, Any]) -> dict[str, str]:
-    if len(value) > MAX_METADATA_KEYS:
-        raise ValueError(f"at most {MAX_METADATA_KEYS} keys allowed, got {len(value)}")
-    for key, item in value.items():
-        if not isinstance(key, str) or not 1 <= len(key) <= MAX_METADATA_KEY:
-            raise ValueError(f"keys must be strings of 1 to {MAX_METADATA_KEY} characters")
-        if not isinstance(item, str):
-            raise ValueError(f"value of {key!r} must be a string")
-        if len(item) > MAX_METADATA_VALUE:
-            raise ValueError(f"value of {key!r} is longer than {MAX_METADATA_VALUE} characters")
-    _storable(value)
-    return dict(value)
-
-
-def from_pydantic(error: pydantic.ValidationError) -> ValidationError:
-    """Translate pydantic's error into the package's own, keeping each field's location."""
-    return ValidationError(
-        [
-            FieldError(_untagged(tuple(e["loc"])), _message(e), e["type"])
-            for e in error.errors(include_url=False)
-        ]
-    )
-
-
-def _message(error: Any) -> str:
-    """Pydantic's message; a text's length in characters (a length checked after a validator
-    is counted in "items")."""
-    if error["type"] in ("too_long", "too_short") and isinstance(error.get("input"), str):
-        bound = "most" if error["type"] == "too_long" else "least"
-        limit = error["ctx"]["max_length" if bound == "most" else "min_length"]
-        return f"should have at {bound} {limit} characters, not {len(error['input'])}"
-    return str(error["msg"]).removeprefix("Value error, ")
-
-
-def _untagged(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
-    """A location without the tag pydantic puts after a tool call's index (``function`` or
-    ``custom``): ``tool_calls.0.function.name``, not ``tool_calls.0.function.function.name``."""
-    for at in range(len(loc) - 2):
-        tagged = loc[at] == "tool_calls" and isinstance(loc[at + 1], int)
-        if tagged and loc[at + 2] in ("function", "custom"):
-            return (*loc[: at + 2], *loc[at + 3 :])
-    return loc
-
-
-def _content(value: Any) -> Any:
-    if value is None or isinstance(value, str):
-        return _storable(value)
-    if isinstance(value, list) and all(isinstance(part, dict) for part in value):
-        return _storable(value)
-    raise ValueError("must be a string, a list of content parts (objects), or null")
-
-
-Metadata = dict[str, str]
-Storable = AfterValidator(_storable)
-Text = Annotated[str, Storable]
-ContentType = str | list[dict[str, Any]] | None
-# Validated by the rules above and content_parts.check_parts, documented as OpenAI's typed
-# content parts.
-Content = Annotated[ContentType, PlainValidator(_content, json_schema_input_type=MessageContent)]
-
-
-class Input(BaseModel):
-    """The base of every model the store takes in (here, in ``record_schemas`` and
-    ``streaming_schemas``): an unknown field is an error, strings are kept as given."""
-
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
 
 class FunctionCall(Input):
@@ -317,7 +188,7 @@ class MessageCreate(Input):
     @field_validator("annotations", mode="before")
     @classmethod
     def _annotations(cls, value: Any) -> Any:
-        return _storable(value)
+        return storable(value)
 
     @field_validator("tool_calls", mode="before")
     @classmethod
@@ -404,70 +275,10 @@ def content_text(content: str | list[dict[str, Any]] | None) -> str:
     )
 
 
-class ConversationCreate(Input):
-    id: uuid.UUID | None = None
-    title: Text | None = Field(default=None, max_length=MAX_TITLE)
-    metadata: Metadata = Field(default_factory=dict)
-    archived: Switch = False
-    pinned: Switch = False
-    expires_at: FutureInstant | None = None
-
-    @field_validator("metadata")
-    @classmethod
-    def _metadata(cls, value: Metadata) -> Metadata:
-        return check_metadata(value)
-
-
-class ConversationUpdate(Input):
-    """Fields to change; a field left out stays as it is. ``metadata`` replaces the whole object."""
-
-    title: Text | None = Field(default=None, max_length=MAX_TITLE)
-    metadata: Metadata | None = None
-    archived: StrictBool | None = None
-    pinned: StrictBool | None = None
-    expires_at: FutureInstant | None = None
-    current_message_id: uuid.UUID | None = Field(
-        default=None, description="switch the active branch to the one ending at this message"
-    )
-
-    @field_validator("metadata")
-    @classmethod
-    def _metadata(cls, value: Metadata | None) -> Metadata | None:
-        return None if value is None else check_metadata(value)
-
-
-def every_field_required(schema: dict[str, Any]) -> None:
-    """``json_schema_extra`` of read models: every field is in every answer, defaulted ones
-    (``object``, an assistant's extras) too, so the document marks them all required."""
-    schema["required"] = list(schema.get("properties", {}))
-
-
-_READ = ConfigDict(frozen=True, json_schema_extra=every_field_required)
-
-
-class ConversationRead(BaseModel):
-    model_config = _READ
-
-    object: Literal["conversation"] = "conversation"
-    id: uuid.UUID
-    user_id: str
-    title: str | None
-    metadata: Metadata
-    created_at: datetime
-    updated_at: datetime
-    message_count: int
-    archived: bool
-    pinned: bool
-    expires_at: datetime | None
-    current_message_id: uuid.UUID | None = Field(
-        description="the last message of the active branch (section 11)"
-    )
-
-
 # The JSON values of a read message stay the dicts that were stored (the store builds read
 # models without validation); the OpenAPI document shows their typed shapes (DocumentedAs).
 class MessageRead(BaseModel):
-    model_config = _READ
+    model_config = READ
 
     object: Literal["message"] = "message"
     id: uuid.UUID
@@ -537,20 +348,6 @@ def input_message(row: Any) -> ChatMessage:
     return cast(ChatMessage, out)
 
 
-T = TypeVar("T")
-
-
-class Page(BaseModel, Generic[T]):
-    """One page of a list. ``next_cursor`` continues after the last item (``None`` if empty)."""
-
-    model_config = ConfigDict(json_schema_extra=every_field_required)
-
-    object: Literal["list"] = "list"
-    data: list[T]
-    has_more: bool
-    next_cursor: str | None
-
-
 class MessagePage(Page[MessageRead]):
     """A page of messages, also carrying OpenAI's ``first_id`` / ``last_id``."""
 
@@ -568,7 +365,7 @@ else:  # what pydantic validates: the dicts as built, unchanged; documented by r
 class ContextWindow(BaseModel):
     """What to send to an LLM: messages in OpenAI chat format, oldest first (SPEC section 4)."""
 
-    model_config = _READ
+    model_config = READ
 
     object: Literal["context_window"] = "context_window"
     messages: WindowMessages
@@ -577,8 +374,3 @@ class ContextWindow(BaseModel):
     truncated: bool = Field(description="older messages were left out to fit the budget")
     encoding: str
     exact: bool = Field(description="counted by a BPE tokenizer (false: the byte estimate)")
-
-
-def title_from(text: str) -> str | None:
-    collapsed = " ".join(text.split())
-    return collapsed[:TITLE_FROM_MESSAGE_CHARS] or None

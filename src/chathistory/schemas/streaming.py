@@ -6,15 +6,8 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from chathistory.schemas import (
-    MAX_TOOL_CALLS,
-    AnyToolCall,
-    Content,
-    Input,
-    Status,
-    Text,
-    few_tool_calls,
-)
+from chathistory.schemas.base import MAX_TOOL_CALLS, Content, Input, Status, Text
+from chathistory.schemas.messages import AnyToolCall, few_tool_calls
 
 UPDATE_FIELDS = ("content", "append_text", "tool_calls", "status")
 

@@ -17,12 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chathistory.errors import ConflictError, FieldError, ValidationError
 from chathistory.models import conversations, messages, utcnow
-from chathistory.record_schemas import ConversationRecord, MessageRecord
 from chathistory.schemas import (
     ConversationRead,
     MessageRead,
     check_user_id,
 )
+from chathistory.schemas.transfer import ConversationRecord, MessageRecord
 from chathistory.store import appending, branches, rows, search, tool_pairing, tool_sites
 from chathistory.store import conversations as rooms_conversations
 from chathistory.store.database import Database

@@ -8,7 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from chathistory.schemas import MessageRead, Page, every_field_required
+from chathistory.schemas.base import Page, every_field_required
+from chathistory.schemas.messages import MessageRead
 
 
 class HitConversation(BaseModel):

@@ -10,17 +10,17 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 
 from chathistory.content_parts import field_error
-from chathistory.lifecycle_schemas import Switch
-from chathistory.schemas import (
+from chathistory.schemas.base import (
     MAX_TITLE,
     MAX_USER_ID,
     Input,
-    MessageCreate,
     Metadata,
     Storable,
     Text,
     check_metadata,
 )
+from chathistory.schemas.lifecycle import Switch
+from chathistory.schemas.messages import MessageCreate
 
 
 class MessageRecord(MessageCreate):
