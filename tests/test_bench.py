@@ -10,10 +10,10 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from chathistory import bench
-from chathistory.bench.branches import shape
+import chathistory_bench as bench
 from chathistory.cli import app
 from chathistory.db import parse_database_url
+from chathistory_bench.branches import shape
 
 TINY = bench.Sizes(
     reads=4,

@@ -11,7 +11,9 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from chathistory.bench.capacity import (
+from chathistory.cli import app
+from chathistory.db import parse_database_url
+from chathistory_bench.capacity import (
     CapacityPlan,
     Step,
     largest_held,
@@ -20,8 +22,6 @@ from chathistory.bench.capacity import (
     summary,
     table,
 )
-from chathistory.cli import app
-from chathistory.db import parse_database_url
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

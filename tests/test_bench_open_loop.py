@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import jwt
 
-from chathistory.bench.open_loop import OpenLoopPlan, open_loop_clients
+from chathistory_bench.open_loop import OpenLoopPlan, open_loop_clients
 from test_http_serve import serving
 
 SECRET = "open-loop-secret-0123456789-abcdefghijklm"

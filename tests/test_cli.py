@@ -182,3 +182,34 @@ def test_import_round_trips_a_conversation_over_the_line_buffer(tmp_path: Path) 
     assert done.returncode == 0, done.stderr
     back = _cli("export", "--database-url", f"sqlite:///{again}")
     assert back.stdout == out.read_text()
+
+
+def test_bench_is_loaded_only_when_it_runs() -> None:
+    """The CLI lists ``bench`` without importing :mod:`chathistory_bench`; the stand-in's help
+    is the real command's, and ``bench`` itself resolves to the real command."""
+    code = (
+        "import sys\n"
+        "from chathistory.cli import app\n"
+        "try:\n"
+        "    app(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "assert not [m for m in sys.modules if m.startswith('chathistory_bench')]\n"
+    )
+    subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+
+    import inspect
+
+    import typer
+
+    from chathistory.cli import app, bench_listed
+    from chathistory_bench.command import bench_command
+
+    assert inspect.getdoc(bench_listed) == inspect.getdoc(bench_command)
+    group = typer.main.get_command(app)
+    assert isinstance(group, typer.core.TyperGroup)
+    ctx = group.make_context("chathistory", ["bench", "--quick"], resilient_parsing=True)
+    name, command, rest = group.resolve_command(ctx, ["bench", "--quick"])
+    assert (name, rest) == ("bench", ["--quick"])
+    assert command is not None
+    assert "quick" in {p.name for p in command.params}  # the stand-in takes no options

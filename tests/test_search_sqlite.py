@@ -196,7 +196,7 @@ async def _plan(store: ChatHistory, statement: Any, values: dict[str, Any]) -> s
 
 
 async def test_the_bench_searches_sqlite_too() -> None:
-    from chathistory.bench.search import SearchSizes, run_search_sqlite
+    from chathistory_bench.search import SearchSizes, run_search_sqlite
 
     sizes = SearchSizes(user_messages=1_200, table_messages=3_000, users=3, runs=8, rounds=2)
     report = await run_search_sqlite(sizes, log=lambda _: None)
@@ -207,6 +207,6 @@ async def test_the_bench_searches_sqlite_too() -> None:
     plans = report.setup["search_explain_sqlite"]
     assert set(plans) == {"zanzibar", "harbor", "quokka"}
     assert all("message_search_fts VIRTUAL TABLE" in plan for plan in plans.values())
-    from chathistory.bench import render
+    from chathistory_bench import render
 
     assert len(render(report)) == 2  # the figures, the ratios to the newest 50

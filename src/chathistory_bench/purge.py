@@ -39,11 +39,11 @@ from datetime import timedelta
 from typing import Any
 
 from chathistory import ChatHistory
-from chathistory.bench import fixtures, library
-from chathistory.bench.report import PURGE_P99_TARGET, PURGE_TARGET, Figure, Ratio, Report
-from chathistory.bench.rounds import Samples, WriterOp, percentile
 from chathistory.db import parse_database_url
 from chathistory.store.purging import DEFAULT_BATCH, DEFAULT_DUTY
+from chathistory_bench import fixtures, library
+from chathistory_bench.report import PURGE_P99_TARGET, PURGE_TARGET, Figure, Ratio, Report
+from chathistory_bench.rounds import Samples, WriterOp, percentile
 
 STALE_AFTER = timedelta(days=30)  # older_than of the stale variant (its conversations: 90 days)
 CHUNK = 5000  # victims' conversations per set-up statement
@@ -253,7 +253,7 @@ class _Purger:
         self._process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
-            "from chathistory.bench.purge import purge_process; purge_process()",
+            "from chathistory_bench.purge import purge_process; purge_process()",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )

@@ -1,5 +1,5 @@
-"""The HTTP load clients' own process (started by :func:`chathistory.bench.run_load`):
-``python -m chathistory.bench [open-loop] BASE_URL SECRET USERS_JSON PLAN_JSON`` prints the
+"""The HTTP load clients' own process (started by :func:`chathistory_bench.run_load`):
+``python -m chathistory_bench [open-loop] BASE_URL SECRET USERS_JSON PLAN_JSON`` prints the
 result as JSON."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import json
 import sys
 from pathlib import Path
 
-from chathistory.bench.load import LoadPlan, load_clients
-from chathistory.bench.open_loop import OpenLoopPlan, open_loop_clients
+from chathistory_bench.load import LoadPlan, load_clients
+from chathistory_bench.open_loop import OpenLoopPlan, open_loop_clients
 
 
 def main(argv: list[str]) -> None:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from chathistory.bench.report import Figure
+from chathistory_bench.report import Figure
 
 # One operation: (writer, n), n counting that writer's operations from 0.
 WriterOp = Callable[[int, int], Awaitable[object]]

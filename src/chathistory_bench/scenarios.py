@@ -1,7 +1,7 @@
 """The library against its floors, operation by operation, in each statement mode.
 
 For every operation the library's figure and the floor's come from the same alternating rounds
-(see :mod:`chathistory.bench.rounds`), on the same data, in the same process; the ratio of
+(see :mod:`chathistory_bench.rounds`), on the same data, in the same process; the ratio of
 their medians is what section 6 sets a target for.
 """
 
@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from chathistory import ChatHistory
-from chathistory.bench import fixtures, floors, library
-from chathistory.bench.report import FLOOR_TARGET, SCALE_TARGET, Figure, Report
-from chathistory.bench.rounds import Contender, alternate
 from chathistory.db import parse_database_url
+from chathistory_bench import fixtures, floors, library
+from chathistory_bench.report import FLOOR_TARGET, SCALE_TARGET, Figure, Report
+from chathistory_bench.rounds import Contender, alternate
 
 Log = Callable[[str], None]
 WRITERS = (1, 8)

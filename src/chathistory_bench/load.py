@@ -1,6 +1,6 @@
 """The HTTP service under load: ``chathistory serve`` in one process, the clients in another.
 
-The clients' process is ``python -m chathistory.bench`` (see ``__main__.py``): the load
+The clients' process is ``python -m chathistory_bench`` (see ``__main__.py``): the load
 generator must not share an event loop, or a core's worth of scheduling, with the server.
 """
 
@@ -18,13 +18,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from chathistory.bench.fixtures import CONTENT
-from chathistory.bench.report import Figure, Report
-from chathistory.bench.rounds import percentile
 from chathistory.db import parse_database_url
+from chathistory_bench.fixtures import CONTENT
+from chathistory_bench.report import Figure, Report
+from chathistory_bench.rounds import percentile
 
 if TYPE_CHECKING:
-    from chathistory.bench.open_loop import OpenLoopPlan
+    from chathistory_bench.open_loop import OpenLoopPlan
 
 
 @dataclass(frozen=True)
@@ -224,7 +224,7 @@ async def run_load(
     log: Callable[[str], None] = print,
 ) -> Report:
     """Serve ``url`` with ``chathistory serve`` and, beside it, the bare-ASGI floor
-    (:mod:`chathistory.bench.floor_app`), both with ``plan.workers`` workers; load them in turn
+    (:mod:`chathistory_bench.floor_app`), both with ``plan.workers`` workers; load them in turn
     from another process, ``plan.rounds`` rounds each (order alternating), and compare; then,
     with ``open_loop``, the open-loop scenario against the service."""
     import os
@@ -234,7 +234,7 @@ async def run_load(
 
     import asyncpg
 
-    from chathistory.bench.open_loop import report_open_loop
+    from chathistory_bench.open_loop import report_open_loop
 
     report = Report(setup={"load": asdict(plan)})
     dsn = parse_database_url(url).connect_args["dsn"]
@@ -267,7 +267,7 @@ async def run_load(
                 "-m",
                 "uvicorn",
                 "--factory",
-                "chathistory.bench.floor_app:create_app",
+                "chathistory_bench.floor_app:create_app",
                 "--workers",
                 str(plan.workers),
                 "--log-level",
@@ -295,7 +295,7 @@ async def run_load(
                     [
                         sys.executable,
                         "-m",
-                        "chathistory.bench",
+                        "chathistory_bench",
                         bases[name],
                         secret,
                         str(workdir / "users.json"),
@@ -327,7 +327,7 @@ async def run_load(
                 [
                     sys.executable,
                     "-m",
-                    "chathistory.bench",
+                    "chathistory_bench",
                     "open-loop",
                     bases["service"],
                     secret,

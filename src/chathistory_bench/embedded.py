@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from chathistory.bench.report import Report
+from chathistory_bench.report import Report
 
 
 async def with_embedded_server(measure: Callable[[str], Awaitable[Report]]) -> Report:

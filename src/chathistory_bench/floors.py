@@ -22,11 +22,11 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from chathistory.bench.fixtures import CONTENT, role
-from chathistory.bench.rounds import WriterOp
 from chathistory.db import decode_jsonb
 from chathistory.models import uuid7
 from chathistory.store import search_syntax
+from chathistory_bench.fixtures import CONTENT, role
+from chathistory_bench.rounds import WriterOp
 
 MESSAGE_COLUMNS = (
     "id, user_id, conversation_id, seq, role, content, name, tool_calls, tool_call_id,"

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from chathistory import ChatHistory
-from chathistory.bench.fixtures import CONTENT, role
-from chathistory.bench.rounds import WriterOp
 from chathistory.db import create_engine
+from chathistory_bench.fixtures import CONTENT, role
+from chathistory_bench.rounds import WriterOp
 
 MAX_PAGE = 100  # the largest page list_conversations serves
 

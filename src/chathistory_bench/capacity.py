@@ -1,11 +1,11 @@
 """Capacity: how many open-loop users the service holds, next to its bare-ASGI floor.
 
-The open-loop scenario of :mod:`chathistory.bench.open_loop` (each user a turn about every
+The open-loop scenario of :mod:`chathistory_bench.open_loop` (each user a turn about every
 ``turn_seconds``, 80 % reading the newest 50 of their conversation, 20 % appending, a new
 connection per turn, latency from the scheduled instant), run at a rising user count: at each
 step of ``CapacityPlan.steps`` the service (``chathistory serve``) and the floor
-(:mod:`chathistory.bench.floor_app`) each take ``step_seconds`` of turns in turn, the order
-alternating step by step, the load from a process of its own (``python -m chathistory.bench
+(:mod:`chathistory_bench.floor_app`) each take ``step_seconds`` of turns in turn, the order
+alternating step by step, the load from a process of its own (``python -m chathistory_bench
 open-loop``, the open-loop scenario's own client), after ``warmup_seconds`` of untimed turns
 each at the first step. A target holds a step when its p99 is at
 most ``p99_limit_ms`` and no turn failed; its ramp stops at the first step it does not hold,
@@ -34,11 +34,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from chathistory.bench.load import LoadPlan, _free_port, _load_fixtures, _ready, _serve
-from chathistory.bench.open_loop import OpenLoopPlan
-from chathistory.bench.report import Report
-from chathistory.bench.rounds import percentile
 from chathistory.db import parse_database_url
+from chathistory_bench.load import LoadPlan, _free_port, _load_fixtures, _ready, _serve
+from chathistory_bench.open_loop import OpenLoopPlan
+from chathistory_bench.report import Report
+from chathistory_bench.rounds import percentile
 
 Log = Callable[[str], None]
 TARGETS = ("service", "floor")
@@ -251,7 +251,7 @@ async def _servers(
     url: str, dsn: str, secret: str, workers: int
 ) -> AsyncIterator[dict[str, tuple[str, int]]]:
     """``chathistory serve`` and the bare-ASGI floor, as the HTTP load scenario starts them
-    (:func:`chathistory.bench.load.run_load`): their base URLs and process ids."""
+    (:func:`chathistory_bench.load.run_load`): their base URLs and process ids."""
     workdir = Path(tempfile.mkdtemp(prefix="chcap-"))
     env = {
         **os.environ,
@@ -266,7 +266,7 @@ async def _servers(
     commands = {
         "service": ["-m", "chathistory.cli", "serve", "--log-level", "warning", "--port"],
         "floor": [
-            *("-m", "uvicorn", "--factory", "chathistory.bench.floor_app:create_app"),
+            *("-m", "uvicorn", "--factory", "chathistory_bench.floor_app:create_app"),
             *("--workers", str(workers), "--log-level", "warning", "--no-access-log", "--port"),
         ],
     }
@@ -293,7 +293,7 @@ async def _servers(
 async def _client(base: str, secret: str, users_file: Path, plan: OpenLoopPlan) -> dict[str, Any]:
     """One step's turns, from the open-loop scenario's client process."""
     process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "chathistory.bench", "open-loop", base, secret),
+        *(sys.executable, "-m", "chathistory_bench", "open-loop", base, secret),
         *(str(users_file), json.dumps(asdict(plan))),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

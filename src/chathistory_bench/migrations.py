@@ -28,8 +28,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from chathistory.bench.report import Figure, Report
 from chathistory.db import parse_database_url
+from chathistory_bench.report import Figure, Report
 
 Log = Callable[[str], None]
 DATABASE = "chathistory_bench_migrations"

@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from chathistory import ChatHistory
-from chathistory.bench import fixtures, library
-from chathistory.bench.report import Report
-from chathistory.bench.rounds import Contender, WriterOp, alternate
 from chathistory.db import parse_database_url
+from chathistory_bench import fixtures, library
+from chathistory_bench.report import Report
+from chathistory_bench.rounds import Contender, WriterOp, alternate
 
 SEARCH_TARGET = 10.0  # section 6: a search at most 10x the p50 of reading the newest 50
 RARE, COMMON, ABSENT = "zanzibar", "harbor", "quokka"

@@ -1,5 +1,7 @@
-"""The ``chathistory bench`` command (registered by :mod:`chathistory.cli`): the scenarios of
-:mod:`chathistory.bench`, imported when the command runs."""
+"""The ``chathistory bench`` command: the scenarios of :mod:`chathistory_bench`.
+
+:mod:`chathistory.cli` lists the command and imports this module only when ``bench`` runs, so
+the library and the rest of the CLI never load the benchmarks."""
 
 from __future__ import annotations
 
@@ -163,7 +165,7 @@ def bench_command(
 
     from rich.console import Console as RichConsole
 
-    from chathistory import bench as benchmarks
+    import chathistory_bench as benchmarks
 
     if search_backend not in ("postgresql", "sqlite", "both"):
         console.print("[red]error:[/red] --search-backend: postgresql, sqlite or both")
@@ -185,7 +187,7 @@ def bench_command(
     plan_overrides: dict[str, Any] = {"seconds": load_seconds, "clients": clients}
     plan = dataclasses.replace(plan, **{k: v for k, v in plan_overrides.items() if v})
 
-    from chathistory.bench import capacity as ramps
+    from chathistory_bench import capacity as ramps
 
     ramp_plan = ramps.CapacityPlan.quick() if quick else ramps.CapacityPlan()
     try:
@@ -222,7 +224,7 @@ def bench_command(
             for word, explained in found.setup["search_explain"].items():
                 log(f"search plan, {word}:\n{explained}")
         if search and search_backend in ("sqlite", "both"):
-            from chathistory.bench.search import run_search_sqlite
+            from chathistory_bench.search import run_search_sqlite
 
             on_sqlite = await run_search_sqlite(search_sizes, log=log)
             report.merge(on_sqlite)
@@ -235,7 +237,7 @@ def bench_command(
             sized = benchmarks.BranchSizes.quick() if quick else benchmarks.BranchSizes()
             report.merge(await benchmarks.run_branches(url, sized, log=log))
         if storage:
-            from chathistory.bench.storage import StorageSizes, run_storage
+            from chathistory_bench.storage import StorageSizes, run_storage
 
             sized_s = StorageSizes.quick() if quick else StorageSizes()
             report.merge(await run_storage(url, sized_s, log=log))

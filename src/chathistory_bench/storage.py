@@ -26,8 +26,8 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from chathistory.bench.report import Figure, Report
-from chathistory.bench.rounds import Samples, WriterOp, _drive
+from chathistory_bench.report import Figure, Report
+from chathistory_bench.rounds import Samples, WriterOp, _drive
 
 Log = Callable[[str], None]
 LANGCHAIN_TABLE = "langchain_message_store"

@@ -18,10 +18,10 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from chathistory.bench.fixtures import CONTENT
-from chathistory.bench.load import _Connection, take_turn
-from chathistory.bench.report import Figure, Report
-from chathistory.bench.rounds import percentile
+from chathistory_bench.fixtures import CONTENT
+from chathistory_bench.load import _Connection, take_turn
+from chathistory_bench.report import Figure, Report
+from chathistory_bench.rounds import percentile
 
 
 @dataclass(frozen=True)
