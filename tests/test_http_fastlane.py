@@ -19,7 +19,7 @@ from chathistory import ChatHistory
 from chathistory.config import Settings
 from chathistory.http import HTTPProblem, JWTVerifier, create_app
 from chathistory.http import auth as auth_module
-from chathistory.http.fastlane import FastLane
+from chathistory.http.middleware import FastLane
 
 SECRET = "test-secret-for-the-fast-lane-0123456789"
 

@@ -142,7 +142,7 @@ def _check_logging_config() -> None:
     assert isinstance(config["loggers"], dict), "LOGGING_CONFIG has no loggers"
 
 
-# -- FastAPI: dependency overrides (chathistory.http.fastlane) ---------------------------------
+# -- FastAPI: dependency overrides (chathistory.http.middleware.fast_lane) ---------------------
 
 
 def _check_dependency_overrides() -> None:
@@ -267,7 +267,7 @@ INTERNALS: tuple[Internal, ...] = (
     Internal(
         "fastapi",
         "FastAPI.dependency_overrides",
-        "chathistory.http.fastlane (FastLane)",
+        "chathistory.http.middleware.fast_lane (FastLane)",
         "the fast lane steps aside when a test or host app overrides a dependency",
         _check_dependency_overrides,
     ),

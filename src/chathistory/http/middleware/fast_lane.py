@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from chathistory.http.auth import JWTVerifier
 from chathistory.http.problems import problem_from_exception, problem_response
 from chathistory.http.requests import strict_json_loads
-from chathistory.http.router import created_location
+from chathistory.http.routes.common import created_location
 from chathistory.schemas import MessagePage
 from chathistory.schemas.responses import AppendAnswer, MessageBatch
 from chathistory.store import MAX_PAGE
