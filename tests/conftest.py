@@ -27,8 +27,8 @@ import pytest
 from chathistory import ChatHistory, migrations
 from chathistory.db import create_engine
 from chathistory.migrations import citus as citus_schema
-from citus_cluster import Cluster, citus_dir, remove, start_cluster
-from pgbouncer import pgbouncer
+from tests.support.citus_cluster import Cluster, citus_dir, remove, start_cluster
+from tests.support.pgbouncer import pgbouncer
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 STORE_DB = "chathistory_store_tests"

@@ -27,7 +27,7 @@ from chathistory.db import create_engine
 from chathistory.migrations import citus as citus_schema
 from chathistory.models import conversations, message_search, messages
 from chathistory.store import search_syntax
-from citus_cluster import Cluster
+from tests.support.citus_cluster import Cluster
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

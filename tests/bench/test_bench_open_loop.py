@@ -10,7 +10,7 @@ import httpx
 import jwt
 
 from chathistory_bench.open_loop import OpenLoopPlan, open_loop_clients
-from test_http_serve import serving
+from tests.http.test_http_serve import serving
 
 SECRET = "open-loop-secret-0123456789-abcdefghijklm"
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 WORKERS = 2
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def citus_dir() -> Path | None:

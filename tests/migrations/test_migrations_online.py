@@ -21,8 +21,8 @@ from chathistory import migrations
 from chathistory.db import create_engine
 from chathistory.migrations import citus as citus_schema
 from chathistory.migrations import online
-from citus_cluster import Cluster
-from pgbouncer import pgbouncer
+from tests.support.citus_cluster import Cluster
+from tests.support.pgbouncer import pgbouncer
 
 FIRST = "0001_initial"
 STORE_TABLES = ("conversations", "messages", "open_tool_calls", "message_search")

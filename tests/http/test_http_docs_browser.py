@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from chathistory.http.docs_page import CONTENT_SECURITY_POLICY, REDOC_CONTENT_SECURITY_POLICY
-from test_http_serve import SECRET, _free_port, serving
+from tests.http.test_http_serve import SECRET, _free_port, serving
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")  # as conftest.py reads it
 

@@ -254,7 +254,7 @@ async def test_http_search(store: ChatHistory, user: str, other_user: str) -> No
     import httpx
 
     from chathistory.http import create_app
-    from test_http_api import bearer, locs, problem, settings
+    from tests.http.test_http_api import bearer, locs, problem, settings
 
     app = create_app(settings(), store=store)
     async with httpx.AsyncClient(

@@ -29,8 +29,8 @@ from chathistory import (
 )
 from chathistory.models import messages
 from chathistory.schemas.streaming import MessageUpdate
-from test_http_api import bearer, problem
-from test_http_serve import SECRET, serving
+from tests.http.test_http_api import bearer, problem
+from tests.http.test_http_serve import SECRET, serving
 
 M = messages.c
 CALL = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
@@ -241,7 +241,7 @@ async def test_the_context_window_leaves_out_what_still_streams(
 
 async def test_the_http_patch_route(store: ChatHistory, user: str) -> None:
     from chathistory.http import create_app
-    from test_http_api import settings
+    from tests.http.test_http_api import settings
 
     app = create_app(settings(), store=store)
     async with httpx.AsyncClient(
@@ -333,7 +333,7 @@ async def test_concurrent_updates_each_keep_their_text(store: ChatHistory, user:
 
 def _guide_example() -> Callable[..., Any]:
     """The streaming example of the library guide (docs/library.md), run as written."""
-    guide = (Path(__file__).parent.parent / "docs" / "library.md").read_text()
+    guide = (Path(__file__).parents[2] / "docs" / "library.md").read_text()
     after = guide.split("<!-- streaming-example -->", 1)[1]
     code = after.split("```python\n", 1)[1].split("```", 1)[0]
     namespace: dict[str, Any] = {}

@@ -23,8 +23,8 @@ from sqlalchemy.engine import Connection
 from chathistory import ChatHistory, migrations
 from chathistory.migrations import citus as citus_schema
 from chathistory.migrations import downgrading
-from citus_cluster import Cluster
-from pgbouncer import pgbouncer
+from tests.support.citus_cluster import Cluster
+from tests.support.pgbouncer import pgbouncer
 
 HEAD = migrations.head()
 FIRST = "0001_initial"

@@ -27,7 +27,7 @@ from chathistory import ChatHistory
 from chathistory.config import Settings
 from chathistory.db import create_engine
 from chathistory.http import create_app
-from test_http_serve import serving
+from tests.http.test_http_serve import serving
 
 SECRET = "mcp-test-secret-0123456789-abcdefghijklmnop"
 BASE_URL = "http://127.0.0.1:8000"

@@ -31,7 +31,7 @@ from chathistory.models import conversations
 from chathistory.schemas.lifecycle import parse_duration
 from chathistory.store import sql
 from chathistory.transfer import export_jsonl
-from test_http_api import bearer, problem, settings
+from tests.http.test_http_api import bearer, problem, settings
 
 C = conversations.c
 

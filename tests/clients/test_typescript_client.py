@@ -26,7 +26,7 @@ import httpx
 import jwt
 import pytest
 
-from test_http_serve import serving  # the same real-process helper
+from tests.http.test_http_serve import serving  # the same real-process helper
 
 TS = Path(__file__).parent / "ts"
 NODE_MODULES = TS / "node_modules"
