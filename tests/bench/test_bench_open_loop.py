@@ -10,9 +10,8 @@ import httpx
 import jwt
 
 from chathistory_bench.open_loop import OpenLoopPlan, open_loop_clients
+from tests.fixtures.http import SECRET
 from tests.http.test_http_serve import serving
-
-SECRET = "open-loop-secret-0123456789-abcdefghijklm"
 
 
 async def test_every_scheduled_turn_is_sent_and_timed(tmp_path: Path) -> None:

@@ -17,8 +17,7 @@ from fastapi.testclient import TestClient
 
 from chathistory.config import Settings
 from chathistory.http.app import create_app
-
-SECRET = "a-test-secret-that-is-long-enough-0123456789"
+from tests.fixtures.http import SECRET
 
 
 def test_token_is_verifiable() -> None:

@@ -26,12 +26,12 @@ import httpx
 import jwt
 import pytest
 
+from tests.fixtures.http import SECRET
 from tests.http.test_http_serve import serving  # the same real-process helper
 
 TS = Path(__file__).parent / "ts"
 NODE_MODULES = TS / "node_modules"
 INSTALLED_MARK = NODE_MODULES / ".chathistory-lock.sha256"
-SECRET = "typescript-client-secret-0123456789-abcdef"
 USER = "ts-client-user"
 MIN_NODE = 18
 

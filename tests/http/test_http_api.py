@@ -18,8 +18,8 @@ from chathistory import ChatHistory
 from chathistory.config import Settings
 from chathistory.db import create_engine
 from chathistory.http import HTTPProblem, Principal, build_router, create_app
+from tests.fixtures.http import SECRET, asgi_client
 
-SECRET = "test-secret-for-the-http-api-0123456789"
 PROBLEM_JSON = "application/problem+json"
 
 
@@ -43,8 +43,7 @@ def settings(**overrides: Any) -> Settings:
 @pytest.fixture
 async def client(store: ChatHistory) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings(), store=store)
-    transport = httpx.ASGITransport(app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+    async with asgi_client(app) as http:
         yield http
 
 
@@ -753,8 +752,7 @@ async def test_a_201_names_what_it_created_in_location(
 async def test_location_keeps_the_mount_and_proxy_prefix(store: ChatHistory, user: str) -> None:
     host = FastAPI()
     host.mount("/service", create_app(settings(), store=store))
-    transport = httpx.ASGITransport(host, root_path="/proxy")
-    async with httpx.AsyncClient(transport=transport, base_url="http://host") as http:
+    async with asgi_client(host, root_path="/proxy", base_url="http://host") as http:
         created = await http.post(
             f"/proxy/service/api/{user}/conversations", json={}, headers=bearer(user)
         )
@@ -779,8 +777,7 @@ async def test_router_mounts_in_a_host_app(store: ChatHistory, user: str) -> Non
 
     host = FastAPI()
     host.include_router(build_router(get_store=host_store, authenticate=host_auth, prefix="/chat"))
-    transport = httpx.ASGITransport(host)
-    async with httpx.AsyncClient(transport=transport, base_url="http://host") as http:
+    async with asgi_client(host, base_url="http://host") as http:
         me = {"X-User": user}
         created = await http.post(f"/chat/{user}/conversations", json={"title": "t"}, headers=me)
         assert created.status_code == 201
@@ -813,8 +810,7 @@ async def test_unreachable_database_is_503_with_retry_after() -> None:
     store = ChatHistory(engine, owns_engine=True)
     app = create_app(settings(retry_after_seconds=9), store=store)
     try:
-        transport = httpx.ASGITransport(app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        async with asgi_client(app) as http:
             assert (await http.get("/healthz")).status_code == 200
             ready = await http.get("/readyz")
             problem(ready, 503, "unavailable")
@@ -894,9 +890,8 @@ async def sqlite_client(
 ) -> AsyncIterator[tuple[ChatHistory, httpx.AsyncClient]]:
     store = ChatHistory(create_engine(sqlite_store_url), owns_engine=True)
     app = create_app(settings(), store=store)
-    transport = httpx.ASGITransport(app, raise_app_exceptions=False)
     try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        async with asgi_client(app, raise_app_exceptions=False) as http:
             yield store, http
     finally:
         await store.close()

@@ -28,8 +28,8 @@ from chathistory.config import Settings
 from chathistory.db import create_engine
 from chathistory.http import JWTVerifier, create_app
 from chathistory.http.problems import HTTPProblem
+from tests.fixtures.http import SECRET, asgi_client
 
-SECRET = "auth-test-secret-0123456789-abcdefghijklmnop"
 ISSUER = "https://issuer.test"
 AUDIENCE = "chathistory-api"
 
@@ -77,9 +77,7 @@ async def call(
 ) -> httpx.Response:
     app = create_app(config, store=store)
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app), base_url="http://test"
-    ) as http:
+    async with asgi_client(app) as http:
         return await http.request(method, path, headers=headers)
 
 
@@ -153,9 +151,7 @@ async def test_missing_or_non_bearer_header_is_401(sqlite_store: ChatHistory, us
         await call(sqlite_store, config, f"/api/{user}/conversations", None), invalid_token=False
     )
     app = create_app(config, store=sqlite_store)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app), base_url="http://test"
-    ) as http:
+    async with asgi_client(app) as http:
         for value in ("Basic dXNlcjpwdw==", "Bearer", "Bearer ", hs256(claims(user))):
             response = await http.get(
                 f"/api/{user}/conversations", headers={"Authorization": value}
@@ -169,9 +165,7 @@ async def test_missing_or_non_bearer_header_is_401(sqlite_store: ChatHistory, us
 async def test_refused_hs256_tokens(sqlite_store: ChatHistory, user: str, make_token: Any) -> None:
     token = make_token(user)
     app = create_app(settings(**HS_CONFIG), store=sqlite_store)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app), base_url="http://test"
-    ) as http:
+    async with asgi_client(app) as http:
         for method, path in (
             ("GET", f"/api/{user}/conversations"),
             ("POST", f"/api/{user}/conversations"),
@@ -310,9 +304,7 @@ async def test_valid_jwks_tokens(
     app = create_app(jwks_config(jwks), store=sqlite_store)
     token = signed(keys, algorithm, kid, claims(user))
     headers = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app), base_url="http://test"
-    ) as http:
+    async with asgi_client(app) as http:
         created = await http.post(
             f"/api/{user}/conversations", json={"title": "t"}, headers=headers
         )
@@ -459,7 +451,7 @@ async def test_insecure_switch_serves_without_auth_and_warns(
     with caplog.at_level(logging.WARNING, logger="chathistory"):
         async with (
             app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test") as http,
+            asgi_client(app) as http,
         ):
             created = await http.post(f"/api/{user}/conversations")
             assert created.status_code == 201

@@ -15,8 +15,8 @@ import pytest
 from chathistory import ChatHistory
 from chathistory.config import Settings
 from chathistory.http import create_app
+from tests.fixtures.http import SECRET, asgi_client
 
-SECRET = "browser-secret-0123456789-abcdefghijklmnop"
 ORIGIN = "https://app.example"
 
 
@@ -27,7 +27,7 @@ def auth(user: str) -> dict[str, str]:
 
 async def client_for(store: ChatHistory, **settings: str) -> httpx.AsyncClient:
     app = create_app(Settings(jwt_secret=SECRET, **settings), store=store)  # type: ignore[arg-type]
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test")
+    return asgi_client(app)
 
 
 @pytest.fixture

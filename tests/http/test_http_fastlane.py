@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -20,8 +20,7 @@ from chathistory.config import Settings
 from chathistory.http import HTTPProblem, JWTVerifier, create_app
 from chathistory.http import auth as auth_module
 from chathistory.http.fastlane import FastLane
-
-SECRET = "test-secret-for-the-fast-lane-0123456789"
+from tests.fixtures.http import SECRET
 
 
 def token(sub: str, **claims: Any) -> str:
@@ -58,11 +57,12 @@ def count_passed(app: FastAPI) -> Counted:
 
 
 @pytest.fixture
-async def lane(store: ChatHistory) -> AsyncIterator[tuple[httpx.AsyncClient, Counted, FastAPI]]:
+async def lane(
+    store: ChatHistory, asgi_client: Callable[..., httpx.AsyncClient]
+) -> AsyncIterator[tuple[httpx.AsyncClient, Counted, FastAPI]]:
     app = create_app(Settings(jwt_secret=SECRET, jwt_jwks_url=None), store=store)
     counted = count_passed(app)
-    transport = httpx.ASGITransport(app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+    async with asgi_client(app, raise_app_exceptions=False) as http:
         yield http, counted, app
 
 

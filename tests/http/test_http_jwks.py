@@ -32,6 +32,7 @@ from chathistory.config import Settings
 from chathistory.db import create_engine
 from chathistory.http import JWTVerifier, create_app
 from chathistory.http.problems import HTTPProblem
+from tests.fixtures.http import asgi_client
 
 ORIGIN: Final = "http://localhost:3000"
 CACHE_SECONDS: Final = 300.0
@@ -216,9 +217,7 @@ def better_auth_settings(provider: BetterAuth, **overrides: Any) -> Settings:
 async def api(sqlite_store: ChatHistory, provider: BetterAuth) -> AsyncIterator[httpx.AsyncClient]:
     """The service configured for Better Auth, one verifier (and key cache) for the test."""
     app = create_app(better_auth_settings(provider), store=sqlite_store)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app), base_url="http://test"
-    ) as client:
+    async with asgi_client(app) as client:
         yield client
 
 
@@ -322,9 +321,7 @@ async def test_provider_down_at_first_then_up(
         provider.up.clear()
         token = provider.token(user)
         app = create_app(better_auth_settings(provider), store=sqlite_store)
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app), base_url="http://test"
-        ) as api:
+        async with asgi_client(app) as api:
             with caplog.at_level(logging.INFO, logger="chathistory.http"):
                 burst = await asyncio.gather(*(list_as(api, user, token) for _ in range(8)))
             for response in burst:  # one fetch for the burst, then a short Retry-After
@@ -476,7 +473,7 @@ async def test_aud_without_an_expected_audience_says_so(
 ) -> None:
     app = create_app(better_auth_settings(provider, jwt_audience=None), store=sqlite_store)
     token = provider.token(user)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test") as api:
+    async with asgi_client(app) as api:
         with caplog.at_level(logging.INFO, logger="chathistory.http"):
             response = await list_as(api, user, token)
     assert response.status_code == 401

@@ -27,8 +27,8 @@ import pytest
 
 from chathistory.config import Settings
 from chathistory.http.server import DEFAULT_MAX_HEADER_BYTES, uvicorn_options
+from tests.fixtures.http import SECRET
 
-SECRET = "limits-test-secret-0123456789-abcdefghij"
 LIMIT = 16 * 1024  # not the default: the setting must reach the server
 USER = "limits-user"
 TIMEOUT = 30.0  # a failure deadline for each socket read, never a synchronisation

@@ -22,8 +22,8 @@ from chathistory.config import Settings
 from chathistory.db import create_engine
 from chathistory.errors import SchemaNotCurrentError
 from chathistory.http import create_app
+from tests.fixtures.http import SECRET, asgi_client
 
-SECRET = "readiness-test-secret-0123456789-abcdefghij"
 UPGRADE = "chathistory db upgrade"
 
 
@@ -37,9 +37,8 @@ async def serving(url: str) -> AsyncIterator[tuple[httpx.AsyncClient, ChatHistor
     """The app on a store opened without migrating, as with migrate-on-start off."""
     store = ChatHistory(create_engine(url, pool_timeout=5, connect_timeout=5), owns_engine=True)
     settings = Settings(jwt_secret=SECRET, jwt_jwks_url=None, retry_after_seconds=4)
-    transport = httpx.ASGITransport(create_app(settings, store=store))
     try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        async with asgi_client(create_app(settings, store=store)) as http:
             yield http, store
     finally:
         await store.close()

@@ -30,8 +30,8 @@ from schemathesis.specs.openapi.checks import (
 from chathistory.config import Settings
 from chathistory.http import create_app
 from chathistory.http.docs import CONVERSATION_EXAMPLE, MESSAGE_EXAMPLES
+from tests.fixtures.http import SECRET
 
-SECRET = "schemathesis-secret-0123456789-abcdefgh"
 CHECKS = [
     not_a_server_error,
     status_code_conformance,

@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import jwt
 
-SECRET = "serve-test-secret-0123456789-abcdefghij"
+from tests.fixtures.http import SECRET
+
 # After a graceful shutdown uvicorn re-raises the signal it caught, so a process manager sees
 # "terminated by SIGTERM"; a plain 0 is fine too. Anything else is not a clean exit.
 CLEAN_EXIT = (0, -signal.SIGTERM)

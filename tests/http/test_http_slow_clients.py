@@ -21,7 +21,8 @@ import httpx
 import jwt
 import pytest
 
-SECRET = "slow-clients-test-secret-0123456789-abcdef"
+from tests.fixtures.http import SECRET
+
 USER = "slow-user"
 HEADER_TIMEOUT = 2
 BODY_TIMEOUT = 2

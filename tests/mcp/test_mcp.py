@@ -27,9 +27,9 @@ from chathistory import ChatHistory
 from chathistory.config import Settings
 from chathistory.db import create_engine
 from chathistory.http import create_app
+from tests.fixtures.http import SECRET
 from tests.http.test_http_serve import serving
 
-SECRET = "mcp-test-secret-0123456789-abcdefghijklmnop"
 BASE_URL = "http://127.0.0.1:8000"
 READ_AND_WRITE = {
     "list_conversations",

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chathistory import ChatHistory, ValidationError
+from tests.fixtures.http import asgi_client
 
 CALL = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
 
@@ -325,7 +326,6 @@ async def test_search_finds_the_active_branch(store: ChatHistory, user: str) -> 
 
 
 async def test_the_http_api_edits_regenerates_and_switches(store: ChatHistory, user: str) -> None:
-    import httpx
 
     from chathistory.http import create_app
     from tests.http.test_http_api import bearer, problem, settings
@@ -334,7 +334,7 @@ async def test_the_http_api_edits_regenerates_and_switches(store: ChatHistory, u
     app = create_app(settings(), store=store)
     base = f"/api/{user}/conversations/{conv}"
     auth = bearer(user)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as http:
+    async with asgi_client(app, base_url="http://t") as http:
         regenerated = await http.post(
             f"{base}/messages",
             json={"role": "assistant", "content": "a2b", "parent_id": str(u2.id)},

@@ -31,6 +31,7 @@ from chathistory.models import conversations
 from chathistory.schemas.lifecycle import parse_duration
 from chathistory.store import sql
 from chathistory.transfer import export_jsonl
+from tests.fixtures.http import asgi_client
 from tests.http.test_http_api import bearer, problem, settings
 
 C = conversations.c
@@ -492,8 +493,7 @@ def test_durations() -> None:
 @pytest.fixture
 async def http(store: ChatHistory) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings(), store=store)
-    transport = httpx.ASGITransport(app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    async with asgi_client(app) as client:
         yield client
 
 

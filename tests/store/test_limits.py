@@ -14,6 +14,7 @@ from chathistory import ChatHistory, ValidationError
 from chathistory.db import create_engine
 from chathistory.models import open_tool_calls
 from chathistory.schemas import MAX_TOOL_CALLS
+from tests.fixtures.http import asgi_client
 
 
 @pytest.fixture
@@ -188,7 +189,6 @@ async def test_http_limits_come_from_the_settings(backend_url: str, user: str) -
     batch over the cap is a 422 naming `messages`, and a page stops at the byte budget."""
     import time
 
-    import httpx
     import jwt
 
     from chathistory.config import Settings
@@ -207,9 +207,7 @@ async def test_http_limits_come_from_the_settings(backend_url: str, user: str) -
     headers = {"Authorization": f"Bearer {token}"}
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app), base_url="http://test", headers=headers
-        ) as http,
+        asgi_client(app, headers=headers) as http,
     ):
         conv = (await http.post(f"/api/{user}/conversations", json={})).json()["id"]
         path = f"/api/{user}/conversations/{conv}/messages"
@@ -287,7 +285,6 @@ async def test_tool_calls_per_batch_are_capped(small: ChatHistory, user: str) ->
 async def test_http_names_the_tool_calls_over_the_cap(backend_url: str, user: str) -> None:
     import time
 
-    import httpx
     import jwt
 
     from chathistory.config import Settings
@@ -298,9 +295,8 @@ async def test_http_names_the_tool_calls_over_the_cap(backend_url: str, user: st
     token = jwt.encode({"sub": user, "exp": int(time.time()) + 600}, secret, "HS256")
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app),
-            base_url="http://test",
+        asgi_client(
+            app,
             headers={"Authorization": f"Bearer {token}"},
         ) as http,
     ):

@@ -14,6 +14,7 @@ from chathistory import ChatHistory
 from chathistory.cli import app
 from chathistory.errors import ConversationNotFoundError, InvalidCursorError, ValidationError
 from chathistory.store import search_syntax
+from tests.fixtures.http import asgi_client
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog",  # 0
@@ -251,15 +252,12 @@ def test_cli_search_table_and_json_lines(backend_url: str, user: str) -> None:
 
 
 async def test_http_search(store: ChatHistory, user: str, other_user: str) -> None:
-    import httpx
 
     from chathistory.http import create_app
     from tests.http.test_http_api import bearer, locs, problem, settings
 
     app = create_app(settings(), store=store)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app), base_url="http://test"
-    ) as http:
+    async with asgi_client(app) as http:
         conv = await store.create_conversation(user, title="Trip")
         for n in range(3):
             await store.add_message(user, conv.id, "user", f"Lisbon <tram> {n}")

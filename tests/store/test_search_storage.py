@@ -15,6 +15,7 @@ from chathistory.config import Settings
 from chathistory.errors import SearchDisabledError
 from chathistory.models import message_search
 from chathistory.store import search
+from tests.fixtures.http import asgi_client
 
 
 async def _search_rows(store: ChatHistory, user: str) -> int:
@@ -103,16 +104,13 @@ async def test_a_message_updated_with_search_off_is_indexed_anew_by_fill(
 
 
 async def test_search_off_over_http_is_a_409(store: ChatHistory, user: str) -> None:
-    import httpx
 
     from chathistory.http import create_app
     from tests.http.test_http_api import bearer, problem, settings
 
     unindexed = ChatHistory(store.engine, search=False)
     app = create_app(settings(), store=unindexed)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app), base_url="http://test"
-    ) as http:
+    async with asgi_client(app) as http:
         conv = await unindexed.create_conversation(user)
         await unindexed.add_message(user, conv.id, "user", "Lisbon")
         answer = await http.get(f"/api/{user}/search", params={"q": "lisbon"}, headers=bearer(user))

@@ -29,6 +29,7 @@ from chathistory import (
 )
 from chathistory.models import messages
 from chathistory.schemas.streaming import MessageUpdate
+from tests.fixtures.http import asgi_client
 from tests.http.test_http_api import bearer, problem
 from tests.http.test_http_serve import SECRET, serving
 
@@ -244,9 +245,7 @@ async def test_the_http_patch_route(store: ChatHistory, user: str) -> None:
     from tests.http.test_http_api import settings
 
     app = create_app(settings(), store=store)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app), base_url="http://test"
-    ) as http:
+    async with asgi_client(app) as http:
         conv, message = await _streaming(store, user)
         path = f"/api/{user}/conversations/{conv}/messages/{message.id}"
         for piece in ("Day ", "one"):
