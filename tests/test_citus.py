@@ -24,9 +24,9 @@ from chathistory.db import create_engine
 from chathistory.migrations import citus as citus_schema
 from chathistory.models import metadata
 from chathistory.store.database import CITUS_SNAPSHOT_SQL
-from citus_cluster import Cluster
-from test_faults import _auth, serving
-from test_sharding import _exercise
+from tests.store.test_sharding import _exercise
+from tests.support.citus_cluster import Cluster
+from tests.test_faults import _auth, serving
 
 TABLES = {table.name for table in metadata.sorted_tables}
 
