@@ -27,7 +27,6 @@ from chathistory.db import create_engine
 from chathistory.migrations import citus as citus_schema
 from chathistory.models import conversations, message_search, messages
 from chathistory.store import search_syntax
-from tests.support.citus_cluster import Cluster
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -473,9 +472,9 @@ async def test_0008_indexes_the_refusal_parts_of_stored_messages(fresh_url: str)
         assert await _found(store, "u1", "sorrowfully") == [5001]
 
 
-async def test_0008_on_a_distributed_database(citus_cluster: Cluster) -> None:
+async def test_0008_on_a_distributed_database(citus_database: Callable[[str], str]) -> None:
     """Migration 0008 on Citus: its reads walk every shard, its writes go to one each."""
-    url = citus_cluster.database("refusal_search_migration")
+    url = citus_database("refusal_search_migration")
     await migrations.upgrade(url)
     await citus_schema.distribute(url)  # needs the newest revision: then down to 0007
     await migrations.downgrade(url, "0007_branches")

@@ -21,7 +21,6 @@ from chathistory import migrations
 from chathistory.db import create_engine
 from chathistory.migrations import citus as citus_schema
 from chathistory.migrations import online
-from tests.support.citus_cluster import Cluster
 from tests.support.pgbouncer import pgbouncer
 
 FIRST = "0001_initial"
@@ -331,13 +330,13 @@ def test_concurrent_upgrades_through_pgbouncer(
 
 
 def test_an_interrupted_upgrade_of_distributed_tables(
-    citus_cluster: Cluster, filled: Callable[[str], str], observe: Any
+    citus_database: Callable[[str], str], filled: Callable[[str], str], observe: Any
 ) -> None:
     """On Citus: distributed tables at the first revision with data, an upgrade stopped in the
     middle of 0007's backfill, then resumed, end as an uninterrupted upgrade on PostgreSQL."""
     reference = filled("chathistory_online_citus_reference")
     asyncio.run(migrations.upgrade(reference))
-    url = citus_cluster.database("online_migrations")
+    url = citus_database("online_migrations")
     asyncio.run(migrations.upgrade(url))
     asyncio.run(citus_schema.distribute(url))  # needs the newest revision: then down to 0001
     asyncio.run(migrations.downgrade(url, FIRST))

