@@ -299,3 +299,135 @@ async def test_a_tokens_first_request_takes_the_lane(
     for headers, status in ((bearer(forged), 401), (bearer(token(other_user)), 403)):
         assert (await http.get(path, headers=headers)).status_code == status
     assert counted.passed == before + 2
+
+
+# -- the setting: which path answers, and that both answer alike --------------------------------
+
+
+class Routed:
+    """The whole app, noting for each HTTP request the operation FastAPI's router gave it
+    (``scope["route"]``, which only Starlette's router sets), ``None`` when no route saw it:
+    the fast lane answered."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.operations: list[str | None] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+        if scope["type"] == "http":
+            self.operations.append(getattr(scope.get("route"), "operation_id", None))
+
+
+def routed_app(store: ChatHistory, *, fast_lane: bool) -> Routed:
+    settings = Settings(jwt_secret=SECRET, jwt_jwks_url=None, fast_lane=fast_lane)
+    return Routed(create_app(settings, store=store))
+
+
+def hot_requests(user: str, conv: str) -> list[tuple[str, str, Any, int]]:
+    """Requests the lane takes when it is on: reads, appends (new, replayed, one, a batch) and
+    what the store refuses (404, 409, 422)."""
+    path = f"/api/{user}/conversations/{conv}/messages"
+    missing = f"/api/{user}/conversations/{uuid.uuid4()}/messages"
+    one = {"id": str(uuid.uuid4()), "role": "user", "content": "hé ✓"}
+    batch = [{"id": str(uuid.uuid4()), "role": "assistant", "content": "b"}]
+    return [
+        ("GET", path, None, 200),
+        ("POST", path, one, 201),
+        ("POST", path, one, 200),
+        ("POST", path, batch, 201),
+        ("POST", path, batch, 200),
+        ("GET", path + "?order=desc&limit=1", None, 200),
+        ("GET", missing, None, 404),
+        ("POST", missing, {"role": "user", "content": "x"}, 404),
+        ("POST", path, one | {"content": "changed"}, 409),
+        ("POST", path, {"role": "nobody", "content": "x"}, 422),
+        ("POST", path, [], 422),
+    ]
+
+
+async def test_the_setting_alone_chooses_the_path(
+    store: ChatHistory, user: str, fast_lane: bool, asgi_client: Callable[..., httpx.AsyncClient]
+) -> None:
+    """With ``fast_lane`` on, the lane answers every hot request, a token's first or not;
+    with it off, FastAPI's routes do. Any other request is the routes' either way."""
+    app = routed_app(store, fast_lane=fast_lane)
+    http = asgi_client(app, raise_app_exceptions=False)
+    again = bearer(token(user))
+    conv = await conversation(http, user)
+    assert app.operations == ["createConversation"]
+    for method, path, body, status in hot_requests(user, conv):
+        for headers in (bearer(token(user)), again):  # a token never seen, one remembered
+            kw = {} if body is None else {"json": body}
+            response = await http.request(method, path, headers=headers, **kw)
+            if status == 201 and headers is again:
+                status = 200  # the same append again: a replay
+            assert response.status_code == status, (method, path, response.text)
+            operation = {"GET": "listMessages", "POST": "addMessages"}[method]
+            assert app.operations[-1] == (None if fast_lane else operation), (method, path)
+    assert (await http.get(f"/api/{user}/conversations/{conv}", headers=again)).status_code == 200
+    assert app.operations[-1] == "getConversation"
+
+
+async def test_both_paths_answer_alike(
+    store: ChatHistory, user: str, asgi_client: Callable[..., httpx.AsyncClient]
+) -> None:
+    """The same request, through FastAPI then through the lane (two apps on one store),
+    answers with the same status, headers and bytes; an append that stores, whose id and
+    clock are its own, alike but for them."""
+    via_route, via_lane = routed_app(store, fast_lane=False), routed_app(store, fast_lane=True)
+    route_http = asgi_client(via_route, raise_app_exceptions=False)
+    lane_http = asgi_client(via_lane, raise_app_exceptions=False)
+    mine = bearer(token(user))
+    convs = [await conversation(route_http, user) for _ in range(2)]
+    renames = {convs[1]: convs[0]}  # the lane's ids to the route's, gathered as they come
+    for method, path, body, status in hot_requests(user, convs[0]):
+        kw = {} if body is None else {"json": body}
+        if status == 201:  # stores: each path stores its own, in a conversation of its own
+            other = path.replace(convs[0], convs[1])
+            route = await route_http.request(method, path, headers=mine, **kw)
+            fast = await lane_http.request(method, other, headers=mine, **_fresh(kw))
+            alike_but_ids(route, fast, renames)
+        else:  # changes nothing: the very same request twice
+            route = await route_http.request(method, path, headers=mine, **kw)
+            fast = await lane_http.request(method, path, headers=mine, **kw)
+            same(route, fast)
+        assert route.status_code == status, (method, path, route.text)
+        assert via_route.operations[-1] is not None and via_lane.operations[-1] is None
+    messages = f"/api/{user}/conversations/{convs[0]}/messages"
+    pages = [await http.get(messages, headers=mine) for http in (route_http, lane_http)]
+    same(*pages)
+    assert len(pages[0].json()["data"]) == 2
+
+
+def _fresh(kw: dict[str, Any]) -> dict[str, Any]:
+    """The same body with new message ids."""
+    sent = kw["json"]
+    if isinstance(sent, dict):
+        return {"json": sent | {"id": str(uuid.uuid4())}}
+    return {"json": [m | {"id": str(uuid.uuid4())} for m in sent]}
+
+
+def alike_but_ids(route: httpx.Response, fast: httpx.Response, ids: dict[str, str]) -> None:
+    """Equal once the lane's answer has the route's message ids, timestamps and conversation
+    (``ids``: the lane's ids to the route's, this answer's added to it)."""
+    sent, got = route.json(), fast.json()
+    mine = sent["data"] if sent.get("object") == "list" else [sent]
+    theirs = got["data"] if got.get("object") == "list" else [got]
+    for field in ("id", "created_at"):
+        ids |= {str(b[field]): str(a[field]) for a, b in zip(mine, theirs, strict=True)}
+
+    def renamed(value: str) -> str:
+        for old, new in ids.items():
+            value = value.replace(old, new)
+        return value
+
+    assert fast.status_code == route.status_code
+    assert renamed(fast.text) == route.text
+    names = [k for k in route.headers if k != "x-request-id"]
+    assert [k for k in fast.headers if k != "x-request-id"] == names
+    for name in names:
+        if name != "content-length":  # a timestamp's digits may differ in number
+            assert renamed(fast.headers[name]) == route.headers[name], name
+    for answer in (route, fast):
+        assert int(answer.headers["content-length"]) == len(answer.content)
