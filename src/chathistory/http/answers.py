@@ -13,7 +13,7 @@ left to the caller, which renders it with
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any, Final, NamedTuple
 
 from pydantic import TypeAdapter
@@ -25,8 +25,7 @@ from chathistory.schemas.responses import AppendAnswer, MessageBatch
 from chathistory.store import MAX_PAGE, ChatHistory
 from chathistory.store.reading import Branch, Order
 
-# The routes' response models, serialized as FastAPI serializes a ``response_model``
-# (``dump_json``, by alias).
+# The routes' ``response_model``s, serialized by pydantic (``dump_json``, by alias).
 _PAGE: Final = TypeAdapter(MessagePage)
 _APPEND: Final = TypeAdapter(AppendAnswer)
 _JSON: Final = (b"content-type", b"application/json")
@@ -94,7 +93,7 @@ async def add_messages_answer(
     atomically) appended; 201 with the stored message (and its path as ``Location``) or the
     batch, 200 for a replay of messages already stored identically. ``scope`` is the
     request's, for ``Location``."""
-    single = isinstance(sent, Mapping)
+    single = isinstance(sent, dict)  # parsed JSON: an object is a dict
     stored, created = await store.add_messages_idempotent(
         user_id, conversation_id, [sent] if single else sent
     )
