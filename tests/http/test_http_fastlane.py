@@ -1,13 +1,14 @@
 """The fast lane of the hot reads and appends answers exactly as the routes do, and leaves
-everything else to them; the verifier's memory of tokens ends with the token."""
+everything else to them; ``fast_lane`` alone decides which path answers; the verifier's memory
+of tokens ends with the token."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import httpx
 import jwt
@@ -36,9 +37,8 @@ def bearer(value: str) -> dict[str, str]:
 class Counted:
     """Counts the requests the fast lane passes on to the FastAPI app."""
 
-    def __init__(self, app: ASGIApp, lane: FastLane) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.lane = lane
         self.passed = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -52,18 +52,33 @@ def count_passed(app: FastAPI) -> Counted:
     layer: Any = app.middleware_stack
     while not isinstance(layer, FastLane):
         layer = layer.app
-    layer.app = Counted(layer.app, layer)
+    layer.app = Counted(layer.app)
     return layer.app
 
 
+class Lane(NamedTuple):
+    http: httpx.AsyncClient
+    """A client of the app with its fast lane."""
+    counted: Counted
+    """What that app's lane passed on to FastAPI."""
+    app: FastAPI
+    routes: httpx.AsyncClient
+    """A client of an app on the same store without the lane: FastAPI answers everything."""
+
+
 @pytest.fixture
-async def lane(
-    store: ChatHistory, asgi_client: Callable[..., httpx.AsyncClient]
-) -> AsyncIterator[tuple[httpx.AsyncClient, Counted, FastAPI]]:
+async def lane(store: ChatHistory, asgi_client: Callable[..., httpx.AsyncClient]) -> Lane:
     app = create_app(Settings(jwt_secret=SECRET, jwt_jwks_url=None), store=store)
     counted = count_passed(app)
-    async with asgi_client(app, raise_app_exceptions=False) as http:
-        yield http, counted, app
+    without = create_app(
+        Settings(jwt_secret=SECRET, jwt_jwks_url=None, fast_lane=False), store=store
+    )
+    return Lane(
+        asgi_client(app, raise_app_exceptions=False),
+        counted,
+        app,
+        asgi_client(without, raise_app_exceptions=False),
+    )
 
 
 def same(route: httpx.Response, fast: httpx.Response) -> None:
@@ -75,24 +90,14 @@ def same(route: httpx.Response, fast: httpx.Response) -> None:
 
 
 async def twice(
-    http: httpx.AsyncClient, counted: Counted, method: str, path: str, user: str, **kw: Any
+    lane: Lane, method: str, path: str, user: str, **kw: Any
 ) -> tuple[httpx.Response, httpx.Response]:
-    """The same request through the route (the lane made to pass it on), then the fast
-    lane."""
+    """The same request through the route (the app without the lane), then the fast lane."""
     headers = bearer(token(user)) | kw.pop("headers", {})
-    before = counted.passed
-
-    async def nobody(scope: Scope, user_id: str) -> bool:
-        return False
-
-    counted.lane._owner = nobody  # type: ignore[method-assign]
-    try:
-        route = await http.request(method, path, headers=headers, **kw)
-    finally:
-        del counted.lane._owner
-    assert counted.passed == before + 1
-    fast = await http.request(method, path, headers=headers, **kw)
-    assert counted.passed == before + 1, "the fast lane passed it on"
+    route = await lane.routes.request(method, path, headers=headers, **kw)
+    before = lane.counted.passed
+    fast = await lane.http.request(method, path, headers=headers, **kw)
+    assert lane.counted.passed == before, "the fast lane passed it on"
     return route, fast
 
 
@@ -102,27 +107,23 @@ async def conversation(http: httpx.AsyncClient, user: str) -> str:
     return str(created.json()["id"])
 
 
-async def test_reads_answer_as_the_route(
-    lane: tuple[httpx.AsyncClient, Counted, FastAPI], user: str
-) -> None:
-    http, counted, _ = lane
+async def test_reads_answer_as_the_route(lane: Lane, user: str) -> None:
+    http = lane.http
     conv = await conversation(http, user)
     path = f"/api/{user}/conversations/{conv}/messages"
     for query in ("", "?order=desc&limit=2", "?limit=100&order=asc"):
-        route, fast = await twice(http, counted, "GET", path + query, user)
+        route, fast = await twice(lane, "GET", path + query, user)
         same(route, fast)  # an empty page
     sent = [{"role": "user", "content": f"m{n} é ✓"} for n in range(3)]
     assert (await http.post(path, json=sent, headers=bearer(token(user)))).status_code == 201
     for query in ("", "?order=desc&limit=2", "?limit=1"):
-        route, fast = await twice(http, counted, "GET", path + query, user)
+        route, fast = await twice(lane, "GET", path + query, user)
         same(route, fast)
         assert route.json()["data"]
 
 
-async def test_appends_answer_as_the_route(
-    lane: tuple[httpx.AsyncClient, Counted, FastAPI], user: str
-) -> None:
-    http, counted, _ = lane
+async def test_appends_answer_as_the_route(lane: Lane, user: str) -> None:
+    http, counted = lane.http, lane.counted
     conv = await conversation(http, user)
     path = f"/api/{user}/conversations/{conv}/messages"
     single = {"id": str(uuid.uuid4()), "role": "user", "content": "hello"}
@@ -131,19 +132,19 @@ async def test_appends_answer_as_the_route(
         {"id": str(uuid.uuid4()), "role": "assistant", "content": "b"},
     ]
     for body in (single, batch):
-        stored, replayed = await twice(http, counted, "POST", path, user, json=body)
+        stored, replayed = await twice(lane, "POST", path, user, json=body)
         assert (stored.status_code, replayed.status_code) == (201, 200)
         if body is single:  # the new message's path; a batch's resource is the list itself
             assert stored.headers["location"] == f"{path}/{single['id']}"
         else:
             assert "location" not in stored.headers
         assert "location" not in replayed.headers
-        route, fast = await twice(http, counted, "POST", path, user, json=body)
+        route, fast = await twice(lane, "POST", path, user, json=body)
         same(route, fast)  # replays, 200
         assert replayed.content == route.content
     mine = bearer(token(user))
     fresh = {"role": "user", "content": "new"}
-    by_route = await http.post(path, json=fresh, headers=mine)
+    by_route = await lane.routes.post(path, json=fresh, headers=mine)
     passed = counted.passed
     by_lane = await http.post(path, json=fresh, headers=mine)
     assert counted.passed == passed
@@ -160,10 +161,8 @@ async def test_appends_answer_as_the_route(
     assert by_lane.json()["seq"] == by_route.json()["seq"] + 1
 
 
-async def test_errors_of_the_store_are_the_routes(
-    lane: tuple[httpx.AsyncClient, Counted, FastAPI], user: str
-) -> None:
-    http, counted, _ = lane
+async def test_errors_of_the_store_are_the_routes(lane: Lane, user: str) -> None:
+    http = lane.http
     conv = await conversation(http, user)
     path = f"/api/{user}/conversations/{conv}/messages"
     missing = f"/api/{user}/conversations/{uuid.uuid4()}/messages"
@@ -179,19 +178,19 @@ async def test_errors_of_the_store_are_the_routes(
     ]
     for method, where, body, status in cases:
         kw = {} if body is None else {"json": body}
-        route, fast = await twice(http, counted, method, where, user, **kw)
+        route, fast = await twice(lane, method, where, user, **kw)
         assert route.status_code == status, route.text
         assert route.headers["content-type"] == "application/problem+json"
         same(route, fast)
 
 
 async def test_a_bug_is_the_apps_500(
-    lane: tuple[httpx.AsyncClient, Counted, FastAPI],
+    lane: Lane,
     store: ChatHistory,
     user: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    http, counted, _ = lane
+    http = lane.http
     conv = await conversation(http, user)
     path = f"/api/{user}/conversations/{conv}/messages"
 
@@ -200,7 +199,7 @@ async def test_a_bug_is_the_apps_500(
 
     monkeypatch.setattr(store, "list_messages", broken)
     mine = bearer(token(user)) | {"X-Request-ID": "bug-2"}
-    route, fast = await twice(http, counted, "GET", path, user, headers=mine)
+    route, fast = await twice(lane, "GET", path, user, headers=mine)
     for response in (route, fast):
         assert response.status_code == 500
         assert response.json()["code"] == "internal_error"
@@ -208,10 +207,8 @@ async def test_a_bug_is_the_apps_500(
     assert fast.content == route.content
 
 
-async def test_what_the_lane_leaves_to_the_routes(
-    lane: tuple[httpx.AsyncClient, Counted, FastAPI], user: str, other_user: str
-) -> None:
-    http, counted, app = lane
+async def test_what_the_lane_leaves_to_the_routes(lane: Lane, user: str, other_user: str) -> None:
+    http, counted, app = lane.http, lane.counted, lane.app
     conv = await conversation(http, user)
     path = f"/api/{user}/conversations/{conv}/messages"
     warm = bearer(token(user))
@@ -280,12 +277,12 @@ async def test_a_remembered_token_ends_with_its_exp(monkeypatch: pytest.MonkeyPa
 
 
 async def test_a_tokens_first_request_takes_the_lane(
-    lane: tuple[httpx.AsyncClient, Counted, FastAPI], user: str, other_user: str
+    lane: Lane, user: str, other_user: str
 ) -> None:
     """The lane verifies a token it has not seen with the route's verifier (no FastAPI
     routing for a user's first turn on a worker); one that does not verify, or is not the
     path's user's, goes on to the route, which refuses it."""
-    http, counted, _ = lane
+    http, counted = lane.http, lane.counted
     conv = await conversation(http, user)
     path = f"/api/{user}/conversations/{conv}/messages"
     before = counted.passed
