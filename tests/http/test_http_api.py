@@ -1,4 +1,5 @@
-"""The HTTP API through the real app (httpx ASGITransport), on every backend."""
+"""The HTTP API through the real app (httpx ASGITransport), on every backend, each test that
+takes ``client`` through both paths of the hot requests: the fast lane's and FastAPI's."""
 
 from __future__ import annotations
 
@@ -41,8 +42,9 @@ def settings(**overrides: Any) -> Settings:
 
 
 @pytest.fixture
-async def client(store: ChatHistory) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings(), store=store)
+async def client(store: ChatHistory, fast_lane: bool) -> AsyncIterator[httpx.AsyncClient]:
+    """The service on ``store``, with its fast lane and without (every test, both paths)."""
+    app = create_app(settings(fast_lane=fast_lane), store=store)
     async with asgi_client(app) as http:
         yield http
 

@@ -25,14 +25,18 @@ def auth(user: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def client_for(store: ChatHistory, **settings: str) -> httpx.AsyncClient:
-    app = create_app(Settings(jwt_secret=SECRET, **settings), store=store)  # type: ignore[arg-type]
+async def client_for(store: ChatHistory, fast_lane: bool, **settings: str) -> httpx.AsyncClient:
+    app = create_app(
+        Settings(jwt_secret=SECRET, fast_lane=fast_lane, **settings),  # type: ignore[arg-type]
+        store=store,
+    )
     return asgi_client(app)
 
 
 @pytest.fixture
-async def browser(store: ChatHistory) -> AsyncIterator[httpx.AsyncClient]:
-    async with await client_for(store, cors_origins=f"{ORIGIN}, https://other.example") as http:
+async def browser(store: ChatHistory, fast_lane: bool) -> AsyncIterator[httpx.AsyncClient]:
+    origins = f"{ORIGIN}, https://other.example"
+    async with await client_for(store, fast_lane, cors_origins=origins) as http:
         yield http
 
 
@@ -79,9 +83,9 @@ async def test_other_origins_get_no_cors(browser: httpx.AsyncClient, user: str) 
 
 
 async def test_no_cors_by_default_and_405_names_the_real_methods(
-    store: ChatHistory, user: str
+    store: ChatHistory, user: str, fast_lane: bool
 ) -> None:
-    async with await client_for(store) as http:
+    async with await client_for(store, fast_lane) as http:
         conv = (await http.post(f"/api/{user}/conversations", json={}, headers=auth(user))).json()
         cases = {
             f"/api/{user}/conversations": ("PUT", "GET, POST"),
@@ -101,8 +105,8 @@ async def test_no_cors_by_default_and_405_names_the_real_methods(
         assert "access-control-allow-origin" not in preflight.headers
 
 
-async def test_every_object_says_what_it_is(store: ChatHistory, user: str) -> None:
-    async with await client_for(store) as http:
+async def test_every_object_says_what_it_is(store: ChatHistory, user: str, fast_lane: bool) -> None:
+    async with await client_for(store, fast_lane) as http:
         headers = auth(user)
         conv = (await http.post(f"/api/{user}/conversations", json={}, headers=headers)).json()
         assert conv["object"] == "conversation"

@@ -7,9 +7,10 @@ SQLite file creates it), refuses to start without authentication unless the expl
 development switch is on, tags every request with a request id (``X-Request-ID``, echoed when
 the client sends a sane one) and logs one line per request, and refuses bodies over
 ``max_body_bytes`` with 413 before reading them. With bearer-token authentication, the hot reads
-and appends of messages are answered by :class:`~chathistory.http.middleware.FastLane`, exactly as
-the routes answer them, without FastAPI's per-request machinery, and MCP's streamable HTTP
-transport is served at ``/mcp`` (:mod:`chathistory.mcp_server.http`, run in the lifespan).
+and appends of messages are answered by :class:`~chathistory.http.middleware.FastLane` with the
+routes' own answers (:mod:`chathistory.http.answers`) but without FastAPI's per-request
+machinery, unless ``fast_lane`` is off, and MCP's streamable HTTP transport is served at
+``/mcp`` (:mod:`chathistory.mcp_server.http`, run in the lifespan).
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def _add_middleware(app: FastAPI, settings: Settings, authenticate: Authenticate
     """Stack the middleware of :mod:`chathistory.http.middleware` (and CORS) on ``app``: each
     added goes outside the ones before, so a request meets CORS, the request id, the body
     limit, then the fast lane."""
-    if isinstance(authenticate, BearerAuthenticator):  # the hot reads and appends, directly
+    if settings.fast_lane and isinstance(authenticate, BearerAuthenticator):
+        # the hot reads and appends, answered before FastAPI's routing
         retry_after = settings.retry_after_seconds
         app.add_middleware(
             FastLane, verifier=authenticate.verifier, retry_after_seconds=retry_after

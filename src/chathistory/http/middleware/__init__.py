@@ -3,8 +3,8 @@
 :func:`~chathistory.http.app.create_app` stacks them, outermost first: CORS (Starlette's, when
 origins are configured), :class:`RequestContextMiddleware` (the request id and the request
 log), :class:`BodyLimitMiddleware` (413 for a body over ``max_body_bytes``), then, with bearer
-tokens, :class:`FastLane` (the hot reads and appends of messages). The bounds on the request
-head and on slow clients sit below ASGI, in the uvicorn protocols of
+tokens and ``fast_lane`` on, :class:`FastLane` (the hot reads and appends of messages). The
+bounds on the request head and on slow clients sit below ASGI, in the uvicorn protocols of
 :mod:`chathistory.http.server`.
 """
 

@@ -3,7 +3,10 @@ service close to its bare-ASGI floor).
 
 :class:`FastLane` is a pure ASGI middleware of :func:`~chathistory.http.app.create_app`'s app,
 inside the request-id and body-limit middleware. It answers a request itself only when it can
-answer exactly as the route would, with the same store call and the same rendering:
+answer exactly as the route would, and then with the route's own answer: both call the one
+function of :mod:`chathistory.http.answers` that makes the store call and renders the status,
+headers and body (the lane sends those bytes as they are, the route returns them as a
+response). It takes a request when all of these hold:
 
 - ``GET`` or ``POST`` on ``/api/{user_id}/conversations/{conversation_id}/messages``, the id a
   canonical UUID, no ``root_path``, no dependency overrides;
@@ -17,6 +20,9 @@ Anything else goes on to the FastAPI app unchanged (a body read here is replayed
 refusal the route makes before calling the store (401, 403, 415, 400, 422 of a parameter) is
 the route's own. What the store raises is rendered by :func:`problem_response`, as the route
 class renders it; a bug propagates to the app's 500 handler as from a route.
+
+``CHATHISTORY_FAST_LANE=false`` (:attr:`~chathistory.config.Settings.fast_lane`) leaves it out
+of the app: every request then goes through FastAPI.
 """
 
 from __future__ import annotations
@@ -27,24 +33,19 @@ import uuid
 from collections import deque
 from typing import Any, Final
 
-from pydantic import TypeAdapter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from chathistory.http.answers import Answer, add_messages_answer, list_messages_answer
 from chathistory.http.auth import JWTVerifier
 from chathistory.http.problems import problem_from_exception, problem_response
 from chathistory.http.requests import strict_json_loads
-from chathistory.http.routes.common import created_location
-from chathistory.schemas import MessagePage
-from chathistory.schemas.responses import AppendAnswer, MessageBatch
 from chathistory.store import MAX_PAGE
+from chathistory.store.reading import Order
 
 _UUID: Final = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 _LIMIT: Final = re.compile(rb"[1-9][0-9]{0,2}")
-_ORDERS: Final = {b"asc": "asc", b"desc": "desc"}
+_ORDERS: Final[dict[bytes, Order]] = {b"asc": "asc", b"desc": "desc"}
 _JSON_TYPES: Final = frozenset({"application/json", "application/json; charset=utf-8"})
-# The routes' response models, serialized as FastAPI serializes them (``dump_json``).
-_PAGE: Final = TypeAdapter(MessagePage)
-_APPEND: Final = TypeAdapter(AppendAnswer)
 
 
 class FastLane:
@@ -88,44 +89,28 @@ class FastLane:
                 return
             limit, order = query
             try:
-                page = await store.list_messages(
-                    user_id,
-                    conversation_id,
-                    limit=limit,
-                    order=order,
-                    cursor=None,
-                    after=None,
-                    before=None,
+                answer = await list_messages_answer(
+                    store, user_id, conversation_id, limit=limit, order=order
                 )
             except Exception as exc:
                 await self._problem(exc, scope, receive, send)
                 return
-            await _answer(send, 200, _PAGE.dump_json(page, by_alias=True))
+            await _send(send, answer)
             return
         if _content_type(scope) not in _JSON_TYPES:
             await self.app(scope, receive, send)
             return
         received: list[Message] = []
-        body = await _read_body(receive, received)
-        sent = _json_body(body)
+        sent = _json_body(await _read_body(receive, received))
         if sent is None:
             await self.app(scope, _replaying(received, receive), send)
             return
-        single = isinstance(sent, dict)
         try:
-            stored, created = await store.add_messages_idempotent(
-                user_id, conversation_id, [sent] if single else sent
-            )
+            answer = await add_messages_answer(store, scope, user_id, conversation_id, sent)
         except Exception as exc:
             await self._problem(exc, scope, receive, send)
             return
-        answer = stored[0] if single else MessageBatch(data=stored)
-        body = _APPEND.dump_json(answer, by_alias=True)
-        if created and single:  # as the route: the new message's path
-            location = created_location(scope, stored[0].id).encode("latin-1")
-            await _answer(send, 201, body, (b"location", location))
-        else:
-            await _answer(send, 201 if created else 200, body)
+        await _send(send, answer)
 
     async def _owner(self, scope: Scope, user_id: str) -> bool:
         """Whether the request carries a bearer token of ``user_id`` that verifies (read as
@@ -155,9 +140,10 @@ class FastLane:
         await response(scope, receive, send)
 
 
-def _list_query(query_string: bytes) -> tuple[int, str] | None:
+def _list_query(query_string: bytes) -> tuple[int, Order] | None:
     """``limit`` and ``order`` of a plain query, or ``None`` for any other query."""
-    limit, order = MAX_PAGE, "asc"
+    limit: int = MAX_PAGE
+    order: Order = "asc"
     if not query_string:
         return limit, order
     seen: set[bytes] = set()
@@ -218,21 +204,9 @@ def _replaying(received: list[Message], receive: Receive) -> Receive:
     return replay
 
 
-async def _answer(send: Send, status: int, body: bytes, *extra: tuple[bytes, bytes]) -> None:
-    """A JSON answer with the headers a route's ``Response`` sends (``extra`` after them, as
-    a route's headers set on its ``response`` come)."""
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-length", str(len(body)).encode("latin-1")),
-                (b"content-type", b"application/json"),
-                *extra,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+async def _send(send: Send, answer: Answer) -> None:
+    await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
+    await send({"type": "http.response.body", "body": answer.body})
 
 
 __all__ = ["FastLane"]

@@ -5,11 +5,11 @@ inside the functions from the signatures at runtime.
 """
 
 import uuid
-from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 
+from chathistory.http.answers import AnswerResponse, add_messages_answer, list_messages_answer
 from chathistory.http.docs import (
     COMMON_PROBLEMS,
     EXAMPLE_MESSAGE_IDS,
@@ -26,10 +26,9 @@ from chathistory.http.routes.common import (
     Guards,
     Limit,
     MessageId,
-    created_location,
 )
 from chathistory.schemas import ContextWindow, MessagePage, MessageRead
-from chathistory.schemas.responses import AppendAnswer, MessageBatch
+from chathistory.schemas.responses import AppendAnswer
 from chathistory.store import MAX_PAGE, ChatHistory
 
 _APPEND_EXAMPLES: Final[dict[str, Any]] = {
@@ -103,7 +102,6 @@ def add_message_list_routes(router: APIRouter, guards: Guards) -> None:
         conversation_id: ConversationId,
         store: Store,
         request: Request,
-        response: Response,
         body: Annotated[
             MessagesBody,
             Body(
@@ -112,15 +110,10 @@ def add_message_list_routes(router: APIRouter, guards: Guards) -> None:
                 openapi_examples=_APPEND_EXAMPLES,
             ),
         ],
-    ) -> MessageRead | MessageBatch:
-        single = isinstance(body, Mapping)
-        stored, created = await store.add_messages_idempotent(
-            user_id, conversation_id, [body] if single else body
+    ) -> Response:
+        return AnswerResponse(
+            await add_messages_answer(store, request.scope, user_id, conversation_id, body)
         )
-        if created and single:  # a batch's resource is the list it joined (RFC 9110 15.3.2)
-            response.headers["Location"] = created_location(request.scope, stored[0].id)
-        response.status_code = 201 if created else 200
-        return stored[0] if single else MessageBatch(data=stored)
 
     @router.get(
         "/{user_id}/conversations/{conversation_id}/messages",
@@ -156,10 +149,11 @@ def add_message_list_routes(router: APIRouter, guards: Guards) -> None:
                 "message of every branch, by position."
             ),
         ] = "active",
-    ) -> MessagePage:
+    ) -> Response:
         """Continue with `cursor` (the previous page's `next_cursor`, also present on an empty
         page so a client can poll for new messages) or OpenAI-style with `after` / `before`."""
-        return await store.list_messages(
+        answer = await list_messages_answer(
+            store,
             user_id,
             conversation_id,
             limit=limit,
@@ -169,6 +163,7 @@ def add_message_list_routes(router: APIRouter, guards: Guards) -> None:
             before=before,
             branch=branch,
         )
+        return AnswerResponse(answer)
 
 
 def add_message_routes(router: APIRouter, guards: Guards) -> None:
