@@ -26,7 +26,7 @@ from chathistory.cli import app
 from chathistory.db import create_engine
 from chathistory.migrations import citus as citus_schema
 from chathistory.models import metadata
-from chathistory.store.database import CITUS_SNAPSHOT_SQL
+from chathistory.store.dialects.postgresql import CITUS_SNAPSHOT_SQL
 from tests.store.test_sharding import _exercise
 from tests.support.citus_cluster import Cluster
 from tests.test_faults import _auth, serving

@@ -235,7 +235,8 @@ INTERNALS: tuple[Internal, ...] = (
         "pydantic",
         "BaseModel's slot descriptors: __dict__, __pydantic_fields_set__, "
         "__pydantic_extra__, __pydantic_private__",
-        "chathistory.store.rows (conversation, message)",
+        "chathistory.store.rows (conversation, message), "
+        "chathistory.store.dialects.postgresql.records",
         "read models of stored rows built without validation, a sixth cheaper than model_construct",
         _check_model_slots,
     ),

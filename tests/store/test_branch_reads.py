@@ -1,8 +1,9 @@
-"""A branched conversation read in one statement (PostgreSQL, ``store/branched_sql.py``) reads
-exactly what the general path reads: the same messages, sibling numbers, pages and cursors,
-forward and backward, with and without the byte budget, and appends after the newest message
-go on the active branch. The general path is a store that never saw the conversation (its
-hint is empty); SQLite has only the general path, and must agree too."""
+"""A branched conversation read in one statement (PostgreSQL,
+``store/dialects/postgresql/branched.py``) reads exactly what the general path reads: the same
+messages, sibling numbers, pages and cursors, forward and backward, with and without the byte
+budget, and appends after the newest message go on the active branch. The general path is a
+store that never saw the conversation (its hint is empty); SQLite has only the general path,
+and must agree too."""
 
 from __future__ import annotations
 

@@ -382,9 +382,11 @@ async def test_concurrent_appends_each_follow_the_one_before(
     ``RETURNING old``, or the locking read before 18)."""
     import asyncio
 
-    from chathistory.store import sql
+    from chathistory.store.dialects.postgresql import Postgres, appends
 
-    store._db._append = getattr(sql, statement)  # as chosen for the server's version
+    dialect = store._db.dialect
+    assert isinstance(dialect, Postgres)
+    dialect._append = getattr(appends, statement)  # as chosen for the server's version
     conv = (await store.create_conversation(user)).id
     ones = (store.add_message(user, conv, "user", f"m{i}") for i in range(30))
     pairs = (  # the batch form of the statement

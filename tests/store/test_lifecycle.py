@@ -29,7 +29,7 @@ from chathistory.db import create_engine
 from chathistory.http import create_app
 from chathistory.models import conversations
 from chathistory.schemas.lifecycle import parse_duration
-from chathistory.store import sql
+from chathistory.store.dialects.postgresql import listing
 from chathistory.transfer import export_jsonl
 from tests.fixtures.http import asgi_client
 from tests.http.test_http_api import bearer, problem, settings
@@ -405,7 +405,7 @@ async def test_page_1000_of_every_filtered_list_is_an_index_range(
             )
             await raw.execute("ANALYZE conversations")
             now = datetime.now(UTC)
-            for (archived, pinned, after), statement in sql.LIST_SQL.items():
+            for (archived, pinned, after), statement in listing.LIST_SQL.items():
                 if not after:
                     continue
                 flags = "".join(

@@ -12,8 +12,13 @@ from sqlalchemy import event, update
 from chathistory import ChatHistory
 from chathistory.db import create_engine
 from chathistory.models import conversations, metadata
-from chathistory.store import sql
-from chathistory.store.database import CITUS_SNAPSHOT_SQL
+from chathistory.store.dialects.postgresql import (
+    CITUS_SNAPSHOT_SQL,
+    appends,
+    branched,
+    listing,
+    reads,
+)
 
 TABLES = {table.name for table in metadata.sorted_tables}
 
@@ -150,7 +155,12 @@ async def test_every_statement_filters_by_user(backend_url: str, user: str) -> N
     ]
     assert unscoped == []
     # The hot read path runs its SQL on the asyncpg connection itself, past these events.
-    raw = [getattr(sql, name) for name in dir(sql) if name.endswith("_SQL")]
+    raw = [
+        getattr(module, name)
+        for module in (reads, branched, listing, appends)
+        for name in dir(module)
+        if name.endswith("_SQL")
+    ]
     statements = [s for r in raw for s in (r.values() if isinstance(r, dict) else [r])]
     assert len(statements) >= 6
     for statement in statements:

@@ -1,5 +1,5 @@
 """A branched conversation (SPEC 11) read and appended to in ONE statement on PostgreSQL, as a
-conversation that never branched is (:mod:`chathistory.store.sql`).
+conversation that never branched is (:mod:`.reads`).
 
 The statement takes the path rows the read needs (``conversation_paths`` by its primary key,
 newest first or from the position asked), turns them into the seqs of the messages wanted
@@ -8,20 +8,21 @@ enough) and reads those messages by ``(conversation_id, seq)``. Each step is bou
 read's ``limit``, whatever the tree holds, and the statement is small enough to plan in about
 what the one-chain read takes (unnamed statements are planned on every call).
 
-Sibling numbers come from the rows read (:func:`numbers`): a message's place is its own
+Sibling numbers come from the rows read (:func:`numbers_of`): a message's place is its own
 ``sibling`` (1 when it goes straight on), the count its parent's ``children``; along a branch
 a message's parent is the message before it, so the read takes one message more than asked,
 on the side of the oldest, for its ``children`` only. A parent still missing (the root of a
 first message, or one a page starts after) is looked up in one more statement.
 
 An append after the current message, when that message is the conversation's newest (a chat
-going on after a regenerate or an edit, the common case), is :data:`sql.APPEND_SQL` with two
-changes: it requires a branched conversation whose current message is its newest, and it
-carries the active branch's last path row on to the new last message (the branch grows by the
-messages appended; anything else takes the general path).
+going on after a regenerate or an edit, the common case), is the one-statement append with two
+changes (:mod:`.appends`): it requires a branched conversation whose current message is its
+newest, and it carries the active branch's last path row on to the new last message (the
+branch grows by the messages appended; anything else takes the general path).
 
-Which statement to try first is a hint (:class:`Branched`): a conversation this process saw
-branched is read with this statement, any other with the one-chain statement; each statement
+Which statement to try first is a hint (:class:`chathistory.store.database.Branched`): a
+conversation this process saw branched is read with this statement, any other with the
+one-chain statement; each statement
 checks the conversation's state itself, so a stale hint costs a second round trip, never a
 wrong answer.
 """
@@ -29,23 +30,28 @@ wrong answer.
 from __future__ import annotations
 
 import uuid
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from chathistory.store import sql
-from chathistory.store.sql import MESSAGE_COLUMNS
+from chathistory.store import limits
+from chathistory.store.dialects.postgresql.params import (
+    MAX_SIZE,
+    BudgetedRead,
+    Parents,
+    Read,
+    takes,
+)
+from chathistory.store.dialects.postgresql.records import MESSAGE_COLUMNS, SIZE
 
-_SIZE: Final = "octet_length(concat(content, tool_calls, extras))"
 # The numbers' columns, after the message's (and its size, when there is one).
 NUMBERS: Final = ("fork", "sibling", "children")
 
 
 def _statement(ascending: bool, share: bool) -> str:
-    """$1 conversation, $2 user, $3 and $4 the bounds, at most $5 rows; then (``share``) $6
-    each row's share of the byte budget, and now ($6 or $7). Backward: ``$3 < seq < $4``;
-    forward: ``$3 <= seq < $4`` (the message at $3, when it is on the branch, is the parent of
-    the first one after it: it comes back for its ``children`` only)."""
+    """The parameters are :class:`.params.Read`'s, or with ``share`` :class:`.params.BudgetedRead`'s
+    (``budget``: each row's share of the byte budget). Backward: ``past < seq < until``;
+    forward: ``past <= seq < until`` (the message at ``past``, when it is on the branch, is the
+    parent of the first one after it: it comes back for its ``children`` only)."""
     now = "$7" if share else "$6"
     owned = "conversation_id = $1 AND user_id = $2"
     live = (
@@ -75,7 +81,7 @@ def _statement(ascending: bool, share: bool) -> str:
             " token_count, created_at, status, updated_at, parent_id,"
             " CASE WHEN size <= $6 THEN extras END AS extras, size, fork, sibling, children"
         )
-        inner = f"{MESSAGE_COLUMNS}, {_SIZE} AS size, fork, sibling, children"
+        inner = f"{MESSAGE_COLUMNS}, {SIZE} AS size, fork, sibling, children"
         return (
             f"SELECT {columns} FROM (SELECT {inner} FROM messages"  # noqa: S608 - constant text
             f" WHERE {owned} AND seq = ANY(ARRAY({seqs})) ORDER BY seq {direction} LIMIT $5)"
@@ -96,7 +102,7 @@ _PARENTS_SQL: Final = (
 )
 
 
-async def numbers(
+async def numbers_of(
     driver: Any,
     user_id: str,
     conversation_id: uuid.UUID,
@@ -112,7 +118,8 @@ async def numbers(
     parents = [row["seq"] - 1 if row["fork"] is None else row["fork"] for row in found]
     missing = sorted({parent for parent in parents if parent not in children})
     if missing:
-        for row in await driver.fetch(_PARENTS_SQL, conversation_id, user_id, missing):
+        asked = Parents(conversation_id=conversation_id, user_id=user_id, seqs=missing)
+        for row in await driver.fetch(_PARENTS_SQL, *asked):
             children[row["seq"]] = row["children"]
     return [
         (children.get(parent) or 1, row["sibling"] or 1)
@@ -120,65 +127,57 @@ async def numbers(
     ]
 
 
-_LINEAR: Final = " AND NOT branched"
-# The current message is the newest: the one at seq message_count (the row's value before
-# the update, as a WHERE reads it).
-_AT_NEWEST: Final = (
-    " AND branched AND current_message_id = (SELECT m.id FROM messages AS m"
-    " WHERE m.conversation_id = $1 AND m.user_id = $2 AND m.seq = conversations.message_count)"
-)
-# The active branch's last range (the one with the largest lo: found by the primary key, not
-# by hi, which no index holds) ended at the message that was newest: it now ends at the new
-# newest.
-_GROW: Final = (
-    " p AS (UPDATE conversation_paths SET hi = c.message_count FROM c"
-    " WHERE conversation_paths.conversation_id = $1 AND conversation_paths.user_id = $2"
-    " AND conversation_paths.lo = (SELECT max(lo) FROM conversation_paths"
-    " WHERE conversation_id = $1 AND user_id = $2)"
-    " AND conversation_paths.hi = c.message_count - $3),"
-)
-_INSERT: Final = " i AS (INSERT INTO messages"
+takes(Read, RANGE_SQL.values())
+takes(BudgetedRead, PAGE_SHARE_SQL.values())
+takes(Parents, [_PARENTS_SQL])
 
 
-def _append(statement: str) -> str:
-    """The branched form of a one-statement append of :mod:`sql`."""
-    if _LINEAR not in statement or statement.count(_INSERT) != 1:
-        raise RuntimeError("the append statement changed shape: see branched_sql._append")
-    return statement.replace(_LINEAR, _AT_NEWEST).replace(_INSERT, _GROW + _INSERT)
+async def read(
+    driver: Any, asked: Read, ascending: bool, max_bytes: int | None
+) -> list[Mapping[str, Any]]:
+    """The read of :meth:`.reads.Reads.read_range` for a branched conversation in one statement,
+    each row with its ``sibling_count`` and ``sibling_index``; nothing when the conversation
+    is not branched, has no such messages, or a large row needs the long way."""
+    conversation_id, user_id, past, _until, limit, now = asked
+    if limit is None:  # never: a branched read is asked with a limit
+        return []
+    # one message more, on the oldest side: the parent of the oldest one asked for
+    wider = asked._replace(limit=limit + 1)
+    if max_bytes is None:
+        found = await driver.fetch(RANGE_SQL[ascending], *wider)
+    else:
+        share = min(max_bytes // max(limit, 1), MAX_SIZE)
+        budgeted = BudgetedRead(
+            conversation_id=conversation_id,
+            user_id=user_id,
+            past=past,
+            until=wider.until,
+            limit=wider.limit,
+            budget=share,
+            now=now,
+        )
+        found = await driver.fetch(PAGE_SHARE_SQL[ascending], *budgeted)
+    kept = [row for row in found if row["seq"] != past][:limit] if ascending else found[:limit]
+    numbers = await numbers_of(driver, user_id, conversation_id, kept, found)
+    numbered = list(zip(kept, numbers, strict=True))
+    if max_bytes is not None:
+        sizes = [row["size"] for row, _ in numbered]
+        if sum(sizes) > max_bytes:  # keep the rows starting within the budget
+            numbered = numbered[: limits.starting_within(sizes, max_bytes)]
+            sizes = sizes[: len(numbered)]
+        if sizes and max(sizes) > share:  # a large row came without its content
+            return []
+    return Numbered(row for row, _ in numbered).having([pair for _, pair in numbered])
 
 
-APPEND_SQL: Final = {one: _append(text) for one, text in sql.APPEND_SQL.items()}
-APPEND_LOCKING_SQL: Final = {one: _append(text) for one, text in sql.APPEND_LOCKING_SQL.items()}
+class Numbered(list[Any]):
+    """Rows of a branched conversation read in one statement, with their sibling numbers."""
+
+    numbers: list[tuple[int, int]]
+
+    def having(self, numbers: list[tuple[int, int]]) -> Numbered:
+        self.numbers = numbers
+        return self
 
 
-class Branched:
-    """The conversations this process saw branched (the newest :data:`SIZE`): a hint of which
-    statement reads them in one round trip (a conversation never goes back to one chain but
-    by being cleared, and the statements check)."""
-
-    SIZE: Final = 100_000
-
-    def __init__(self) -> None:
-        self._seen: OrderedDict[uuid.UUID, None] = OrderedDict()
-
-    def __contains__(self, conversation_id: uuid.UUID) -> bool:
-        return conversation_id in self._seen
-
-    def add(self, conversation_id: uuid.UUID) -> None:
-        self._seen[conversation_id] = None
-        if len(self._seen) > self.SIZE:
-            self._seen.popitem(last=False)
-
-    def discard(self, conversation_id: uuid.UUID) -> None:
-        self._seen.pop(conversation_id, None)
-
-
-__all__ = [
-    "APPEND_LOCKING_SQL",
-    "APPEND_SQL",
-    "NUMBERS",
-    "PAGE_SHARE_SQL",
-    "RANGE_SQL",
-    "Branched",
-    "numbers",
-]
+__all__ = ["NUMBERS", "PAGE_SHARE_SQL", "RANGE_SQL", "Numbered", "numbers_of", "read"]
