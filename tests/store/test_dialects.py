@@ -12,9 +12,7 @@ from chathistory.store import dialects
 from chathistory.store.dialects.postgresql import appends, branched, listing, params, reads
 
 STORE = Path(dialects.__file__).parent.parent
-# Search tests the backend itself for now; database.py and limits.py keep the two names it uses
-# (``db.postgres``, ``limits.size_of``).
-NOT_ROOMS = {"search.py", "database.py", "limits.py"}
+NOT_ROOMS = {"database.py"}  # it chooses the dialect
 BACKEND_TESTS = re.compile(
     r"\.postgres\b|dialect\.name\b|postgresql\.insert|sqlite\.insert|if postgres\b"
 )

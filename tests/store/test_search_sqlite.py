@@ -16,6 +16,7 @@ from sqlalchemy.util import await_only
 from chathistory import ChatHistory, migrations
 from chathistory.db import create_engine
 from chathistory.store import search, search_syntax
+from chathistory.store.dialects import sqlite_search
 
 STEP = 10  # the progress handler is called every STEP VM instructions
 
@@ -127,8 +128,8 @@ async def test_candidates_come_from_the_users_own_fts5_terms(
     assert "SEARCH message_search USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan
     conv = await store.create_conversation(other)
     await store.add_messages(other, conv.id, [{"role": "user", "content": "an okapi"}] * 5)
-    assert await _fts_count(store, search.fts5_query(where.query, me)) == 0
-    assert await _fts_count(store, search.fts5_query(where.query, other)) == 5
+    assert await _fts_count(store, sqlite_search.fts5_query(where.query, me)) == 0
+    assert await _fts_count(store, sqlite_search.fts5_query(where.query, other)) == 5
 
 
 async def test_the_migration_builds_the_index_again_both_ways(url: str) -> None:
@@ -149,12 +150,12 @@ async def test_the_migration_builds_the_index_again_both_ways(url: str) -> None:
         await migrations.upgrade(url)
         okapi = search_syntax.parse_query("okapi")
         for user, count in ((me, 3), (other, 4), (odd, 2)):
-            assert await _fts_count(store, search.fts5_query(okapi, user)) == count
+            assert await _fts_count(store, sqlite_search.fts5_query(okapi, user)) == count
             page = await store.search_messages(user, "okapi")
             assert len(page.data) == count
         assert await _fts_count(store, '"okapi"') == 0  # no unprefixed term left
         await store.delete_conversation(other, convs[other].id)
-        assert await _fts_count(store, search.fts5_query(okapi, other)) == 0
+        assert await _fts_count(store, sqlite_search.fts5_query(okapi, other)) == 0
         await migrations.downgrade(url, "0011_sqlite_search-1")
         assert await _fts_count(store, '"okapi"') == 5
         await store.delete_conversation(odd, convs[odd].id)
@@ -166,7 +167,7 @@ async def test_the_migration_builds_the_index_again_both_ways(url: str) -> None:
                 )
             )
         await migrations.upgrade(url)
-        assert await _fts_count(store, search.fts5_query(okapi, me)) == 3
+        assert await _fts_count(store, sqlite_search.fts5_query(okapi, me)) == 3
         assert len((await store.search_messages(me, "okapi")).data) == 3
     finally:
         await store.close()

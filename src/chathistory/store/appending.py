@@ -238,7 +238,7 @@ async def append(
     await conn.execute(
         update(conversations).where(C.user_id == user_id, C.id == conversation_id).values(current)
     )
-    await search.index(conn, stored)
+    await search.index(conn, db.dialect.search, stored)
     made = [rows.message(r, None) for r in stored]
     if placed.fork is not None:  # the newest of its parent's children (one going straight
         # on has none before it: its parent was the last message)

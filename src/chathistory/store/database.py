@@ -57,8 +57,6 @@ class Database:
         self.stream_timeout = stream_timeout
         self.dialect: Dialect = dialects.choose(self)  # the backend's operations, chosen once
         self.size: ColumnElement[int] = self.dialect.size
-        # search.py's own test of the backend, until its forms join the dialects
-        self.postgres = self.dialect.name == "postgresql"
         self._sync_engine = engine.sync_engine  # its pool is looked up per call (dispose)
         self._dbapi: Any = engine.dialect.loaded_dbapi
         self.branched = Branched()  # which read to try first (PostgreSQL)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, LargeBinary, Select, Text, cast, func, select
+from sqlalchemy import ColumnElement, Select, cast, func, select
 
 from chathistory.models import messages
 
@@ -31,14 +31,6 @@ def stored_size(length: Any, kind: Any) -> ColumnElement[int]:
     for column in (_M.tool_calls, _M.extras):
         total = total + func.coalesce(length(cast(column, kind)), 0)
     return total
-
-
-def size_of(postgres: bool) -> ColumnElement[int]:
-    """:func:`stored_size` as PostgreSQL (``postgres``) or SQLite measures it: the search
-    room's way to it (the other rooms take their dialect's, ``db.size``)."""
-    if postgres:
-        return stored_size(func.octet_length, Text)
-    return stored_size(func.length, LargeBinary)
 
 
 def bounded_range(
@@ -96,4 +88,4 @@ def within_bytes(sizes: Sequence[int], max_bytes: int) -> int:
     return len(sizes)
 
 
-__all__ = ["bounded_range", "size_of", "starting_within", "stored_size", "within_bytes"]
+__all__ = ["bounded_range", "starting_within", "stored_size", "within_bytes"]

@@ -86,7 +86,7 @@ async def update_message(
             }
         )
     )
-    await search.reindex(conn, stored)
+    await search.reindex(conn, dialect.search, stored)
     updated = rows.message(stored, None)
     rows.numbered(updated, current.sibling_count, current.sibling_index)
     return updated

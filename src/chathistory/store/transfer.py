@@ -354,7 +354,7 @@ async def _import_batch(
                 )
     except ValidationError as exc:  # its locations count from the batch's first message
         raise ValidationError([_shift(e, start) for e in exc.errors]) from None
-    await search.index(conn, stored)
+    await search.index(conn, dialect.search, stored)
 
 
 async def _stored_seqs(

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from chathistory.store.dialects.base import Dialect
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chathistory.store.dialects.base import Dialect, SearchForm
 
 if TYPE_CHECKING:
     from chathistory.store.database import Database
@@ -24,4 +26,16 @@ def choose(db: Database) -> Dialect:
     return Sqlite(db)
 
 
-__all__ = ["Dialect", "choose"]
+def search_form(engine: AsyncEngine) -> SearchForm:
+    """The form of search of ``engine``'s backend, for work given an engine rather than a
+    store (:func:`chathistory.store.search.fill`)."""
+    if engine.dialect.name == "postgresql":
+        from chathistory.store.dialects.postgresql.search import PostgresSearch
+
+        return PostgresSearch()
+    from chathistory.store.dialects.sqlite_search import SqliteSearch
+
+    return SqliteSearch()
+
+
+__all__ = ["Dialect", "SearchForm", "choose", "search_form"]

@@ -19,9 +19,58 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chathistory.pagination import ConversationCursor
 from chathistory.schemas import ConversationRead, MessageCreate, MessageRead
+from chathistory.store import search_syntax
 
 if TYPE_CHECKING:
     from chathistory.store.appending import Rules
+
+
+class SearchForm(Protocol):
+    """One backend's form of each part of search that differs (:mod:`chathistory.store.search`
+    keeps the plan: probe, index candidates, walk): how a message's words are kept, how the
+    rows a page looks at are found and matched. One per backend, shared: it keys the cache of
+    search's statement shapes."""
+
+    def __hash__(self) -> int: ...
+
+    @property
+    def size(self) -> ColumnElement[int]:
+        """Bytes of a message's content, tool calls and extras as stored (JSON text)."""
+        ...
+
+    def insert(self, table: Table) -> Any:
+        """The backend's ``INSERT`` that takes ``ON CONFLICT`` (filling the index in)."""
+        ...
+
+    def words(self, text: str) -> str:
+        """A message's words as the index keeps them."""
+        ...
+
+    def values(self, query: search_syntax.Query, user_id: str) -> dict[str, str]:
+        """The statement's parameters that say what the query matches."""
+        ...
+
+    async def plan(self, conn: AsyncConnection, *, index_only: bool) -> None:
+        """Plan the rest of the transaction's statements from the index only
+        (``index_only``), or as the planner chooses again."""
+        ...
+
+    def owner(self, walk: bool) -> ColumnElement[Any]:
+        """The column the user's rows are looked up by."""
+        ...
+
+    def look(self, looked: Select[Any], walk: bool) -> Select[Any]:
+        """The rows a page looks at: with ``walk``, every row (the caller orders and limits
+        them) with its words; else the index's candidates for the query."""
+        ...
+
+    def holds(self, pool: Any, walk: bool) -> ColumnElement[bool] | None:
+        """Whether a looked-at row matches the query (``None``: every candidate does)."""
+        ...
+
+    def loose(self, pool: Any, walk: bool) -> Any:
+        """How many walked rows hold the query's words (phrases and exclusions left out)."""
+        ...
 
 
 class Dialect(Protocol):
@@ -35,6 +84,11 @@ class Dialect(Protocol):
     @property
     def size(self) -> ColumnElement[int]:
         """Bytes of a message's content, tool calls and extras as stored (JSON text)."""
+        ...
+
+    @property
+    def search(self) -> SearchForm:
+        """Its form of search."""
         ...
 
     @property
@@ -120,4 +174,4 @@ class Dialect(Protocol):
         ...
 
 
-__all__ = ["Dialect"]
+__all__ = ["Dialect", "SearchForm"]

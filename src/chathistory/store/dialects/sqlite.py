@@ -26,6 +26,7 @@ from chathistory.pagination import ConversationCursor
 from chathistory.schemas import ConversationRead, MessageCreate, MessageRead
 from chathistory.store import limits, rows
 from chathistory.store.conversations import exists_live, live
+from chathistory.store.dialects.sqlite_search import SqliteSearch
 from chathistory.store.rows import CONVERSATION_COLUMNS, C, M
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ class Sqlite:
     size: ColumnElement[int] = limits.stored_size(func.length, LargeBinary)
     insert: Final = staticmethod(sqlite.insert)
     ping: Final = PING
+    search: Final = SqliteSearch()
 
     def __init__(self, db: Database) -> None:
         self._db = db

@@ -22,6 +22,7 @@ from chathistory.store import limits
 from chathistory.store.dialects.postgresql.appends import Appends
 from chathistory.store.dialects.postgresql.listing import Listing
 from chathistory.store.dialects.postgresql.reads import Reads
+from chathistory.store.dialects.postgresql.search import PostgresSearch
 
 if TYPE_CHECKING:
     from chathistory.store.database import Database
@@ -43,6 +44,7 @@ class Postgres(Reads, Listing, Appends):
     size: ColumnElement[int] = limits.stored_size(func.octet_length, Text)
     insert: Final = staticmethod(postgresql.insert)
     ping: Final = PING
+    search: Final = PostgresSearch()
 
     def __init__(self, db: Database) -> None:
         self._db = db

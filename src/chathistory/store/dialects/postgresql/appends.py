@@ -15,6 +15,7 @@ from chathistory.schemas import MessageCreate, MessageRead, title_from
 from chathistory.store import rows, search
 from chathistory.store.appending import Rules, row
 from chathistory.store.dialects.postgresql.params import Append, takes
+from chathistory.store.dialects.postgresql.search import PostgresSearch
 
 if TYPE_CHECKING:
     from chathistory.store.database import Database
@@ -171,7 +172,7 @@ class Appends:
             [r["name"] for r in stored],
             [json.dumps(r["metadata"]) for r in stored],
             [r["token_count"] for r in stored],
-            search.words_column(stored, db.engine),
+            search.words_column(stored, db.engine, PostgresSearch.words),
         )
         parents = [None, *(r["id"] for r in stored[:-1])]  # (one message follows the current one)
         one = len(stored) == 1  # its values as they are, not in arrays (APPEND_SQL[True])
