@@ -328,7 +328,7 @@ async def test_search_finds_the_active_branch(store: ChatHistory, user: str) -> 
 async def test_the_http_api_edits_regenerates_and_switches(store: ChatHistory, user: str) -> None:
 
     from chathistory.http import create_app
-    from tests.http.test_http_api import bearer, problem, settings
+    from tests.support.api import bearer, problem, settings
 
     conv, (_, a1, u2, a2) = await _chat(store, user)
     app = create_app(settings(), store=store)

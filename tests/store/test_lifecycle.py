@@ -32,7 +32,7 @@ from chathistory.schemas.lifecycle import parse_duration
 from chathistory.store.dialects.postgresql import listing
 from chathistory.transfer import export_jsonl
 from tests.fixtures.http import asgi_client
-from tests.http.test_http_api import bearer, problem, settings
+from tests.support.api import bearer, problem, settings
 
 C = conversations.c
 

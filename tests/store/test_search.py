@@ -254,7 +254,7 @@ def test_cli_search_table_and_json_lines(backend_url: str, user: str) -> None:
 async def test_http_search(store: ChatHistory, user: str, other_user: str) -> None:
 
     from chathistory.http import create_app
-    from tests.http.test_http_api import bearer, locs, problem, settings
+    from tests.support.api import bearer, locs, problem, settings
 
     app = create_app(settings(), store=store)
     async with asgi_client(app) as http:

@@ -106,7 +106,7 @@ async def test_a_message_updated_with_search_off_is_indexed_anew_by_fill(
 async def test_search_off_over_http_is_a_409(store: ChatHistory, user: str) -> None:
 
     from chathistory.http import create_app
-    from tests.http.test_http_api import bearer, problem, settings
+    from tests.support.api import bearer, problem, settings
 
     unindexed = ChatHistory(store.engine, search=False)
     app = create_app(settings(), store=unindexed)
@@ -120,7 +120,7 @@ async def test_search_off_over_http_is_a_409(store: ChatHistory, user: str) -> N
 
 async def test_search_off_over_mcp_is_a_tool_error(sqlite_store_url: str, user: str) -> None:
     from chathistory.http import create_app
-    from tests.mcp.test_mcp import http_session, settings, token, tool_error
+    from tests.support.mcp import http_session, settings, token, tool_error
 
     async with ChatHistory.open(sqlite_store_url, migrate=False, search=False) as unindexed:
         app = create_app(settings(), store=unindexed)

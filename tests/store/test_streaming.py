@@ -30,8 +30,8 @@ from chathistory import (
 from chathistory.models import messages
 from chathistory.schemas.streaming import MessageUpdate
 from tests.fixtures.http import asgi_client
-from tests.http.test_http_api import bearer, problem
 from tests.http.test_http_serve import SECRET, serving
+from tests.support.api import bearer, problem
 
 M = messages.c
 CALL = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
@@ -242,7 +242,7 @@ async def test_the_context_window_leaves_out_what_still_streams(
 
 async def test_the_http_patch_route(store: ChatHistory, user: str) -> None:
     from chathistory.http import create_app
-    from tests.http.test_http_api import settings
+    from tests.support.api import settings
 
     app = create_app(settings(), store=store)
     async with asgi_client(app) as http:
