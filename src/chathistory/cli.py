@@ -71,7 +71,7 @@ def bench_listed() -> None:
     """Measure the store against real PostgreSQL, next to its floors (raw asyncpg, one
     statement, same statement handling) in alternating rounds, and the HTTP service under
     concurrent load. Compare the ratios: absolute figures move with the machine."""
-    # The stand-in _Commands lists; its help is the real command's (tests/test_cli.py).
+    # The stand-in _Commands lists; its help is the real command's (tests/cli/test_cli.py).
     raise AssertionError("chathistory bench runs chathistory_bench.command")  # pragma: no cover
 
 
