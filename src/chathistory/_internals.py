@@ -261,7 +261,7 @@ INTERNALS: tuple[Internal, ...] = (
     Internal(
         "uvicorn",
         "uvicorn.config.LOGGING_CONFIG (its 'default' handler)",
-        "chathistory.cli (serve)",
+        "chathistory.cli (_uvicorn_log_config)",
         "the chathistory logger through uvicorn's own handler",
         _check_logging_config,
     ),

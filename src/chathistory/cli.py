@@ -240,35 +240,19 @@ def serve(
 
     The schema is migrated first, so a first run on the default SQLite file creates it.
     """
-    import os
-
     import uvicorn
 
-    from chathistory.http.auth import authenticator_from_settings
     from chathistory.http.server import uvicorn_options
 
-    # The app (in each worker process) reads its settings from the environment: put the
-    # options there, so every worker sees the same configuration.
-    overrides = {
-        "CHATHISTORY_HOST": host,
-        "CHATHISTORY_PORT": None if port is None else str(port),
-        "CHATHISTORY_DATABASE_URL": database_url,
-        "CHATHISTORY_WORKERS": None if workers is None else str(workers),
-        "CHATHISTORY_INSECURE_NO_AUTH": "true" if insecure_no_auth else None,
-    }
-    os.environ.update({key: value for key, value in overrides.items() if value is not None})
-    try:
-        settings = Settings()
-        authenticator_from_settings(settings)  # refuse to start without auth, before binding
-        if settings.migrate_on_start:
-            asyncio.run(migrations.upgrade(settings.database_url))
-    except ChatHistoryError as exc:
-        raise _fail(exc) from None
-    log_config = dict(uvicorn.config.LOGGING_CONFIG)
-    log_config["loggers"] = {
-        **log_config["loggers"],
-        "chathistory": {"handlers": ["default"], "level": log_level.upper(), "propagate": False},
-    }
+    settings = _serve_settings(
+        {
+            "CHATHISTORY_HOST": host,
+            "CHATHISTORY_PORT": None if port is None else str(port),
+            "CHATHISTORY_DATABASE_URL": database_url,
+            "CHATHISTORY_WORKERS": None if workers is None else str(workers),
+            "CHATHISTORY_INSECURE_NO_AUTH": "true" if insecure_no_auth else None,
+        }
+    )
     console.print(
         f"serving {parse_database_url(settings.database_url).render()} "
         f"on http://{settings.host}:{settings.port}"
@@ -280,10 +264,43 @@ def serve(
         port=settings.port,
         workers=settings.workers,
         log_level=log_level,
-        log_config=log_config,
+        log_config=_uvicorn_log_config(log_level),
         access_log=False,  # the app logs each request with its request id
         **uvicorn_options(settings.max_header_bytes),  # 431 for a request head over the limit
     )
+
+
+def _serve_settings(overrides: dict[str, str | None]) -> Settings:
+    """The settings ``serve`` runs with, the options given (``overrides``, ``None`` for one not
+    given) put into the environment first: the app in each worker process reads its settings
+    from there, so every worker sees the same configuration. Refuses to go on without
+    authentication, and migrates the schema when ``migrate_on_start``, before binding."""
+    import os
+
+    from chathistory.http.auth import authenticator_from_settings
+
+    os.environ.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        settings = Settings()
+        authenticator_from_settings(settings)  # refuse to start without auth, before binding
+        if settings.migrate_on_start:
+            asyncio.run(migrations.upgrade(settings.database_url))
+    except ChatHistoryError as exc:
+        raise _fail(exc) from None
+    return settings
+
+
+def _uvicorn_log_config(log_level: str) -> dict[str, Any]:
+    """uvicorn's logging configuration, with the chathistory logger through its ``default``
+    handler at ``log_level``."""
+    import uvicorn
+
+    log_config = dict(uvicorn.config.LOGGING_CONFIG)
+    log_config["loggers"] = {
+        **log_config["loggers"],
+        "chathistory": {"handlers": ["default"], "level": log_level.upper(), "propagate": False},
+    }
+    return log_config
 
 
 @app.command()

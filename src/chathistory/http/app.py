@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import (
     AbstractAsyncContextManager,
     asynccontextmanager,
@@ -109,22 +109,12 @@ def _add_middleware(app: FastAPI, settings: Settings, authenticate: Authenticate
         )
 
 
-def create_app(settings: Settings | None = None, *, store: ChatHistory | None = None) -> FastAPI:
-    """The chat history service.
-
-    With ``store`` given, the app uses it as it is (and leaves closing it to the caller);
-    otherwise its lifespan opens one on ``settings.database_url``, migrating the schema.
-    Raises :class:`~chathistory.errors.ConfigurationError` when no authentication is
-    configured and ``insecure_no_auth`` is off.
-    """
-    settings = settings or Settings()
-    authenticate = authenticator_from_settings(settings)  # refuses to build without auth
-    # MCP at /mcp (SPEC 12) needs a token's `sub`: not served with authentication off.
-    mcp = (
-        mcp_http.McpEndpoint(settings, authenticate)
-        if isinstance(authenticate, BearerAuthenticator)
-        else None
-    )
+def _lifespan(
+    settings: Settings, store: ChatHistory | None, mcp: mcp_http.McpEndpoint | None
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: warn when authentication is off, put the store on ``app.state``
+    (``store`` as it is, else one opened on ``settings.database_url`` and closed on shutdown)
+    and run MCP's transport while the app serves."""
 
     def mcp_running() -> AbstractAsyncContextManager[None]:
         return mcp.running() if mcp is not None else nullcontext()
@@ -148,37 +138,36 @@ def create_app(settings: Settings | None = None, *, store: ChatHistory | None = 
                 with _startup_objects_frozen():
                     yield
 
-    app = FastAPI(
-        title="chathistory",
-        version=__version__,
-        summary="Durable, multi-tenant chat history for AI assistants.",
-        description=(
-            "Conversations and their messages under `/api/{user_id}`. Authenticate with "
-            "`Authorization: Bearer <JWT>` whose `sub` is the `{user_id}` of the path. Errors "
-            "are RFC 9457 `application/problem+json`."
-        ),
-        lifespan=lifespan,
-        # Starlette would answer `/path/` with a 307 to an absolute URL built from the client's
-        # Host header (an open redirect): a path with a stray slash is a 404 instead.
-        redirect_slashes=False,
-        # /docs is served from the installed package (docs_page), not FastAPI's CDN page.
-        docs_url=None,
-        redoc_url=None,
-    )
-    if store is not None:
-        app.state.store = store  # usable at once, also by clients that run no lifespan
-    retry_after = settings.retry_after_seconds
+    return lifespan
+
+
+def _include_routes(
+    app: FastAPI,
+    authenticate: Authenticate,
+    mcp: mcp_http.McpEndpoint | None,
+    *,
+    retry_after_seconds: int,
+) -> None:
+    """Mount on ``app``, in this order: the API under ``/api``, ``/healthz`` and ``/readyz``,
+    the docs pages, and MCP at ``/mcp`` when it is served."""
     app.include_router(
         build_router(
-            get_store=_get_store, authenticate=authenticate, retry_after_seconds=retry_after
+            get_store=_get_store,
+            authenticate=authenticate,
+            retry_after_seconds=retry_after_seconds,
         )
     )
-    app.include_router(build_health_router(get_store=_get_store, retry_after_seconds=retry_after))
+    app.include_router(
+        build_health_router(get_store=_get_store, retry_after_seconds=retry_after_seconds)
+    )
     app.include_router(build_docs_router(title=app.title, openapi_url=app.openapi_url or ""))
     if mcp is not None:
         app.router.routes.append(mcp.route())
-    install_problem_handlers(app, retry_after_seconds=retry_after)
-    _add_middleware(app, settings, authenticate)
+
+
+def _install_openapi(app: FastAPI) -> None:
+    """Serve ``app``'s OpenAPI document as :func:`finish_openapi` completes it, built once on
+    first use."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -194,6 +183,48 @@ def create_app(settings: Settings | None = None, *, store: ChatHistory | None = 
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def create_app(settings: Settings | None = None, *, store: ChatHistory | None = None) -> FastAPI:
+    """The chat history service.
+
+    With ``store`` given, the app uses it as it is (and leaves closing it to the caller);
+    otherwise its lifespan opens one on ``settings.database_url``, migrating the schema.
+    Raises :class:`~chathistory.errors.ConfigurationError` when no authentication is
+    configured and ``insecure_no_auth`` is off.
+    """
+    settings = settings or Settings()
+    authenticate = authenticator_from_settings(settings)  # refuses to build without auth
+    # MCP at /mcp (SPEC 12) needs a token's `sub`: not served with authentication off.
+    mcp = (
+        mcp_http.McpEndpoint(settings, authenticate)
+        if isinstance(authenticate, BearerAuthenticator)
+        else None
+    )
+    app = FastAPI(
+        title="chathistory",
+        version=__version__,
+        summary="Durable, multi-tenant chat history for AI assistants.",
+        description=(
+            "Conversations and their messages under `/api/{user_id}`. Authenticate with "
+            "`Authorization: Bearer <JWT>` whose `sub` is the `{user_id}` of the path. Errors "
+            "are RFC 9457 `application/problem+json`."
+        ),
+        lifespan=_lifespan(settings, store, mcp),
+        # Starlette would answer `/path/` with a 307 to an absolute URL built from the client's
+        # Host header (an open redirect): a path with a stray slash is a 404 instead.
+        redirect_slashes=False,
+        # /docs is served from the installed package (docs_page), not FastAPI's CDN page.
+        docs_url=None,
+        redoc_url=None,
+    )
+    if store is not None:
+        app.state.store = store  # usable at once, also by clients that run no lifespan
+    retry_after = settings.retry_after_seconds
+    _include_routes(app, authenticate, mcp, retry_after_seconds=retry_after)
+    install_problem_handlers(app, retry_after_seconds=retry_after)
+    _add_middleware(app, settings, authenticate)
+    _install_openapi(app)
     return app
 
 

@@ -66,8 +66,13 @@ _UPDATE_EXAMPLES: Final[dict[str, Any]] = {
 
 def add_conversation_list_routes(router: APIRouter, guards: Guards) -> None:
     """Add to ``router`` ``/{user_id}/conversations``: create a conversation, list them."""
+    _add_create_route(router, guards)
+    _add_list_route(router, guards)
+
+
+def _add_create_route(router: APIRouter, guards: Guards) -> None:
+    """``POST /{user_id}/conversations``: create a conversation, idempotent with an ``id``."""
     Store = Annotated[ChatHistory, Depends(guards.get_store)]
-    Owner = Annotated[str, Depends(guards.owner)]
     OwnerSendingJSON = Annotated[str, Depends(guards.owner_sending_json)]
 
     @router.post(
@@ -110,6 +115,12 @@ def add_conversation_list_routes(router: APIRouter, guards: Guards) -> None:
             response.headers["Location"] = created_location(request.scope, conversation.id)
         response.status_code = 201 if created else 200
         return conversation
+
+
+def _add_list_route(router: APIRouter, guards: Guards) -> None:
+    """``GET /{user_id}/conversations``: a page of the user's conversations."""
+    Store = Annotated[ChatHistory, Depends(guards.get_store)]
+    Owner = Annotated[str, Depends(guards.owner)]
 
     @router.get(
         "/{user_id}/conversations",

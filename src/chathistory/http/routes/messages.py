@@ -75,8 +75,13 @@ _UPDATE_EXAMPLES: Final[dict[str, Any]] = {
 
 def add_message_list_routes(router: APIRouter, guards: Guards) -> None:
     """Add to ``router`` ``.../{conversation_id}/messages``: append messages, list them."""
+    _add_append_route(router, guards)
+    _add_list_route(router, guards)
+
+
+def _add_append_route(router: APIRouter, guards: Guards) -> None:
+    """``POST .../{conversation_id}/messages``: append one message or an array atomically."""
     Store = Annotated[ChatHistory, Depends(guards.get_store)]
-    Owner = Annotated[str, Depends(guards.owner)]
     OwnerSendingJSON = Annotated[str, Depends(guards.owner_sending_json)]
 
     @router.post(
@@ -114,6 +119,12 @@ def add_message_list_routes(router: APIRouter, guards: Guards) -> None:
         return AnswerResponse(
             await add_messages_answer(store, request.scope, user_id, conversation_id, body)
         )
+
+
+def _add_list_route(router: APIRouter, guards: Guards) -> None:
+    """``GET .../{conversation_id}/messages``: a page of the conversation's messages."""
+    Store = Annotated[ChatHistory, Depends(guards.get_store)]
+    Owner = Annotated[str, Depends(guards.owner)]
 
     @router.get(
         "/{user_id}/conversations/{conversation_id}/messages",
