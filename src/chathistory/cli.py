@@ -82,7 +82,7 @@ DatabaseUrl = Annotated[
     typer.Option(
         "--database-url",
         help="PostgreSQL URL or SQLite path "
-        "[env: CHATHISTORY_DATABASE_URL; default: ./chathistory.db]",
+        "\\[env: CHATHISTORY_DATABASE_URL; default: ./chathistory.db]",
         show_default=False,
     ),
 ]
@@ -216,22 +216,22 @@ def db_distribute(database_url: DatabaseUrl = None) -> None:
 def serve(
     host: Annotated[
         str | None,
-        typer.Option(help="interface to listen on [env: CHATHISTORY_HOST; default: 127.0.0.1]"),
+        typer.Option(help="interface to listen on \\[env: CHATHISTORY_HOST; default: 127.0.0.1]"),
     ] = None,
     port: Annotated[
-        int | None, typer.Option(help="TCP port [env: CHATHISTORY_PORT; default: 8000]")
+        int | None, typer.Option(help="TCP port \\[env: CHATHISTORY_PORT; default: 8000]")
     ] = None,
     database_url: DatabaseUrl = None,
     workers: Annotated[
         int | None,
-        typer.Option(help="worker processes [env: CHATHISTORY_WORKERS; default: 1]", min=1),
+        typer.Option(help="worker processes \\[env: CHATHISTORY_WORKERS; default: 1]", min=1),
     ] = None,
     insecure_no_auth: Annotated[
         bool,
         typer.Option(
             "--insecure-no-auth",
             help="development only: serve WITHOUT authentication "
-            "[env: CHATHISTORY_INSECURE_NO_AUTH]",
+            "\\[env: CHATHISTORY_INSECURE_NO_AUTH]",
         ),
     ] = False,
     log_level: Annotated[str, typer.Option(help="log level of the server")] = "info",

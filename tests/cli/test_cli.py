@@ -49,6 +49,9 @@ def test_serve_help_lists_every_setting() -> None:
         if f"CHATHISTORY_{name.upper()} (default" not in done.stdout or not field.description
     ]
     assert not missing, missing
+    # The options name their variables too (rich markup would eat an unescaped "[env: ...]").
+    for option in ("HOST", "PORT", "DATABASE_URL", "WORKERS", "INSECURE_NO_AUTH"):
+        assert f"[env: CHATHISTORY_{option}" in done.stdout, option
 
 
 def test_token_needs_a_secret() -> None:
