@@ -199,11 +199,14 @@ async def _look(other: AsyncConnection) -> tuple[str | None, list[tuple[str, str
         stamped = (
             await other.execute(text("SELECT version_num FROM chathistory_alembic_version"))
         ).scalar()
+        # Table locks only: a relation extension lock (locktype 'extend', ExclusiveLock, held
+        # for an instant while a writer grows the table) blocks no reader or writer for long.
         strong = (
             await other.execute(
                 text(
                     "SELECT c.relname, l.mode FROM pg_locks AS l JOIN pg_class AS c"
-                    " ON c.oid = l.relation WHERE l.pid <> pg_backend_pid() AND l.granted"
+                    " ON c.oid = l.relation WHERE l.locktype = 'relation'"
+                    " AND l.pid <> pg_backend_pid() AND l.granted"
                     " AND c.relname = ANY(:tables) AND l.mode = ANY(:modes)"
                 ),
                 {"tables": list(STORE_TABLES), "modes": list(STRONG)},
