@@ -5,13 +5,16 @@ traffic. The store and API suites also run on this cluster (the ``citus`` backen
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -23,10 +26,10 @@ from chathistory.cli import app
 from chathistory.db import create_engine
 from chathistory.migrations import citus as citus_schema
 from chathistory.models import metadata
-from chathistory.store.database import CITUS_SNAPSHOT_SQL
-from citus_cluster import Cluster
-from test_faults import _auth, serving
-from test_sharding import _exercise
+from chathistory.store.dialects.postgresql import CITUS_SNAPSHOT_SQL
+from tests.store.test_sharding import _exercise
+from tests.support.citus_cluster import Cluster
+from tests.test_faults import _auth, serving
 
 TABLES = {table.name for table in metadata.sorted_tables}
 
@@ -48,9 +51,9 @@ async def _citus_tables(url: str) -> dict[str, tuple[str, str, int]]:
 
 
 def test_distribute_is_idempotent_and_refuses_what_it_cannot_do(
-    citus_cluster: Cluster, make_pg_database: Any, tmp_path: Path
+    citus_database: Callable[[str], str], make_pg_database: Any, tmp_path: Path
 ) -> None:
-    url = citus_cluster.database("distribute_cli")
+    url = citus_database("distribute_cli")
     refused = _distribute(url)  # not migrated yet
     assert refused.exit_code == 1
     assert "run `chathistory db upgrade` first" in " ".join(refused.output.split())  # wrapped
@@ -84,11 +87,11 @@ def test_distribute_is_idempotent_and_refuses_what_it_cannot_do(
 
 
 async def test_migrations_keep_working_on_a_distributed_database(
-    citus_cluster: Cluster, user: str
+    citus_database: Callable[[str], str], user: str
 ) -> None:
     """Down to the first revision and back up on distributed tables: the tables a migration
     creates are distributed as it creates them, and the schema matches the models again."""
-    url = citus_cluster.database("distributed_migrations")
+    url = citus_database("distributed_migrations")
     await migrations.upgrade(url)
     await citus_schema.distribute(url)
     before = await _citus_tables(url)
@@ -212,6 +215,60 @@ async def _placement(url: str, user: str) -> tuple[int, int]:
     return int(shard), int(port)
 
 
+MOVE_TIMEOUT = 120.0  # seconds: a move of this shard group takes a few; a stuck one fails
+
+
+async def _move(url: str, shard: int, source: int, target: int) -> None:
+    """Move ``shard``'s group from the worker on port ``source`` to ``target`` by logical
+    replication, writes going on. Past :data:`MOVE_TIMEOUT` the move is cancelled and the test
+    fails with the target's subscriptions and background workers as they were while it waited
+    (an apply worker that cannot start, every ``max_worker_processes`` slot taken, leaves the
+    move waiting forever)."""
+    admin = await asyncpg.connect(url)
+    try:
+        move = asyncio.ensure_future(
+            admin.execute(
+                "SELECT citus_move_shard_placement($1, '127.0.0.1', $2, '127.0.0.1', $3, "
+                "shard_transfer_mode => 'force_logical')",
+                shard,
+                source,
+                target,
+            )
+        )
+        finished, _ = await asyncio.wait([move], timeout=MOVE_TIMEOUT)
+        if not finished:
+            state = await _replication_state(url, target)
+            move.cancel()  # asyncpg cancels the statement on the server
+            with contextlib.suppress(asyncio.CancelledError):
+                await move
+            raise AssertionError(
+                f"the shard move did not finish within {MOVE_TIMEOUT:.0f} s; on the target "
+                f"worker: {state}"
+            )
+        move.result()
+    finally:
+        await admin.close()
+
+
+async def _replication_state(url: str, port: int) -> str:
+    conn = await asyncpg.connect(
+        urlunsplit(urlsplit(url)._replace(netloc=f"postgres@127.0.0.1:{port}"))
+    )
+    try:
+        subscriptions = await conn.fetch("SELECT subname, pid FROM pg_stat_subscription")
+        workers = await conn.fetch(
+            "SELECT backend_type, datname FROM pg_stat_activity"
+            " WHERE backend_type LIKE 'Citus%' OR backend_type LIKE 'logical replication%'"
+        )
+        limit = await conn.fetchval("SHOW max_worker_processes")
+    finally:
+        await conn.close()
+    return (
+        f"subscriptions (apply worker pid) {[tuple(row) for row in subscriptions]}, "
+        f"background workers {[tuple(row) for row in workers]} of max_worker_processes {limit}"
+    )
+
+
 async def test_moving_a_users_shard_under_appends_loses_nothing(
     citus_cluster: Cluster, citus_store_url: str, user: str
 ) -> None:
@@ -253,17 +310,10 @@ async def test_moving_a_users_shard_under_appends_loses_nothing(
                     task.result()  # raises what the writer met
                     raise AssertionError("a writer stopped")
 
-        admin = await asyncpg.connect(citus_store_url)
         try:
             await progress()  # the writers are under way
             moving.set()
-            await admin.execute(
-                "SELECT citus_move_shard_placement($1, '127.0.0.1', $2, '127.0.0.1', $3, "
-                "shard_transfer_mode => 'force_logical')",
-                shard,
-                source,
-                target,
-            )
+            await _move(citus_store_url, shard, source, target)
             moving.clear()
             reached.clear()
             goal = sum(map(len, acknowledged.values())) + 40
@@ -271,7 +321,6 @@ async def test_moving_a_users_shard_under_appends_loses_nothing(
         finally:
             done.set()
             await asyncio.gather(*writers)
-            await admin.close()
         assert (await _placement(citus_store_url, user))[1] == target
         assert during > 0, "no append ran while the shard moved"
         for conversation, ids in acknowledged.items():

@@ -22,8 +22,7 @@ import jwt
 import pytest
 
 from chathistory import migrations
-
-SECRET = "fault-test-secret-0123456789-abcdefghij"
+from tests.fixtures.http import SECRET
 
 
 def _free_port() -> int:

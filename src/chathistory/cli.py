@@ -71,7 +71,7 @@ def bench_listed() -> None:
     """Measure the store against real PostgreSQL, next to its floors (raw asyncpg, one
     statement, same statement handling) in alternating rounds, and the HTTP service under
     concurrent load. Compare the ratios: absolute figures move with the machine."""
-    # The stand-in _Commands lists; its help is the real command's (tests/test_cli.py).
+    # The stand-in _Commands lists; its help is the real command's (tests/cli/test_cli.py).
     raise AssertionError("chathistory bench runs chathistory_bench.command")  # pragma: no cover
 
 
@@ -82,7 +82,7 @@ DatabaseUrl = Annotated[
     typer.Option(
         "--database-url",
         help="PostgreSQL URL or SQLite path "
-        "[env: CHATHISTORY_DATABASE_URL; default: ./chathistory.db]",
+        "\\[env: CHATHISTORY_DATABASE_URL; default: ./chathistory.db]",
         show_default=False,
     ),
 ]
@@ -216,22 +216,22 @@ def db_distribute(database_url: DatabaseUrl = None) -> None:
 def serve(
     host: Annotated[
         str | None,
-        typer.Option(help="interface to listen on [env: CHATHISTORY_HOST; default: 127.0.0.1]"),
+        typer.Option(help="interface to listen on \\[env: CHATHISTORY_HOST; default: 127.0.0.1]"),
     ] = None,
     port: Annotated[
-        int | None, typer.Option(help="TCP port [env: CHATHISTORY_PORT; default: 8000]")
+        int | None, typer.Option(help="TCP port \\[env: CHATHISTORY_PORT; default: 8000]")
     ] = None,
     database_url: DatabaseUrl = None,
     workers: Annotated[
         int | None,
-        typer.Option(help="worker processes [env: CHATHISTORY_WORKERS; default: 1]", min=1),
+        typer.Option(help="worker processes \\[env: CHATHISTORY_WORKERS; default: 1]", min=1),
     ] = None,
     insecure_no_auth: Annotated[
         bool,
         typer.Option(
             "--insecure-no-auth",
             help="development only: serve WITHOUT authentication "
-            "[env: CHATHISTORY_INSECURE_NO_AUTH]",
+            "\\[env: CHATHISTORY_INSECURE_NO_AUTH]",
         ),
     ] = False,
     log_level: Annotated[str, typer.Option(help="log level of the server")] = "info",
@@ -240,35 +240,19 @@ def serve(
 
     The schema is migrated first, so a first run on the default SQLite file creates it.
     """
-    import os
-
     import uvicorn
 
-    from chathistory.http.auth import authenticator_from_settings
     from chathistory.http.server import uvicorn_options
 
-    # The app (in each worker process) reads its settings from the environment: put the
-    # options there, so every worker sees the same configuration.
-    overrides = {
-        "CHATHISTORY_HOST": host,
-        "CHATHISTORY_PORT": None if port is None else str(port),
-        "CHATHISTORY_DATABASE_URL": database_url,
-        "CHATHISTORY_WORKERS": None if workers is None else str(workers),
-        "CHATHISTORY_INSECURE_NO_AUTH": "true" if insecure_no_auth else None,
-    }
-    os.environ.update({key: value for key, value in overrides.items() if value is not None})
-    try:
-        settings = Settings()
-        authenticator_from_settings(settings)  # refuse to start without auth, before binding
-        if settings.migrate_on_start:
-            asyncio.run(migrations.upgrade(settings.database_url))
-    except ChatHistoryError as exc:
-        raise _fail(exc) from None
-    log_config = dict(uvicorn.config.LOGGING_CONFIG)
-    log_config["loggers"] = {
-        **log_config["loggers"],
-        "chathistory": {"handlers": ["default"], "level": log_level.upper(), "propagate": False},
-    }
+    settings = _serve_settings(
+        {
+            "CHATHISTORY_HOST": host,
+            "CHATHISTORY_PORT": None if port is None else str(port),
+            "CHATHISTORY_DATABASE_URL": database_url,
+            "CHATHISTORY_WORKERS": None if workers is None else str(workers),
+            "CHATHISTORY_INSECURE_NO_AUTH": "true" if insecure_no_auth else None,
+        }
+    )
     console.print(
         f"serving {parse_database_url(settings.database_url).render()} "
         f"on http://{settings.host}:{settings.port}"
@@ -280,10 +264,43 @@ def serve(
         port=settings.port,
         workers=settings.workers,
         log_level=log_level,
-        log_config=log_config,
+        log_config=_uvicorn_log_config(log_level),
         access_log=False,  # the app logs each request with its request id
         **uvicorn_options(settings.max_header_bytes),  # 431 for a request head over the limit
     )
+
+
+def _serve_settings(overrides: dict[str, str | None]) -> Settings:
+    """The settings ``serve`` runs with, the options given (``overrides``, ``None`` for one not
+    given) put into the environment first: the app in each worker process reads its settings
+    from there, so every worker sees the same configuration. Refuses to go on without
+    authentication, and migrates the schema when ``migrate_on_start``, before binding."""
+    import os
+
+    from chathistory.http.auth import authenticator_from_settings
+
+    os.environ.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        settings = Settings()
+        authenticator_from_settings(settings)  # refuse to start without auth, before binding
+        if settings.migrate_on_start:
+            asyncio.run(migrations.upgrade(settings.database_url))
+    except ChatHistoryError as exc:
+        raise _fail(exc) from None
+    return settings
+
+
+def _uvicorn_log_config(log_level: str) -> dict[str, Any]:
+    """uvicorn's logging configuration, with the chathistory logger through its ``default``
+    handler at ``log_level``."""
+    import uvicorn
+
+    log_config = dict(uvicorn.config.LOGGING_CONFIG)
+    log_config["loggers"] = {
+        **log_config["loggers"],
+        "chathistory": {"handlers": ["default"], "level": log_level.upper(), "propagate": False},
+    }
+    return log_config
 
 
 @app.command()

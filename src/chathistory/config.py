@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     retry_after_seconds: int = Field(
         default=5, ge=1, description="Retry-After sent with a 503 when the database is unavailable"
     )
+    fast_lane: bool = Field(
+        default=True,
+        description="answer the hot reads and appends of messages without FastAPI's per-request "
+        "work, with the routes' own answers; false: every request goes through FastAPI",
+    )
 
     cors_origins: str = Field(
         default="",

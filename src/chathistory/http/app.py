@@ -7,56 +7,47 @@ SQLite file creates it), refuses to start without authentication unless the expl
 development switch is on, tags every request with a request id (``X-Request-ID``, echoed when
 the client sends a sane one) and logs one line per request, and refuses bodies over
 ``max_body_bytes`` with 413 before reading them. With bearer-token authentication, the hot reads
-and appends of messages are answered by :class:`~chathistory.http.fastlane.FastLane`, exactly as
-the routes answer them, without FastAPI's per-request machinery, and MCP's streamable HTTP
-transport is served at ``/mcp`` (:mod:`chathistory.mcp_server.http`, run in the lifespan).
+and appends of messages are answered by :class:`~chathistory.http.middleware.FastLane` with the
+routes' own answers (:mod:`chathistory.http.answers`) but without FastAPI's per-request
+machinery, unless ``fast_lane`` is off, and MCP's streamable HTTP transport is served at
+``/mcp`` (:mod:`chathistory.mcp_server.http`, run in the lifespan).
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-import re
-import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import (
     AbstractAsyncContextManager,
     asynccontextmanager,
     contextmanager,
     nullcontext,
-    suppress,
 )
 from typing import Any, Final, cast
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
-from starlette.datastructures import Headers, MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chathistory import __version__
 from chathistory.config import Settings
-from chathistory.http.auth import BearerAuthenticator, authenticator_from_settings
+from chathistory.http.auth import Authenticate, BearerAuthenticator, authenticator_from_settings
 from chathistory.http.docs_page import build_docs_router
-from chathistory.http.fastlane import FastLane
-from chathistory.http.problems import (
-    REQUEST_ID_SCOPE_KEY,
-    HTTPProblem,
-    install_problem_handlers,
-    loggable_path,
-    problem_response,
+from chathistory.http.middleware import (
+    REQUEST_ID_HEADER,
+    BodyLimitMiddleware,
+    FastLane,
+    RequestContextMiddleware,
 )
+from chathistory.http.problems import install_problem_handlers
 from chathistory.http.router import build_health_router, build_router, finish_openapi
 from chathistory.mcp_server import http as mcp_http
 from chathistory.store import ChatHistory
 
 log = logging.getLogger("chathistory.http")
 
-REQUEST_ID_HEADER: Final = "X-Request-ID"
 CORS_METHODS: Final = ("GET", "POST", "PATCH", "DELETE")
-_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
-_DIGITS = re.compile(r"[0-9]{1,19}")
 
 INSECURE_WARNING: Final = (
     "\n" + "!" * 78 + "\n"
@@ -64,102 +55,6 @@ INSECURE_WARNING: Final = (
     "!!  Anyone who can reach this server can read, change and erase the chat history\n"
     "!!  of every user. Use this only for local development.\n" + "!" * 78
 )
-
-
-class RequestContextMiddleware:
-    """Give every request an id (a sane ``X-Request-ID`` from the client, else a new one),
-    return it as ``X-Request-ID`` and log one line per request with it."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = Headers(scope=scope).get(REQUEST_ID_HEADER.lower())
-        request_id = given if given and _SANE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-        scope[REQUEST_ID_SCOPE_KEY] = request_id
-        status = 500
-        started = time.perf_counter()
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            log.info(
-                '%s "%s %s" %d %.1fms request_id=%s',
-                scope.get("client", ("-",))[0] if scope.get("client") else "-",
-                scope["method"],
-                loggable_path(scope),
-                status,
-                (time.perf_counter() - started) * 1000,
-                request_id,
-            )
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-class BodyLimitMiddleware:
-    """Answer 413 to a body over ``max_bytes``: at once when ``Content-Length`` says so, else
-    as soon as the bytes received pass the limit (nothing beyond it is read)."""
-
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    def _too_large(self) -> HTTPProblem:
-        return HTTPProblem(
-            413, f"the request body is larger than {self.max_bytes} bytes", code="body_too_large"
-        )
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = Headers(scope=scope).get("content-length")
-        if declared is not None:
-            if not _DIGITS.fullmatch(declared.strip()):
-                problem = HTTPProblem(400, "the Content-Length header is not a number")
-                await problem_response(problem)(scope, receive, send)
-                return
-            if int(declared) > self.max_bytes:
-                await problem_response(self._too_large())(scope, receive, send)
-                return
-        received = 0
-        exceeded = False
-        response_started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received, exceeded
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    exceeded = True
-                    raise _BodyTooLarge
-            return message
-
-        async def guarded_send(message: Message) -> None:
-            nonlocal response_started
-            if exceeded and not response_started:
-                return  # whatever the app made of the interrupted read: the 413 goes instead
-            if message["type"] == "http.response.start":
-                response_started = True
-            await send(message)
-
-        with suppress(_BodyTooLarge):  # the app let the interrupted read escape
-            await self.app(scope, limited_receive, guarded_send)
-        if exceeded and not response_started:
-            await problem_response(self._too_large())(scope, receive, send)
 
 
 @contextmanager
@@ -181,76 +76,13 @@ async def _get_store(request: Request) -> ChatHistory:
     return cast(ChatHistory, request.app.state.store)
 
 
-def create_app(settings: Settings | None = None, *, store: ChatHistory | None = None) -> FastAPI:
-    """The chat history service.
-
-    With ``store`` given, the app uses it as it is (and leaves closing it to the caller);
-    otherwise its lifespan opens one on ``settings.database_url``, migrating the schema.
-    Raises :class:`~chathistory.errors.ConfigurationError` when no authentication is
-    configured and ``insecure_no_auth`` is off.
-    """
-    settings = settings or Settings()
-    authenticate = authenticator_from_settings(settings)  # refuses to build without auth
-    # MCP at /mcp (SPEC 12) needs a token's `sub`: not served with authentication off.
-    mcp = (
-        mcp_http.McpEndpoint(settings, authenticate)
-        if isinstance(authenticate, BearerAuthenticator)
-        else None
-    )
-
-    def mcp_running() -> AbstractAsyncContextManager[None]:
-        return mcp.running() if mcp is not None else nullcontext()
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.insecure_no_auth:
-            log.warning(INSECURE_WARNING)
-        if store is not None:
-            app.state.store = store
-            async with mcp_running():
-                yield
-            return
-        async with ChatHistory.open(
-            settings.database_url,
-            migrate=settings.migrate_on_start,
-            **settings.open_options(),  # the limits the command line applies too
-        ) as opened:
-            app.state.store = opened
-            async with mcp_running():
-                with _startup_objects_frozen():
-                    yield
-
-    app = FastAPI(
-        title="chathistory",
-        version=__version__,
-        summary="Durable, multi-tenant chat history for AI assistants.",
-        description=(
-            "Conversations and their messages under `/api/{user_id}`. Authenticate with "
-            "`Authorization: Bearer <JWT>` whose `sub` is the `{user_id}` of the path. Errors "
-            "are RFC 9457 `application/problem+json`."
-        ),
-        lifespan=lifespan,
-        # Starlette would answer `/path/` with a 307 to an absolute URL built from the client's
-        # Host header (an open redirect): a path with a stray slash is a 404 instead.
-        redirect_slashes=False,
-        # /docs is served from the installed package (docs_page), not FastAPI's CDN page.
-        docs_url=None,
-        redoc_url=None,
-    )
-    if store is not None:
-        app.state.store = store  # usable at once, also by clients that run no lifespan
-    retry_after = settings.retry_after_seconds
-    app.include_router(
-        build_router(
-            get_store=_get_store, authenticate=authenticate, retry_after_seconds=retry_after
-        )
-    )
-    app.include_router(build_health_router(get_store=_get_store, retry_after_seconds=retry_after))
-    app.include_router(build_docs_router(title=app.title, openapi_url=app.openapi_url or ""))
-    if mcp is not None:
-        app.router.routes.append(mcp.route())
-    install_problem_handlers(app, retry_after_seconds=retry_after)
-    if isinstance(authenticate, BearerAuthenticator):  # the hot reads and appends, directly
+def _add_middleware(app: FastAPI, settings: Settings, authenticate: Authenticate) -> None:
+    """Stack the middleware of :mod:`chathistory.http.middleware` (and CORS) on ``app``: each
+    added goes outside the ones before, so a request meets CORS, the request id, the body
+    limit, then the fast lane."""
+    if settings.fast_lane and isinstance(authenticate, BearerAuthenticator):
+        # the hot reads and appends, answered before FastAPI's routing
+        retry_after = settings.retry_after_seconds
         app.add_middleware(
             FastLane, verifier=authenticate.verifier, retry_after_seconds=retry_after
         )
@@ -276,6 +108,67 @@ def create_app(settings: Settings | None = None, *, store: ChatHistory | None = 
             max_age=600,
         )
 
+
+def _lifespan(
+    settings: Settings, store: ChatHistory | None, mcp: mcp_http.McpEndpoint | None
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: warn when authentication is off, put the store on ``app.state``
+    (``store`` as it is, else one opened on ``settings.database_url`` and closed on shutdown)
+    and run MCP's transport while the app serves."""
+
+    def mcp_running() -> AbstractAsyncContextManager[None]:
+        return mcp.running() if mcp is not None else nullcontext()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.insecure_no_auth:
+            log.warning(INSECURE_WARNING)
+        if store is not None:
+            app.state.store = store
+            async with mcp_running():
+                yield
+            return
+        async with ChatHistory.open(
+            settings.database_url,
+            migrate=settings.migrate_on_start,
+            **settings.open_options(),  # the limits the command line applies too
+        ) as opened:
+            app.state.store = opened
+            async with mcp_running():
+                with _startup_objects_frozen():
+                    yield
+
+    return lifespan
+
+
+def _include_routes(
+    app: FastAPI,
+    authenticate: Authenticate,
+    mcp: mcp_http.McpEndpoint | None,
+    *,
+    retry_after_seconds: int,
+) -> None:
+    """Mount on ``app``, in this order: the API under ``/api``, ``/healthz`` and ``/readyz``,
+    the docs pages, and MCP at ``/mcp`` when it is served."""
+    app.include_router(
+        build_router(
+            get_store=_get_store,
+            authenticate=authenticate,
+            retry_after_seconds=retry_after_seconds,
+        )
+    )
+    app.include_router(
+        build_health_router(get_store=_get_store, retry_after_seconds=retry_after_seconds)
+    )
+    app.include_router(build_docs_router(title=app.title, openapi_url=app.openapi_url or ""))
+    if mcp is not None:
+        app.router.routes.append(mcp.route())
+
+
+def _install_openapi(app: FastAPI) -> None:
+    """Serve ``app``'s OpenAPI document as :func:`finish_openapi` completes it, built once on
+    first use."""
+
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             app.openapi_schema = finish_openapi(
@@ -290,7 +183,49 @@ def create_app(settings: Settings | None = None, *, store: ChatHistory | None = 
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def create_app(settings: Settings | None = None, *, store: ChatHistory | None = None) -> FastAPI:
+    """The chat history service.
+
+    With ``store`` given, the app uses it as it is (and leaves closing it to the caller);
+    otherwise its lifespan opens one on ``settings.database_url``, migrating the schema.
+    Raises :class:`~chathistory.errors.ConfigurationError` when no authentication is
+    configured and ``insecure_no_auth`` is off.
+    """
+    settings = settings or Settings()
+    authenticate = authenticator_from_settings(settings)  # refuses to build without auth
+    # MCP at /mcp (SPEC 12) needs a token's `sub`: not served with authentication off.
+    mcp = (
+        mcp_http.McpEndpoint(settings, authenticate)
+        if isinstance(authenticate, BearerAuthenticator)
+        else None
+    )
+    app = FastAPI(
+        title="chathistory",
+        version=__version__,
+        summary="Durable, multi-tenant chat history for AI assistants.",
+        description=(
+            "Conversations and their messages under `/api/{user_id}`. Authenticate with "
+            "`Authorization: Bearer <JWT>` whose `sub` is the `{user_id}` of the path. Errors "
+            "are RFC 9457 `application/problem+json`."
+        ),
+        lifespan=_lifespan(settings, store, mcp),
+        # Starlette would answer `/path/` with a 307 to an absolute URL built from the client's
+        # Host header (an open redirect): a path with a stray slash is a 404 instead.
+        redirect_slashes=False,
+        # /docs is served from the installed package (docs_page), not FastAPI's CDN page.
+        docs_url=None,
+        redoc_url=None,
+    )
+    if store is not None:
+        app.state.store = store  # usable at once, also by clients that run no lifespan
+    retry_after = settings.retry_after_seconds
+    _include_routes(app, authenticate, mcp, retry_after_seconds=retry_after)
+    install_problem_handlers(app, retry_after_seconds=retry_after)
+    _add_middleware(app, settings, authenticate)
+    _install_openapi(app)
     return app
 
 
-__all__ = ["BodyLimitMiddleware", "RequestContextMiddleware", "create_app"]
+__all__ = ["create_app"]

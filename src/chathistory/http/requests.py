@@ -46,11 +46,17 @@ MessagesBody = Annotated[
 ]
 
 
-MAX_JSON_DEPTH: Final = 64
+# How deep arrays and objects may nest in a whole request body, checked as it is parsed (before
+# authentication and validation): it bounds the work a hostile body costs the parser. Looser
+# than the storage rule (chathistory.schemas.MAX_JSON_DEPTH, 32, counted from a field's value)
+# because a body nests its fields inside an envelope (a batch's array, a message's object), and
+# because a field nested too deep for the store should get the store's answer naming the field
+# (422), not this blunt 400: it must stay well above the storage rule plus the envelope.
+MAX_BODY_JSON_DEPTH: Final = 64
 
 
 def strict_json_loads(body: bytes) -> Any:
-    """RFC 8259 JSON: UTF-8, no ``NaN`` / ``Infinity``, nested at most :data:`MAX_JSON_DEPTH`
+    """RFC 8259 JSON: UTF-8, no ``NaN`` / ``Infinity``, nested at most :data:`MAX_BODY_JSON_DEPTH`
     arrays and objects deep (a chat message needs a handful); any failure is a
     ``JSONDecodeError``."""
     try:
@@ -65,9 +71,9 @@ def strict_json_loads(body: bytes) -> Any:
         value = _TOO_DEEP
     except ValueError as exc:  # NaN / Infinity, or an integer too long to convert
         raise json.JSONDecodeError(str(exc), "", 0) from None
-    if value is _TOO_DEEP or _depth(value) > MAX_JSON_DEPTH:
+    if value is _TOO_DEEP or _depth(value) > MAX_BODY_JSON_DEPTH:
         raise json.JSONDecodeError(
-            f"arrays and objects are nested more than {MAX_JSON_DEPTH} deep", "", 0
+            f"arrays and objects are nested more than {MAX_BODY_JSON_DEPTH} deep", "", 0
         )
     return value
 
@@ -90,7 +96,7 @@ def _depth(value: Any) -> int:
         level += 1
         if level > deepest:
             deepest = level
-            if deepest > MAX_JSON_DEPTH:
+            if deepest > MAX_BODY_JSON_DEPTH:
                 break
         stack.extend((child, level) for child in children)
     return deepest

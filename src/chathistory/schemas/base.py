@@ -30,6 +30,11 @@ MAX_METADATA_KEYS = 16
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
 TITLE_FROM_MESSAGE_CHARS = 80
+# How deep arrays and objects may nest in a JSON value the store keeps (a message's content
+# parts, its annotations), counted from the field's own value. The storage rule, the same on
+# every face (library, HTTP, CLI, MCP, import): a chat message needs a handful of levels, and
+# a bounded value is one every backend can store alike (find_unstorable). The HTTP body parser
+# has its own, looser bound on a whole request: MAX_BODY_JSON_DEPTH in chathistory.http.requests.
 MAX_JSON_DEPTH = 32
 MAX_TOOL_CALLS = 128
 """Tool calls one message holds at most (OpenAI's own bound on the tools of one request)."""

@@ -8,7 +8,6 @@ concurrent appenders queue on that row and take consecutive numbers, without gap
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from chathistory.errors import (
 )
 from chathistory.models import conversations, messages, utcnow, uuid7
 from chathistory.schemas import MAX_TOOL_CALLS, MessageCreate, MessageRead, title_from
-from chathistory.store import branched_sql, branches, rows, search, tool_pairing, tool_sites
+from chathistory.store import branches, rows, search, tool_pairing, tool_sites
 from chathistory.store.conversations import free_expired, live
 from chathistory.store.database import Database
 from chathistory.store.rows import C, M
@@ -111,8 +110,9 @@ def check_sizes(rules: Rules, batch: Sequence[MessageCreate]) -> None:
 
 
 def at_once(batch: Sequence[MessageCreate]) -> bool:
-    """Whether a batch can be stored by :func:`append_at_once`: no client ids (nothing to
-    replay), no tool calls or results (nothing to pair)."""
+    """Whether a batch can be stored in one statement (:meth:`Dialect.append_at_once
+    <chathistory.store.dialects.Dialect.append_at_once>`): no client ids (nothing to replay),
+    no tool calls or results (nothing to pair)."""
     return not any(
         m.id is not None
         or m.role == "tool"
@@ -127,19 +127,18 @@ def at_once(batch: Sequence[MessageCreate]) -> bool:
 async def store(
     db: Database, rules: Rules, user_id: str, conversation_id: uuid.UUID, batch: list[MessageCreate]
 ) -> tuple[list[MessageRead], bool]:
-    """Store a parsed batch: in one statement when it can (:func:`append_at_once`), else by
-    :func:`append` in a transaction (``False``: a replay of messages stored identically)."""
-    if db.postgres and at_once(batch):
-        stored = await append_at_once(db, rules, user_id, conversation_id, batch)
+    """Store a parsed batch: in one statement when it can (the dialect's ``append_at_once``),
+    else by :func:`append` in a transaction (``False``: a replay of messages stored
+    identically)."""
+    if at_once(batch):
+        stored = await db.dialect.append_at_once(rules, user_id, conversation_id, batch)
         if stored is not None:
             return stored, True
     for _attempt in range(2):
         try:
             async with db.transaction() as conn:
                 stale_before = db.stale_before(utcnow())
-                return await append(
-                    conn, rules, user_id, conversation_id, batch, stale_before, db.branched
-                )
+                return await append(conn, db, rules, user_id, conversation_id, batch, stale_before)
         except IntegrityError:
             # Only a concurrent insert of one of these ids (into another conversation) gets
             # here: the retry sees it and replays or reports the conflict.
@@ -147,69 +146,18 @@ async def store(
     raise ConflictError("message ids collide with messages stored concurrently")
 
 
-async def append_at_once(
+async def append(
+    conn: AsyncConnection,
     db: Database,
     rules: Rules,
     user_id: str,
     conversation_id: uuid.UUID,
     batch: list[MessageCreate],
-) -> list[MessageRead] | None:
-    """:func:`append` in one statement on PostgreSQL (:data:`sql.APPEND_SQL`): the same rules,
-    one round trip, the row lock held for that one statement only."""
-    now = utcnow()
-    stored = [row(rules, user_id, conversation_id, message, 0, now) for message in batch]
-    first_user = next((m for m in batch if m.role == "user"), None)
-    columns = (
-        [r["id"] for r in stored],
-        [r["role"] for r in stored],
-        [json.dumps(r["content"]) for r in stored],
-        [r["name"] for r in stored],
-        [json.dumps(r["metadata"]) for r in stored],
-        [r["token_count"] for r in stored],
-        search.words_column(stored, db.engine),
-    )
-    parents = [None, *(r["id"] for r in stored[:-1])]  # (one message follows the current one)
-    one = len(stored) == 1  # its values as they are, not in arrays (sql.APPEND_SQL)
-    arguments = (
-        conversation_id,
-        user_id,
-        len(batch),
-        now,
-        first_user is not None,
-        None if first_user is None else title_from(first_user.text()),
-        *([column[0] for column in columns] if one else columns),
-        stored[-1]["id"],
-        *(() if one else (parents,)),
-    )
-    # a conversation seen branched: first the branched form (sql.branched_sql)
-    forms = (True, False) if conversation_id in db.branched else (False,)
-    async with db.driver() as driver:
-        for branched in forms:
-            seqs = await driver.fetch(db.append_statement(driver, one, branched), *arguments)
-            if seqs:
-                break
-    if not seqs:  # not the user's, expired, or branched elsewhere: the general path tells
-        return None
-    first_seq = min(record["seq"] for record in seqs)
-    parent_of = {record["seq"]: record["parent_id"] for record in seqs}
-    for offset, stored_row in enumerate(stored):
-        stored_row["seq"] = first_seq + offset
-        stored_row["parent_id"] = parent_of[first_seq + offset]
-    return [rows.message(r, None) for r in stored]
-
-
-async def append(
-    conn: AsyncConnection,
-    rules: Rules,
-    user_id: str,
-    conversation_id: uuid.UUID,
-    batch: list[MessageCreate],
     stale_before: datetime,
-    seen: branched_sql.Branched | None = None,
 ) -> tuple[list[MessageRead], bool]:
     """Store the batch (``True``), or return the stored rows of a replay (``False``), their
     status settled at ``stale_before`` (:func:`rows.settled`); a branched conversation is
-    added to ``seen`` (:class:`branched_sql.Branched`)."""
+    added to ``db.branched`` (:class:`~chathistory.store.database.Branched`)."""
     now = utcnow()
     # 1. Lock the conversation row and reserve seq numbers: the first statement writes, so
     #    concurrent appenders queue here (PostgreSQL row lock, SQLite write lock).
@@ -252,7 +200,7 @@ async def append(
     #    branch's own tool turns.
     seqs = range(first_seq, first_seq + len(batch))
     if placed.linear:
-        await tool_pairing.apply(conn, user_id, conversation_id, batch, seqs)
+        await tool_pairing.apply(conn, db.dialect, user_id, conversation_id, batch, seqs)
 
     # 5. The first user message ever titles a conversation nobody titled.
     if not locked.has_user_message:
@@ -269,7 +217,7 @@ async def append(
     if placed.fork is not None:  # it starts a run: one more child of its parent
         stored[0]["sibling"] = await branches.adopt(conn, user_id, conversation_id, placed.fork)
     await conn.execute(insert(messages), stored)
-    await tool_sites.record(conn, user_id, conversation_id, stored)
+    await tool_sites.record(conn, db.dialect, user_id, conversation_id, stored)
     last_seq = first_seq + len(batch) - 1
     await branches.follow(
         conn,
@@ -286,12 +234,11 @@ async def append(
     current: dict[str, Any] = {"current_message_id": stored[-1]["id"]}
     if not placed.linear:
         current["branched"] = True
-        if seen is not None:
-            seen.add(conversation_id)
+        db.branched.add(conversation_id)
     await conn.execute(
         update(conversations).where(C.user_id == user_id, C.id == conversation_id).values(current)
     )
-    await search.index(conn, stored)
+    await search.index(conn, db.dialect.search, stored)
     made = [rows.message(r, None) for r in stored]
     if placed.fork is not None:  # the newest of its parent's children (one going straight
         # on has none before it: its parent was the last message)

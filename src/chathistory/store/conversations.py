@@ -14,10 +14,8 @@ from sqlalchemy import (
     exists,
     false,
     insert,
-    literal,
     or_,
     select,
-    tuple_,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -26,7 +24,7 @@ from chathistory import pagination
 from chathistory.errors import ConflictError, ConversationNotFoundError, ValidationError
 from chathistory.models import conversation_paths, conversations, messages, utcnow, uuid7
 from chathistory.schemas import ConversationCreate, ConversationRead, ConversationUpdate, Page
-from chathistory.store import branches, rows, sql, tool_pairing, tool_sites
+from chathistory.store import branches, rows, tool_pairing, tool_sites
 from chathistory.store.database import Database
 from chathistory.store.rows import CONVERSATION_COLUMNS, C, M
 
@@ -69,7 +67,8 @@ def exists_live(
     user_id: str, conversation_id: uuid.UUID, now: datetime | None = None, *, linear: bool = False
 ) -> ColumnElement[bool]:
     """A condition for a read of messages: their conversation exists and has not expired, so
-    an expired conversation's messages never come back (:data:`sql._live` on the hot path);
+    an expired conversation's messages never come back (PostgreSQL's hot read checks the same
+    in its statement);
     with ``linear``, and never branched (SPEC 11: its active branch is every message)."""
     query = exists().where(
         C.user_id == user_id, C.id == conversation_id, live(utcnow() if now is None else now)
@@ -166,45 +165,19 @@ async def page(
     pinned: bool | None = None,
 ) -> Page[ConversationRead]:
     """Most recently updated first, keyset-paged on ``(updated_at, id)``, filtered by
-    ``archived`` / ``pinned`` (``None``: either), never an expired one: one statement (on
-    PostgreSQL straight on the pooled asyncpg connection), on an index for each filter."""
+    ``archived`` / ``pinned`` (``None``: either), never an expired one: one statement of the
+    dialect (on PostgreSQL straight on the pooled asyncpg connection), on an index for each
+    filter."""
     position = None if cursor is None else pagination.decode_conversation_cursor(cursor)
-    now = utcnow()
-    if db.postgres:
-        async with db.driver() as driver:
-            if position is None:
-                statement = sql.LIST_SQL[archived, pinned, False]
-                found = await driver.fetch(statement, user_id, now, limit + 1)
-            else:
-                statement = sql.LIST_SQL[archived, pinned, True]
-                found = await driver.fetch(
-                    statement, user_id, now, position.updated_at, position.id, limit + 1
-                )
-    else:
-        query = select(*CONVERSATION_COLUMNS).where(C.user_id == user_id, live(now))
-        if archived is not None:
-            query = query.where(C.archived == archived)
-        if pinned is not None:
-            query = query.where(C.pinned == pinned)
-        if position is not None:
-            query = query.where(
-                tuple_(C.updated_at, C.id)
-                < tuple_(
-                    literal(position.updated_at, C.updated_at.type),
-                    literal(position.id, C.id.type),
-                )
-            )
-        query = query.order_by(C.updated_at.desc(), C.id.desc()).limit(limit + 1)
-        async with db.transaction() as conn:
-            found = [row._mapping for row in await conn.execute(query)]
-    build = rows.conversation_record if db.postgres else rows.conversation
-    items = [build(row) for row in found[:limit]]
+    items, has_more = await db.dialect.list_conversations(
+        user_id, utcnow(), limit, position, archived=archived, pinned=pinned
+    )
     next_cursor = (
         pagination.encode_conversation_cursor(items[-1].updated_at, items[-1].id)
         if items
         else cursor
     )
-    return _PAGE.model_construct(data=items, has_more=len(found) > limit, next_cursor=next_cursor)
+    return _PAGE.model_construct(data=items, has_more=has_more, next_cursor=next_cursor)
 
 
 def changes(data: dict[str, Any]) -> dict[str, Any]:

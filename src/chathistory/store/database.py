@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+import uuid
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections import OrderedDict
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -31,7 +33,8 @@ from sqlalchemy.util import greenlet_spawn
 
 from chathistory.db import _replace_closed
 from chathistory.errors import ChatHistoryError, SchemaNotCurrentError, UnavailableError
-from chathistory.store import branched_sql, limits, sql
+from chathistory.store import dialects
+from chathistory.store.dialects import Dialect
 
 _UNAVAILABLE_SQLSTATE_PREFIXES: Final = ("08", "53", "57P", "28", "3D000", "25006")
 _SCHEMA_SQLSTATES: Final = ("42P01", "42703")  # undefined table, undefined column
@@ -39,52 +42,28 @@ _SQLITE_SCHEMA_ERRORS: Final = ("no such table", "no such column")
 UPGRADE_HINT: Final = "run `chathistory db upgrade`"
 NOT_MIGRATED: Final = f"the database schema is not migrated: {UPGRADE_HINT}"
 NO_CONNECTION: Final = "no database connection came free in time"
-# Readiness, in one statement: writable (PostgreSQL) and the schema's revision.
-_PING_POSTGRES: Final = (
-    "SELECT current_setting('transaction_read_only'), "
-    "(SELECT string_agg(version_num, ',') FROM chathistory_alembic_version)"
-)
-_PING_SQLITE: Final = (
-    "SELECT 'off', (SELECT group_concat(version_num, ',') FROM chathistory_alembic_version)"
-)
 DEFAULT_STREAM_TIMEOUT: Final = timedelta(minutes=10)
-# The one statement that reads every shard on purpose: an export's snapshot on Citus.
-CITUS_SNAPSHOT_SQL: Final = "SELECT 1 FROM conversations LIMIT 1"
 
 
 class Database:
-    """One engine, PostgreSQL (asyncpg) or SQLite (aiosqlite), as the rooms use it."""
+    """One engine, PostgreSQL (asyncpg) or SQLite (aiosqlite), as the rooms use it: its
+    :attr:`dialect` (:mod:`chathistory.store.dialects`), chosen once here, holds what differs
+    between the two."""
 
     def __init__(
         self, engine: AsyncEngine, stream_timeout: timedelta = DEFAULT_STREAM_TIMEOUT
     ) -> None:
         self.engine = engine
         self.stream_timeout = stream_timeout
-        self.postgres = engine.dialect.name == "postgresql"
-        self.size: ColumnElement[int] = limits.size_of(self.postgres)
+        self.dialect: Dialect = dialects.choose(self)  # the backend's operations, chosen once
+        self.size: ColumnElement[int] = self.dialect.size
         self._sync_engine = engine.sync_engine  # its pool is looked up per call (dispose)
         self._dbapi: Any = engine.dialect.loaded_dbapi
-        self._citus: bool | None = None  # the citus extension, looked up on first export
-        self.branched = branched_sql.Branched()  # which read to try first (PostgreSQL)
-        self._append: Mapping[bool, str] | None = None  # the append for the server's version
-        self._append_branched: Mapping[bool, str] = branched_sql.APPEND_SQL
+        self.branched = Branched()  # which read to try first (PostgreSQL)
         self._revisions: tuple[str, frozenset[str]] | None = None  # head, all: read on first ping
         self._gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
-
-    def append_statement(self, driver: Any, one: bool, branched: bool = False) -> str:
-        """The one-statement append for this server (:data:`sql.APPEND_SQL` from PostgreSQL
-        18, which returns old values; :data:`sql.APPEND_LOCKING_SQL` before, chosen once),
-        in its form for ``one`` message or for a batch; the ``branched`` form of
-        :mod:`branched_sql`."""
-        if self._append is None:
-            major = driver.get_server_version().major
-            self._append = sql.APPEND_SQL if major >= 18 else sql.APPEND_LOCKING_SQL
-            self._append_branched = (
-                branched_sql.APPEND_SQL if major >= 18 else branched_sql.APPEND_LOCKING_SQL
-            )
-        return (self._append_branched if branched else self._append)[one]
 
     def stale_before(self, now: datetime) -> datetime:
         """Before this instant an ``in_progress`` message's last update is too old: it reads
@@ -142,35 +121,10 @@ class Database:
         behind PgBouncer in transaction mode); SQLite a read transaction, a snapshot in WAL mode
         (writers carry on)."""
         async with errors(), self.engine.connect() as conn:
-            if self.postgres:
-                await conn.execution_options(
-                    isolation_level="REPEATABLE READ", postgresql_readonly=True
-                )
+            await self.dialect.snapshot_isolation(conn)
             async with conn.begin():
-                if not self.postgres:
-                    raw = (await conn.get_raw_connection()).driver_connection
-                    if not getattr(raw, "in_transaction", False):
-                        # pysqlite starts no transaction for a SELECT (unless the engine has a
-                        # "begin" hook): each statement would see the database as it is.
-                        await conn.exec_driver_sql("BEGIN")
-                elif await self._on_citus(conn):
-                    # Citus has no cluster-wide snapshot: each worker's is taken when the
-                    # transaction first reaches it. Reach every worker now, on one connection
-                    # each (kept for the whole transaction), so that every user's rows are read
-                    # as they were at this instant, not as they were when the export got there.
-                    await conn.exec_driver_sql(
-                        "SET LOCAL citus.max_adaptive_executor_pool_size = 1"
-                    )
-                    await conn.exec_driver_sql(CITUS_SNAPSHOT_SQL)
+                await self.dialect.snapshot_begun(conn)
                 yield conn
-
-    async def _on_citus(self, conn: AsyncConnection) -> bool:
-        if self._citus is None:
-            found = await conn.exec_driver_sql(
-                "SELECT count(*) FROM pg_extension WHERE extname = 'citus'"
-            )
-            self._citus = bool(found.scalar())
-        return self._citus
 
     async def ping(self) -> None:
         """Raise :class:`UnavailableError` unless the database answers and takes writes (a
@@ -179,8 +133,7 @@ class Database:
         release. One statement; a revision this release does not know (a newer release
         migrated the database, as in a rolling upgrade) is ready."""
         async with self.transaction() as conn:
-            sql = _PING_POSTGRES if self.postgres else _PING_SQLITE
-            row: tuple[Any, ...] = tuple((await conn.exec_driver_sql(sql)).one())
+            row: tuple[Any, ...] = tuple((await conn.exec_driver_sql(self.dialect.ping)).one())
         read_only, found = row
         if read_only == "on":
             read_only = "the database is read-only (a standby, or set read-only)"
@@ -197,6 +150,29 @@ class Database:
                 f"{UPGRADE_HINT}"
             )
             raise SchemaNotCurrentError(behind, summary=behind)
+
+
+class Branched:
+    """The conversations this process saw branched (the newest :data:`SIZE`): a hint of which
+    statement reads them in one round trip on PostgreSQL
+    (:mod:`chathistory.store.dialects.postgresql.branched`; a conversation never goes back to
+    one chain but by being cleared, and the statements check)."""
+
+    SIZE: Final = 100_000
+
+    def __init__(self) -> None:
+        self._seen: OrderedDict[uuid.UUID, None] = OrderedDict()
+
+    def __contains__(self, conversation_id: uuid.UUID) -> bool:
+        return conversation_id in self._seen
+
+    def add(self, conversation_id: uuid.UUID) -> None:
+        self._seen[conversation_id] = None
+        if len(self._seen) > self.SIZE:
+            self._seen.popitem(last=False)
+
+    def discard(self, conversation_id: uuid.UUID) -> None:
+        self._seen.pop(conversation_id, None)
 
 
 def _package_revisions() -> tuple[str, frozenset[str]]:
@@ -423,4 +399,4 @@ def _brief(exc: BaseException) -> str:
     return str(orig or exc).splitlines()[0] if str(orig or exc) else type(exc).__name__
 
 
-__all__ = ["Borrowed", "Database", "errors", "unavailable"]
+__all__ = ["Borrowed", "Branched", "Database", "errors", "unavailable"]

@@ -437,6 +437,7 @@ class ChatHistory:
         async with self._db.transaction() as conn:
             return await streaming.update_message(
                 conn,
+                self._db.dialect,
                 self._rules,
                 user_id,
                 conversation_id,

@@ -7,8 +7,9 @@ The database numbers the rows of a read by their running size and returns those 
 within the budget; :func:`within_bytes` then drops the one that crosses it (a read always
 returns at least one row, so a page can always move on). On PostgreSQL a page first reads
 without the running size: every row's size, and the content only of rows within their share
-of the budget (:data:`~chathistory.store.sql.PAGE_SHARE_SQL`); :func:`starting_within` makes
-the same cut from the sizes, and only a large row among those kept needs the running size.
+of the budget (:data:`~chathistory.store.dialects.postgresql.reads.PAGE_SHARE_SQL`);
+:func:`starting_within` makes the same cut from the sizes, and only a large row among those
+kept needs the running size.
 """
 
 from __future__ import annotations
@@ -16,20 +17,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, LargeBinary, Select, Text, cast, func, select
+from sqlalchemy import ColumnElement, Select, cast, func, select
 
 from chathistory.models import messages
 
 _M = messages.c
 
 
-def size_of(postgres: bool) -> ColumnElement[int]:
-    """Bytes of a message's content and tool calls as stored (JSON text)."""
-    size = func.octet_length if postgres else func.length
-    kind: Any = Text if postgres else LargeBinary
-    total: ColumnElement[int] = func.coalesce(size(cast(_M.content, kind)), 0)
+def stored_size(length: Any, kind: Any) -> ColumnElement[int]:
+    """Bytes of a message's content, tool calls and extras as stored (JSON text): ``length``
+    of each cast to ``kind``, as a dialect measures them (its ``size``)."""
+    total: ColumnElement[int] = func.coalesce(length(cast(_M.content, kind)), 0)
     for column in (_M.tool_calls, _M.extras):
-        total = total + func.coalesce(size(cast(column, kind)), 0)
+        total = total + func.coalesce(length(cast(column, kind)), 0)
     return total
 
 
@@ -88,4 +88,4 @@ def within_bytes(sizes: Sequence[int], max_bytes: int) -> int:
     return len(sizes)
 
 
-__all__ = ["bounded_range", "size_of", "starting_within", "within_bytes"]
+__all__ = ["bounded_range", "starting_within", "stored_size", "within_bytes"]

@@ -1,7 +1,8 @@
 """The purge (SPEC 9): delete the expired conversations and, with an age, those nobody updated
 for that long (but pinned ones), their messages with them (the foreign keys' cascade).
 
-Bounded batches, each its own short transaction, so a large purge never holds locks for long:
+Bounded batches, each its own short transaction, so a large purge never holds locks for long
+(each dialect's ``purge_batch``, :mod:`chathistory.store.dialects`):
 
 - PostgreSQL: ``SELECT id ... LIMIT n FOR UPDATE SKIP LOCKED`` picks a batch and locks it (a
   second purger skips those rows and takes others; a row an appender holds is skipped too), then
@@ -32,10 +33,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, and_, delete, false, func, or_, select
+from sqlalchemy import ColumnElement, and_, false, func, or_, select
 
 from chathistory.errors import ValidationError
-from chathistory.models import conversations, utcnow
+from chathistory.models import utcnow
 from chathistory.schemas.lifecycle import PurgeReport
 from chathistory.store.database import Database
 from chathistory.store.rows import C
@@ -168,16 +169,4 @@ async def _batch(db: Database, user_id: str, rule: _Rule, size: int) -> list[int
         select(C.id).where(C.user_id == user_id, rule.condition).order_by(*rule.order).limit(size)
     )
     async with db.transaction() as conn:
-        if db.postgres:
-            ids = list((await conn.execute(pick.with_for_update(skip_locked=True))).scalars())
-            if not ids:
-                return []
-            chosen = C.id.in_(ids)
-        else:
-            chosen = C.id.in_(pick.correlate(None).scalar_subquery())
-        removed = await conn.execute(
-            delete(conversations)
-            .where(C.user_id == user_id, chosen, rule.condition)
-            .returning(C.message_count)
-        )
-        return [int(count) for count in removed.scalars()]
+        return await db.dialect.purge_batch(conn, user_id, pick, rule.condition)

@@ -1,8 +1,9 @@
 """Reading messages: one message, keyset pages by ``seq`` (cursor or OpenAI-style ``after`` /
 ``before`` ids), and a conversation's newest messages.
 
-The hot path, :func:`read_range`, is one statement: on PostgreSQL straight on the pooled asyncpg
-connection (:mod:`chathistory.store.sql`), on SQLite a Core statement. A read that finds
+The hot path is one statement of the store's dialect
+(:meth:`Dialect.read_range <chathistory.store.dialects.Dialect.read_range>`: on PostgreSQL
+straight on the pooled asyncpg connection, on SQLite a Core statement). A read that finds
 nothing checks that the conversation exists (404), so the common case costs one round trip.
 """
 
@@ -20,7 +21,7 @@ from chathistory import pagination
 from chathistory.errors import InvalidCursorError, MessageNotFoundError, ValidationError
 from chathistory.models import messages, utcnow
 from chathistory.schemas import MessagePage, MessageRead
-from chathistory.store import branched_sql, branches, conversations, limits, rows, sql
+from chathistory.store import branches, conversations, limits, rows
 from chathistory.store.database import Database
 from chathistory.store.rows import M
 
@@ -139,8 +140,13 @@ async def page(
     # Only "before" given: take the items nearest to it, scanning away from it.
     scan_ascending = ascending != (until is not None and past is None)
     bounds = {"limit": limit + 1, "past": low, "until": high, "max_bytes": max_bytes}
-    found = await read_range(
-        db, user_id, conversation_id, ascending=scan_ascending, every=branch == "all", **bounds
+    found = await db.dialect.read_range(
+        user_id,
+        conversation_id,
+        ascending=scan_ascending,
+        every=branch == "all",
+        now=utcnow(),
+        **bounds,
     )
     built: list[MessageRead] | None = None
     if not found:
@@ -182,7 +188,9 @@ async def newest(
     """The newest ``limit`` messages (all when ``None``), oldest first."""
     if limit is not None and (isinstance(limit, bool) or limit < 1):
         raise ValidationError("must be a positive integer or None", loc=("limit",))
-    found = await read_range(db, user_id, conversation_id, ascending=limit is None, limit=limit)
+    found = await db.dialect.read_range(
+        user_id, conversation_id, ascending=limit is None, limit=limit, now=utcnow()
+    )
     branched = None
     if not found:
         branched = await _along_branch(
@@ -196,122 +204,8 @@ async def newest(
 
 def _built(db: Database, found: Sequence[Mapping[Any, Any]], upto: int) -> list[MessageRead]:
     """Read models of the first ``upto`` rows one statement read (a branched conversation's
-    with their sibling numbers, :mod:`branched_sql`)."""
-    stale_before = db.stale_before(utcnow())
-    if not db.postgres:
-        return [rows.message(row, stale_before) for row in found[:upto]]
-    items = [rows.message_record(row, stale_before) for row in found[:upto]]
-    if isinstance(found, Numbered):
-        for item, (count, index) in zip(items, found.numbers, strict=False):
-            if count != 1 or index != 1:
-                rows.numbered(item, count, index)
-    return items
-
-
-async def read_range(
-    db: Database,
-    user_id: str,
-    conversation_id: uuid.UUID,
-    *,
-    ascending: bool,
-    limit: int | None,
-    past: int | None = None,
-    until: int | None = None,
-    max_bytes: int | None = None,
-    every: bool = False,
-) -> list[Mapping[Any, Any]]:
-    """Messages of a conversation with ``past < seq < until``, by seq, at most ``limit``,
-    and (with ``max_bytes``) only those that start within that many bytes of content and
-    tool calls (each row carries its ``size``; the caller cuts the one that crosses). A
-    conversation known to have branched is read along its active branch (unless ``every``
-    message is asked for); one never branched, in seq order; any other reads nothing."""
-    now = utcnow()
-    if db.postgres:
-        arguments = [
-            conversation_id,
-            user_id,
-            0 if past is None else past,
-            sql.MAX_SEQ if until is None else until,
-            limit,
-        ]
-        async with db.driver() as driver:
-            found: list[Mapping[Any, Any]]
-            if conversation_id in db.branched and limit is not None and not every:
-                found = await _branched(driver, arguments, ascending, max_bytes, now)
-                if found:
-                    return found
-            if max_bytes is None:
-                return list(await driver.fetch(sql.RANGE_SQL[ascending], *arguments, now))
-            if limit is None:  # no share to give each row
-                statement = sql.PAGE_SQL[ascending]
-                return list(await driver.fetch(statement, *arguments, max_bytes, now))
-            # Each row's share of the budget: rows no larger than that all fit together.
-            share = min(max_bytes // max(limit, 1), sql.MAX_SIZE)
-            found = await driver.fetch(sql.PAGE_SHARE_SQL[ascending], *arguments, share, now)
-            sizes = [row["size"] for row in found]
-            if sum(sizes) > max_bytes:  # keep what PAGE_SQL keeps: the rows starting within
-                kept = limits.starting_within(sizes, max_bytes)
-                found, sizes = found[:kept], sizes[:kept]
-            if sizes and max(sizes) > share:  # one of those came without its content
-                found = await driver.fetch(sql.PAGE_SQL[ascending], *arguments, max_bytes, now)
-            return found
-    query = limits.bounded_range(
-        list(messages.c),
-        (
-            M.conversation_id == conversation_id,
-            M.user_id == user_id,
-            conversations.exists_live(user_id, conversation_id, now, linear=True),
-        ),
-        db.size,
-        ascending=ascending,
-        limit=limit,
-        past=past,
-        until=until,
-        max_bytes=max_bytes,
-    )
-    async with db.transaction() as conn:
-        return [row._mapping for row in await conn.execute(query)]
-
-
-async def _branched(
-    driver: Any,
-    arguments: list[Any],
-    ascending: bool,
-    max_bytes: int | None,
-    now: datetime,
-) -> list[Mapping[str, Any]]:
-    """:func:`read_range` of a branched conversation in one statement (:mod:`branched_sql`),
-    each row with its ``sibling_count`` and ``sibling_index``; nothing when the conversation
-    is not branched, has no such messages, or a large row needs the long way."""
-    conversation_id, user_id, past, until, limit = arguments
-    # one message more, on the oldest side: the parent of the oldest one asked for
-    asked = [conversation_id, user_id, past, until, limit + 1]
-    if max_bytes is None:
-        found = await driver.fetch(branched_sql.RANGE_SQL[ascending], *asked, now)
-    else:
-        share = min(max_bytes // max(limit, 1), sql.MAX_SIZE)
-        found = await driver.fetch(branched_sql.PAGE_SHARE_SQL[ascending], *asked, share, now)
-    kept = [row for row in found if row["seq"] != past][:limit] if ascending else found[:limit]
-    numbers = await branched_sql.numbers(driver, user_id, conversation_id, kept, found)
-    numbered = list(zip(kept, numbers, strict=True))
-    if max_bytes is not None:
-        sizes = [row["size"] for row, _ in numbered]
-        if sum(sizes) > max_bytes:  # keep the rows starting within the budget
-            numbered = numbered[: limits.starting_within(sizes, max_bytes)]
-            sizes = sizes[: len(numbered)]
-        if sizes and max(sizes) > share:  # a large row came without its content
-            return []
-    return Numbered(row for row, _ in numbered).having([pair for _, pair in numbered])
-
-
-class Numbered(list[Any]):
-    """Rows of a branched conversation read in one statement, with their sibling numbers."""
-
-    numbers: list[tuple[int, int]]
-
-    def having(self, numbers: list[tuple[int, int]]) -> Numbered:
-        self.numbers = numbers
-        return self
+    with their sibling numbers)."""
+    return db.dialect.messages(found, upto, db.stale_before(utcnow()))
 
 
 async def _seq_of(

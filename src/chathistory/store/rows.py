@@ -19,7 +19,6 @@ from chathistory.schemas import (
     MessageRead,
     from_pydantic,
 )
-from chathistory.store import sql
 
 C = conversations.c
 M = messages.c
@@ -74,30 +73,31 @@ def forward(now: datetime) -> ColumnElement[Any]:
     return case((C.updated_at < stamp, stamp), else_=C.updated_at)
 
 
-_CONVERSATION_FIELDS: Final = frozenset(ConversationRead.model_fields)
-_MESSAGE_FIELDS: Final = frozenset(MessageRead.model_fields)
-_new = object.__new__
+CONVERSATION_FIELDS: Final = frozenset(ConversationRead.model_fields)
+MESSAGE_FIELDS: Final = frozenset(MessageRead.model_fields)
+new = object.__new__
 # A pydantic model's four slots, set through their own descriptors: what object.__setattr__
 # ends up calling, without looking each name up on the class first (a sixth of a row's build).
+# The record builders of PostgreSQL's hot reads use them too (dialects/postgresql/records.py).
 _slots = pydantic.BaseModel.__dict__
-_set_dict: Final = _slots["__dict__"].__set__
-_set_fields: Final = _slots["__pydantic_fields_set__"].__set__
-_set_extra: Final = _slots["__pydantic_extra__"].__set__
-_set_private: Final = _slots["__pydantic_private__"].__set__
+set_dict: Final = _slots["__dict__"].__set__
+set_fields: Final = _slots["__pydantic_fields_set__"].__set__
+set_extra: Final = _slots["__pydantic_extra__"].__set__
+set_private: Final = _slots["__pydantic_private__"].__set__
 
 
 def conversation(row: Mapping[Any, Any]) -> ConversationRead:
     """A read model of a stored row, built without validation (the row is the store's own):
     what ``model_construct`` does, without its per-field loop (a fifth of its cost, which
     counts on the hot reads)."""
-    model = _new(ConversationRead)
+    model = new(ConversationRead)
     width = len(row) == _CONVERSATION_WIDTH
-    data = dict(row) if width else {n: row[n] for n in _CONVERSATION_NAMES}
+    data = dict(row) if width else {n: row[n] for n in CONVERSATION_NAMES}
     data["object"] = "conversation"
-    _set_dict(model, data)
-    _set_fields(model, _CONVERSATION_FIELDS)
-    _set_extra(model, None)
-    _set_private(model, None)
+    set_dict(model, data)
+    set_fields(model, CONVERSATION_FIELDS)
+    set_extra(model, None)
+    set_private(model, None)
     return model
 
 
@@ -112,8 +112,8 @@ def settled(status: str, updated_at: datetime, stale_before: datetime | None) ->
 def message(row: Mapping[Any, Any], stale_before: datetime | None) -> MessageRead:
     """A read model of a stored message row (see :func:`conversation`), its status settled
     at ``stale_before`` (:func:`settled`; ``None`` for rows just written)."""
-    model = _new(MessageRead)
-    data = {name: row[name] for name in _STORED_NAMES}
+    model = new(MessageRead)
+    data = {name: row[name] for name in STORED_NAMES}
     if data["updated_at"] is None:  # never updated: NULL reads as created_at
         data["updated_at"] = data["created_at"]
     if data["status"] != "completed":
@@ -127,138 +127,23 @@ def message(row: Mapping[Any, Any], stale_before: datetime | None) -> MessageRea
         audio=extras.get("audio"),
         function_call=extras.get("function_call"),
     )
-    _set_dict(model, data)
-    _set_fields(model, _MESSAGE_FIELDS)
-    _set_extra(model, None)
-    _set_private(model, None)
-    return model
-
-
-def message_record(record: Any, stale_before: datetime | None) -> MessageRead:
-    """:func:`message` of a row of :data:`sql.MESSAGE_COLUMNS` as asyncpg returns it (a trailing
-    ``size`` column is left out): its values are in the read model's order (checked below), so
-    they are unpacked and go into a dict display, built at its size in one step, instead of
-    being looked up one name at a time (half the cost, which counts on the hot reads)."""
-    (
-        id,
-        conversation_id,
-        user_id,
-        seq,
-        role,
-        content,
-        name,
-        tool_calls,
-        tool_call_id,
-        metadata,
-        token_count,
-        created_at,
-        status,
-        updated_at,
-        parent_id,
-        extras,
-    ) = record[:_MESSAGE_WIDTH]
-    if updated_at is None:
-        updated_at = created_at
-    if status != "completed":
-        status = settled(status, updated_at, stale_before)
-    data = {
-        "id": id,
-        "conversation_id": conversation_id,
-        "user_id": user_id,
-        "seq": seq,
-        "role": role,
-        "content": content,
-        "name": name,
-        "tool_calls": tool_calls,
-        "tool_call_id": tool_call_id,
-        "metadata": metadata,
-        "token_count": token_count,
-        "created_at": created_at,
-        "status": status,
-        "updated_at": updated_at,
-        "parent_id": parent_id,
-        "sibling_count": 1,
-        "sibling_index": 1,
-        "object": "message",
-        "refusal": None,
-        "annotations": None,
-        "audio": None,
-        "function_call": None,
-    }
-    if extras:
-        data["refusal"] = extras.get("refusal")
-        data["annotations"] = extras.get("annotations")
-        data["audio"] = extras.get("audio")
-        data["function_call"] = extras.get("function_call")
-    model = _new(MessageRead)
-    _set_dict(model, data)
-    _set_fields(model, _MESSAGE_FIELDS)
-    _set_extra(model, None)
-    _set_private(model, None)
-    return model
-
-
-def conversation_record(record: Any) -> ConversationRead:
-    """:func:`conversation` of a row of :data:`sql.CONVERSATION_COLUMNS` as asyncpg returns it
-    (see :func:`message_record`)."""
-    (
-        id,
-        user_id,
-        title,
-        metadata,
-        created_at,
-        updated_at,
-        message_count,
-        archived,
-        pinned,
-        expires_at,
-        current_message_id,
-    ) = record
-    model = _new(ConversationRead)
-    _set_dict(
-        model,
-        {
-            "id": id,
-            "user_id": user_id,
-            "title": title,
-            "metadata": metadata,
-            "created_at": created_at,
-            "updated_at": updated_at,
-            "message_count": message_count,
-            "archived": archived,
-            "pinned": pinned,
-            "expires_at": expires_at,
-            "current_message_id": current_message_id,
-            "object": "conversation",
-        },
-    )
-    _set_fields(model, _CONVERSATION_FIELDS)
-    _set_extra(model, None)
-    _set_private(model, None)
+    set_dict(model, data)
+    set_fields(model, MESSAGE_FIELDS)
+    set_extra(model, None)
+    set_private(model, None)
     return model
 
 
 # The stored columns: every field but ``object``, which is a constant.
-_CONVERSATION_NAMES: Final = tuple(f for f in ConversationRead.model_fields if f != "object")
-_CONVERSATION_WIDTH: Final = len(_CONVERSATION_NAMES)
+CONVERSATION_NAMES: Final = tuple(f for f in ConversationRead.model_fields if f != "object")
+_CONVERSATION_WIDTH: Final = len(CONVERSATION_NAMES)
 # A message row's columns, but ``extras`` (refusal, annotations, audio, function_call) and the
 # sibling numbers (counted for branched conversations, SPEC 11: :func:`numbered`).
 _SIBLINGS: Final = ("sibling_count", "sibling_index")
-_STORED_NAMES: Final = tuple(
+STORED_NAMES: Final = tuple(
     f for f in MessageRead.model_fields if f not in ("object", *_SIBLINGS, *EXTRAS)
 )
 _NONE: Final[Mapping[str, Any]] = {}
-# message_record and conversation_record name the columns of the hot statements in this order.
-_MESSAGE_WIDTH: Final = len(sql.MESSAGE_NAMES)
-if (
-    (*_STORED_NAMES, "extras") != sql.MESSAGE_NAMES
-    or _CONVERSATION_NAMES != sql.CONVERSATION_NAMES
-    or list(vars(message_record((*_STORED_NAMES, None), None)).values())[: len(_STORED_NAMES)]
-    != list(_STORED_NAMES)
-    or list(vars(conversation_record(_CONVERSATION_NAMES)).values())[:-1]
-    != list(_CONVERSATION_NAMES)
-):
-    raise RuntimeError("the hot statements' columns must be in the read models' order")
 
 
 def numbered(model: MessageRead, count: int, index: int) -> None:

@@ -13,7 +13,6 @@ on that user's shard only.
 from __future__ import annotations
 
 import functools
-import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,18 +25,13 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
-    cast,
     delete,
     func,
     insert,
     literal,
-    literal_column,
     select,
-    table,
-    text,
     tuple_,
 )
-from sqlalchemy.dialects.postgresql import TSQUERY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chathistory import pagination
@@ -47,11 +41,11 @@ from chathistory.schemas.search import HitConversation, SearchHit, SearchPage
 from chathistory.store import branches, limits, rows, search_syntax
 from chathistory.store import conversations as conversation_room
 from chathistory.store.database import Database
+from chathistory.store.dialects import SearchForm, search_form
 
 S = message_search.c
 M = messages.c
 C = conversations.c
-_FTS = table("message_search_fts")  # SQLite's FTS5 index: each user's words (fts5_query)
 
 
 PROBE_ROWS: Final = 128
@@ -67,15 +61,6 @@ the GIN read); a query with more walks instead."""
 WALK_ROWS: Final = 1_000
 """Rows after the cursor a walking page looks at, at most: it answers the hits among them,
 with ``has_more`` and a cursor after them."""
-
-_INDEX_ONLY: Final = (
-    "SELECT set_config('enable_indexscan', 'off', true),"
-    " set_config('enable_indexonlyscan', 'off', true), set_config('enable_seqscan', 'off', true)"
-)
-_PLANNER_DEFAULTS: Final = (
-    "SELECT set_config('enable_indexscan', 'on', true),"
-    " set_config('enable_indexonlyscan', 'on', true), set_config('enable_seqscan', 'on', true)"
-)
 
 
 _OFF: Final = "chathistory_search_off"
@@ -94,14 +79,6 @@ def enabled(on: AsyncEngine | AsyncConnection) -> bool:
     """Whether messages written through this engine or connection get search rows."""
     engine = on.engine if isinstance(on, AsyncConnection) else on
     return not engine.get_execution_options().get(_OFF, False)
-
-
-async def _plan_with(conn: AsyncConnection, settings: str) -> None:
-    """Planner settings for the rest of this transaction (``set_config(..., true)``: nothing
-    outlives it, so PgBouncer's transaction mode is fine), in one round trip (the simple
-    query protocol: no statement to prepare)."""
-    raw: Any = (await conn.get_raw_connection()).driver_connection
-    await raw.execute(settings)
 
 
 async def search(
@@ -127,6 +104,7 @@ async def search(
         raise ValidationError(f"must be one of {', '.join(ROLES)}", loc=("role",))
     after = pagination.decode_search_cursor(cursor) if cursor is not None else None
     where = Where(db, user_id, parsed, conversation_id, role, after)
+    form = db.dialect.search
     stale_before = db.stale_before(utcnow())
     async with db.transaction() as conn:
         if conversation_id is not None:
@@ -140,15 +118,13 @@ async def search(
             window = WALK_ROWS
             # Words the probe already met are common: their candidates would be many.
             if not head.loose and len(parsed.matched_words()) <= INDEX_WORDS:
-                if db.postgres:  # the candidates from the GIN index, whatever the estimates
-                    await _plan_with(conn, _INDEX_ONLY)
+                await form.plan(conn, index_only=True)  # the candidates from the index
                 answer = (await conn.execute(*statement(where, limit + 1, max_bytes))).all()
                 window = None if answer[0].examined <= MAX_CANDIDATES else WALK_ROWS
-                if db.postgres and (
-                    window is not None
-                    or any(r.conversation_branched for r in answer if r.id is not None)
+                if window is not None or any(
+                    r.conversation_branched for r in answer if r.id is not None
                 ):
-                    await _plan_with(conn, _PLANNER_DEFAULTS)  # a walk or branch reads follow
+                    await form.plan(conn, index_only=False)  # a walk or branch reads follow
             if window is not None:
                 walk = statement(where, limit + 1, max_bytes, WALK_ROWS)
                 answer = (await conn.execute(*walk)).all()
@@ -256,9 +232,9 @@ def statement(
 
     The statement is built once per shape (which filters, which kind of look) and cached, its
     values all parameters, so a search builds no SQL and SQLAlchemy compiles it once."""
-    db = where.db
+    form = where.db.dialect.search
     shape = _shape(
-        db.postgres,
+        form,
         where.conversation_id is not None,
         where.role is not None,
         where.after is not None,
@@ -272,11 +248,7 @@ def statement(
         "looked_at": walk if walk is not None else MAX_CANDIDATES + 1,
         "candidates": MAX_CANDIDATES,
     }
-    if db.postgres:
-        values["q"] = where.query.to_tsquery()
-        values["loose"] = where.query.to_loose_tsquery()
-    else:
-        values.update(_sqlite_values(where.query, where.user_id))
+    values.update(form.values(where.query, where.user_id))
     if where.conversation_id is not None:
         values["conversation_id"] = where.conversation_id
     if where.role is not None:
@@ -290,12 +262,10 @@ def statement(
 
 @functools.cache
 def _shape(
-    postgres: bool, in_conversation: bool, of_role: bool, after: bool, walk: bool, budget: bool
+    form: SearchForm, in_conversation: bool, of_role: bool, after: bool, walk: bool, budget: bool
 ) -> Select[Any]:
     user_id = bindparam("user_id", type_=S.user_id.type)
-    owner: ColumnElement[Any] = S.user_id
-    if not postgres and not walk:  # SQLite's candidates: FTS5's rowids drive (see below)
-        owner = literal_column("+message_search.user_id")
+    owner = form.owner(walk)
     looked = select(S.message_id, S.conversation_id, S.created_at).where(owner == user_id)
     if in_conversation:
         looked = looked.where(
@@ -309,19 +279,9 @@ def _shape(
                 bindparam("after_id", type_=S.message_id.type),
             )
         )
-    fts_query = text("message_search_fts MATCH :q").bindparams(bindparam("q", type_=Text))
-    if postgres or walk:
-        looked = looked.add_columns(S.words)
+    looked = form.look(looked, walk)
     if walk:
         looked = looked.order_by(S.created_at.desc(), S.message_id.desc())
-    elif postgres:
-        looked = looked.where(S.words.op("@@")(cast(bindparam("loose", type_=Text), TSQUERY)))
-    else:  # FTS5's matches (the user's terms), looked up once, then each row by its rowid: the
-        # unary + above keeps SQLite from walking the user's index instead, every row of the
-        # history tested against the matches (its choice without ANALYZE's statistics)
-        matched: Select[Any] = select(literal_column("rowid")).select_from(_FTS).where(fts_query)
-        search_rowid: ColumnElement[int] = literal_column("message_search.search_rowid")
-        looked = looked.where(search_rowid.in_(matched))
     pool = (
         looked.limit(bindparam("looked_at", type_=Integer))
         .cte("looked")
@@ -337,10 +297,9 @@ def _shape(
     )
     source: Any = pool
     conditions: list[ColumnElement[bool]] = [pool.c.conversation_id.not_in(expired)]
-    if postgres:
-        conditions.append(pool.c.words.op("@@")(cast(bindparam("q", type_=Text), TSQUERY)))
-    elif walk:  # each walked row's words read, not FTS5's (see _SQLITE_HOLDS)
-        conditions.append(and_(_SQLITE_HOLDS))
+    holds = form.holds(pool, walk)
+    if holds is not None:
+        conditions.append(holds)
     if not walk:
         conditions.append(examined <= bindparam("candidates", type_=Integer))
     if of_role:
@@ -360,7 +319,7 @@ def _shape(
     joined = hits.join(messages, and_(M.id == hits.c.message_id, M.user_id == user_id)).join(
         conversations, and_(C.id == hits.c.conversation_id, C.user_id == user_id)
     )
-    size = limits.size_of(postgres)
+    size = form.size
     newest_first = (hits.c.created_at.desc(), hits.c.message_id.desc())
     found: Any = select(
         messages,
@@ -376,14 +335,7 @@ def _shape(
             numbered.c.running - numbered.c.size <= bindparam("max_bytes", type_=Integer)
         )
     found = found.subquery("found")
-    loose_count: Any = literal(0)
-    if postgres and walk:
-        loose_words = cast(bindparam("loose", type_=Text), TSQUERY)
-        loose_count = (
-            select(func.count()).select_from(pool).where(pool.c.words.op("@@")(loose_words))
-        ).scalar_subquery()
-    elif walk:
-        loose_count = select(func.count()).select_from(pool).where(_SQLITE_LOOSE).scalar_subquery()
+    loose_count = form.loose(pool, walk)
     oldest = pool.c.created_at.asc(), pool.c.message_id.asc()
     last = select(pool.c.created_at, pool.c.message_id).order_by(*oldest).limit(1)
     summary = select(
@@ -399,73 +351,9 @@ def _shape(
     )
 
 
-# SQLite: whether a walked row (of the CTE ``looked``) matches, read from its words (the
-# message's words joined by single spaces: ``search_syntax.index_text``), so a walk's work is
-# its rows. FTS5 asked about one row (``MATCH ... AND rowid = ?``) skips ahead to the next
-# real match in the whole index when the row holds the words but not the phrase, or holds an
-# excluded word: seconds for one row at 1,000,000 messages. ``:groups`` is a JSON array of
-# groups (all must match), each an array of terms (any), each a term's words between spaces
-# (a phrase's words adjacent, as FTS5 matches them); ``:excluded`` those none may match.
-_SQLITE_HOLDS: Final = text(
-    "NOT EXISTS (SELECT 1 FROM json_each(:groups) AS g WHERE NOT EXISTS"
-    " (SELECT 1 FROM json_each(g.value) AS t"
-    " WHERE instr(' ' || looked.words || ' ', t.value) > 0))"
-    " AND NOT EXISTS (SELECT 1 FROM json_each(:excluded) AS x"
-    " WHERE instr(' ' || looked.words || ' ', x.value) > 0)"
-).bindparams(bindparam("groups", type_=Text), bindparam("excluded", type_=Text))
-# ... and whether it holds the query's words (phrases as their words, exclusions left out):
-# ``:loose_groups``, each group an array of terms, each an array of words (as PostgreSQL's
-# ``to_loose_tsquery``).
-_SQLITE_LOOSE: Final = text(
-    "NOT EXISTS (SELECT 1 FROM json_each(:loose_groups) AS g WHERE NOT EXISTS"
-    " (SELECT 1 FROM json_each(g.value) AS t WHERE NOT EXISTS"
-    " (SELECT 1 FROM json_each(t.value) AS w"
-    " WHERE instr(' ' || looked.words || ' ', w.value) = 0)))"
-).bindparams(bindparam("loose_groups", type_=Text))
-
-
-def _sqlite_values(query: search_syntax.Query, user_id: str) -> dict[str, str]:
-    """The parameters of SQLite's search statements: FTS5's query (``q``, the user's terms:
-    :func:`fts5_query`) and the JSON of :data:`_SQLITE_HOLDS` and :data:`_SQLITE_LOOSE`."""
-
-    def spaced(term: search_syntax.Term) -> str:
-        return " " + " ".join(term) + " "
-
-    return {
-        "q": fts5_query(query, user_id),
-        "groups": _json([[spaced(term) for term in group] for group in query.groups]),
-        "excluded": _json([spaced(term) for term in query.excluded]),
-        "loose_groups": _json(
-            [[[f" {word} " for word in term] for term in group] for group in query.groups]
-        ),
-    }
-
-
-def _json(value: Any) -> str:
-    """JSON with the words as they are (no ``\\u`` escapes for SQLite's JSON to decode)."""
-    return json.dumps(value, ensure_ascii=False)
-
-
-def fts5_query(query: search_syntax.Query, user_id: str) -> str:
-    """SQLite's FTS5 query for one user: ``query.to_fts5()`` with each word prefixed as the
-    index holds it since migration ``0011_sqlite_search``: the user id's UTF-8 bytes in hex,
-    then ``x`` (never a hex digit), then the word; so it reads that user's posting lists only."""
-    tag = user_id.encode("utf-8").hex() + "x"
-
-    def quoted(term: search_syntax.Term) -> str:
-        return '"' + " ".join(tag + word for word in term).replace('"', '""') + '"'
-
-    expression = " AND ".join(
-        "(" + " OR ".join(quoted(term) for term in group) + ")" for group in query.groups
-    )
-    for term in query.excluded:
-        expression = f"({expression}) NOT {quoted(term)}"
-    return expression
-
-
-def index_rows(stored: list[dict[str, Any]], postgres: bool) -> list[dict[str, Any]]:
-    """The ``message_search`` rows of freshly stored message rows (those with text)."""
-    cut = search_syntax.tsvector_text if postgres else search_syntax.index_text
+def index_rows(stored: list[dict[str, Any]], cut: Callable[[str], str]) -> list[dict[str, Any]]:
+    """The ``message_search`` rows of freshly stored message rows (those with text), their
+    words cut by ``cut`` (the dialect's :attr:`~chathistory.store.dialects.SearchForm.words`)."""
     return [
         {
             "message_id": row["id"],
@@ -479,23 +367,23 @@ def index_rows(stored: list[dict[str, Any]], postgres: bool) -> list[dict[str, A
     ]
 
 
-async def index(conn: AsyncConnection, stored: list[dict[str, Any]]) -> None:
+async def index(conn: AsyncConnection, form: SearchForm, stored: list[dict[str, Any]]) -> None:
     """Index freshly stored messages in the transaction that stores them (nothing with
     search off)."""
     if not enabled(conn):
         return
-    found = index_rows(stored, conn.dialect.name == "postgresql")
+    found = index_rows(stored, form.words)
     if found:
         await conn.execute(insert(message_search), found)
 
 
-async def reindex(conn: AsyncConnection, stored: dict[str, Any]) -> None:
+async def reindex(conn: AsyncConnection, form: SearchForm, stored: dict[str, Any]) -> None:
     """Index an updated message's words again (a streaming update, SPEC 10). With search off
     the old row still goes (a message begun with search on), so :func:`fill` indexes it anew."""
     await conn.execute(
         delete(message_search).where(S.message_id == stored["id"], S.user_id == stored["user_id"])
     )
-    await index(conn, [stored])
+    await index(conn, form, [stored])
 
 
 async def fill(engine: AsyncEngine, *, user_id: str | None = None, batch: int = 1_000) -> int:
@@ -507,9 +395,8 @@ async def fill(engine: AsyncEngine, *, user_id: str | None = None, batch: int = 
     until it is done, searches miss the messages not indexed yet. With ``user_id``, only that
     user's messages."""
     from sqlalchemy import exists
-    from sqlalchemy.dialects import postgresql, sqlite
 
-    postgres = engine.dialect.name == "postgresql"
+    form = search_form(engine)
     indexed = exists().where(S.message_id == M.id, S.user_id == M.user_id)
     columns = (M.id, M.user_id, M.conversation_id, M.created_at, M.content, M.extras)
     after: uuid.UUID | None = None
@@ -525,19 +412,21 @@ async def fill(engine: AsyncEngine, *, user_id: str | None = None, batch: int = 
             if not walked:
                 return done
             after = walked[-1]["id"]
-            found = index_rows([row for row in walked if not row["indexed"]], postgres)
+            found = index_rows([row for row in walked if not row["indexed"]], form.words)
             if found:
-                adding = (postgresql.insert if postgres else sqlite.insert)(message_search)
+                adding = form.insert(message_search)
                 await conn.execute(adding.on_conflict_do_nothing(), found)
             done += len(found)
 
 
-def words_column(stored: list[dict[str, Any]], engine: AsyncEngine) -> list[str | None]:
-    """Each stored row's words as PostgreSQL ``tsvector`` text, ``None`` where it has no text
-    or search is off (the one-statement append's last array: no row for a ``None``)."""
+def words_column(
+    stored: list[dict[str, Any]], engine: AsyncEngine, cut: Callable[[str], str]
+) -> list[str | None]:
+    """Each stored row's words as ``cut`` gives them, ``None`` where it has no text or search
+    is off (the one-statement append's last array: no row for a ``None``)."""
     if not enabled(engine):
         return [None] * len(stored)
-    return _words(stored, search_syntax.tsvector_text)
+    return _words(stored, cut)
 
 
 def _words(stored: list[dict[str, Any]], cut: Callable[[str], str]) -> list[str | None]:

@@ -23,11 +23,13 @@ from chathistory.schemas import MessageCreate, MessageRead
 from chathistory.schemas.streaming import MessageUpdate
 from chathistory.store import appending, rows, search, tool_pairing, tool_sites
 from chathistory.store.conversations import live
+from chathistory.store.dialects import Dialect
 from chathistory.store.rows import C, M
 
 
 async def update_message(
     conn: AsyncConnection,
+    dialect: Dialect,
     rules: appending.Rules,
     user_id: str,
     conversation_id: uuid.UUID,
@@ -65,10 +67,10 @@ async def update_message(
     old = [call["id"] for call in current.tool_calls or ()]
     new = [c.id for c in message.tool_calls or ()]
     await tool_pairing.replace_calls(
-        conn, user_id, conversation_id, current.seq, (old, new), linear=not locked.branched
+        conn, dialect, user_id, conversation_id, current.seq, (old, new), linear=not locked.branched
     )
     dropped, added = sorted(set(old) - set(new)), sorted(set(new) - set(old))
-    await tool_sites.replace(conn, user_id, conversation_id, current.seq, dropped, added)
+    await tool_sites.replace(conn, dialect, user_id, conversation_id, current.seq, dropped, added)
     stored = appending.row(
         rules, user_id, conversation_id, message, current.seq, current.created_at
     )
@@ -84,7 +86,7 @@ async def update_message(
             }
         )
     )
-    await search.reindex(conn, stored)
+    await search.reindex(conn, dialect.search, stored)
     updated = rows.message(stored, None)
     rows.numbered(updated, current.sibling_count, current.sibling_index)
     return updated

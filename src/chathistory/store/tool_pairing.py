@@ -17,15 +17,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 from sqlalchemy import delete, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chathistory.errors import FieldError, ValidationError
 from chathistory.models import messages, open_tool_calls
 from chathistory.schemas import MessageCreate
+from chathistory.store.dialects import Dialect
 
 _T = open_tool_calls.c
 _M = messages.c
@@ -76,6 +76,7 @@ def plan(batch: Sequence[MessageCreate], seqs: Sequence[int]) -> Plan:
 
 async def apply(
     conn: AsyncConnection,
+    dialect: Dialect,
     user_id: str,
     conversation_id: uuid.UUID,
     batch: Sequence[MessageCreate],
@@ -107,9 +108,8 @@ async def apply(
         {"user_id": user_id, "conversation_id": conversation_id, "call_id": call, "seq": seq}
         for call, seq in todo.opened.items()
     ]
-    upsert: Any = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     for start in range(0, len(opened), _CHUNK):
-        statement = upsert(open_tool_calls)
+        statement = dialect.insert(open_tool_calls)
         statement = statement.on_conflict_do_update(
             index_elements=[_T.conversation_id, _T.call_id, _T.user_id],
             set_={"seq": statement.excluded.seq},
@@ -119,6 +119,7 @@ async def apply(
 
 async def replace_calls(
     conn: AsyncConnection,
+    dialect: Dialect,
     user_id: str,
     conversation_id: uuid.UUID,
     seq: int,
@@ -161,8 +162,7 @@ async def replace_calls(
                 )
             )
     if added and linear:
-        upsert: Any = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-        statement = upsert(open_tool_calls)
+        statement = dialect.insert(open_tool_calls)
         statement = statement.on_conflict_do_update(
             index_elements=[_T.conversation_id, _T.call_id, _T.user_id],
             set_={"seq": statement.excluded.seq},

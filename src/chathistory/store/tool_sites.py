@@ -20,13 +20,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from sqlalchemy import delete, literal, select, union_all
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chathistory.errors import ValidationError
 from chathistory.models import conversation_paths, messages, tool_call_sites
 from chathistory.schemas import MessageCreate
 from chathistory.store import tool_pairing
+from chathistory.store.dialects import Dialect
 from chathistory.store.paths import Path
 
 _S = tool_call_sites.c
@@ -36,7 +36,11 @@ _CHUNK: Final = 1000  # rows or ids per statement, far under the bound parameter
 
 
 async def record(
-    conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID, stored: Iterable[Any]
+    conn: AsyncConnection,
+    dialect: Dialect,
+    user_id: str,
+    conversation_id: uuid.UUID,
+    stored: Iterable[Any],
 ) -> None:
     """Record the calls of stored message rows (mappings with ``seq`` and ``tool_calls``)."""
     sites = [
@@ -49,19 +53,19 @@ async def record(
         for row in stored
         for call in row["tool_calls"] or ()
     ]
-    await add(conn, sites)
+    await add(conn, dialect, sites)
 
 
-async def add(conn: AsyncConnection, sites: Sequence[Mapping[str, Any]]) -> None:
-    upsert: Any = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+async def add(conn: AsyncConnection, dialect: Dialect, sites: Sequence[Mapping[str, Any]]) -> None:
     for start in range(0, len(sites), _CHUNK):
         await conn.execute(
-            upsert(tool_call_sites).on_conflict_do_nothing(), sites[start : start + _CHUNK]
+            dialect.insert(tool_call_sites).on_conflict_do_nothing(), sites[start : start + _CHUNK]
         )
 
 
 async def replace(
     conn: AsyncConnection,
+    dialect: Dialect,
     user_id: str,
     conversation_id: uuid.UUID,
     seq: int,
@@ -82,7 +86,7 @@ async def replace(
         {"conversation_id": conversation_id, "call_id": c, "seq": seq, "user_id": user_id}
         for c in added
     ]
-    await add(conn, sites)
+    await add(conn, dialect, sites)
 
 
 async def forget(conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID) -> None:

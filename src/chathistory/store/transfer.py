@@ -26,6 +26,7 @@ from chathistory.schemas.transfer import ConversationRecord, MessageRecord
 from chathistory.store import appending, branches, rows, search, tool_pairing, tool_sites
 from chathistory.store import conversations as rooms_conversations
 from chathistory.store.database import Database
+from chathistory.store.dialects import Dialect
 from chathistory.store.paths import walked
 from chathistory.store.rows import CONVERSATION_COLUMNS, C, M
 
@@ -168,13 +169,14 @@ async def import_conversation(
     check_user_id(spec.user_id)
     try:
         async with db.transaction() as conn:
-            return await _import(conn, rules, spec, items, chunk)
+            return await _import(conn, db.dialect, rules, spec, items, chunk)
     except IntegrityError as exc:
         raise ConflictError(f"conversation {spec.id}: an id is already stored elsewhere") from exc
 
 
 async def _import(
     conn: AsyncConnection,
+    dialect: Dialect,
     rules: appending.Rules,
     spec: ConversationRecord,
     items: Iterable[MessageRecord | Mapping[str, Any]],
@@ -200,7 +202,7 @@ async def _import(
     tree = _Tree()
     for batch in _import_batches(rules, items, chunk):
         if existing is None:
-            await _import_batch(conn, rules, spec, count, batch, tree)
+            await _import_batch(conn, dialect, rules, spec, count, batch, tree)
         count += len(batch)
         last = batch[-1].id
         had_user = had_user or any(m.role == "user" for m in batch)
@@ -296,6 +298,7 @@ def _import_batches(
 
 async def _import_batch(
     conn: AsyncConnection,
+    dialect: Dialect,
     rules: appending.Rules,
     spec: ConversationRecord,
     start: int,
@@ -329,13 +332,14 @@ async def _import_batch(
                 tree.forks.append(parent)
         tree.last_id = row["id"]
     await conn.execute(insert(messages), stored)
-    await tool_sites.record(conn, spec.user_id, spec.id, stored)
+    await tool_sites.record(conn, dialect, spec.user_id, spec.id, stored)
     if runs and not tree.branched:  # its first fork: tool calls pair along branches now
         await tool_pairing.forget(conn, spec.user_id, spec.id)  # (rows come at the end)
         tree.branched = True
     try:
         if not tree.branched:
-            await tool_pairing.apply(conn, spec.user_id, spec.id, batch, [m.seq for m in batch])
+            seqs_of_batch = [m.seq for m in batch]
+            await tool_pairing.apply(conn, dialect, spec.user_id, spec.id, batch, seqs_of_batch)
         else:
             for begin, end in zip([0, *runs], [*runs, len(batch)], strict=True):
                 if begin == end:
@@ -350,7 +354,7 @@ async def _import_batch(
                 )
     except ValidationError as exc:  # its locations count from the batch's first message
         raise ValidationError([_shift(e, start) for e in exc.errors]) from None
-    await search.index(conn, stored)
+    await search.index(conn, dialect.search, stored)
 
 
 async def _stored_seqs(
