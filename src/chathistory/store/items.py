@@ -47,14 +47,16 @@ _STAND_IN: Final = MessageCreate(role="assistant", content="")
 titles nothing; its row then becomes an ``item`` row (:meth:`Parsed.columns`)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Parsed:
-    """An item checked for storing: the item as JSON, its id (and whether it was given), and
-    the message it is to the chat views (``chat`` false: none)."""
+    """An item checked for storing: the item as JSON, its id (and whether it was given), its
+    chat form (``form``) and the message its row is to the chat views (``chat`` false: none,
+    as for an item merged into the assistant message before it, :func:`_turns`)."""
 
     item: dict[str, Any]
     item_id: str
     given: bool
+    form: dict[str, Any] | None
     message: MessageCreate
     chat: bool
 
@@ -105,7 +107,72 @@ def parse(rules: Rules, items: Sequence[Mapping[str, Any]]) -> list[Parsed]:
     given = [p.item_id for p in parsed if p.given]
     if len(set(given)) != len(given):
         raise ValidationError("the same id appears twice in one batch", loc=("id",))
+    _turns(rules, parsed)
     return parsed
+
+
+def _turns(rules: Rules, parsed: list[Parsed]) -> None:
+    """One model turn's assistant items as ONE assistant message, as OpenAI's chat format
+    wants it (and the Agents SDK's converter reads items): an assistant message item and the
+    ``function_call`` / ``custom_tool_call`` items around it, with no other chat message
+    between them (items with no chat form, reasoning say, do not count), become the chat
+    message of the first of them, with all the tool calls; the rows of the others are
+    ``item`` rows. Two assistant messages without tool calls stay two messages."""
+    head: int | None = None
+    for index, p in enumerate(parsed):
+        if p.form is None:
+            continue
+        if p.form["role"] != "assistant":
+            head = None
+            continue
+        if head is not None:
+            first = parsed[head]
+            assert first.form is not None
+            joined = _joined(first.form, p.form)
+            if joined is not None:
+                first.form = joined
+                first.message = _message(rules, joined, (head,))
+                p.message, p.chat = _STAND_IN, False
+                continue
+        head = index
+
+
+def _joined(first: dict[str, Any], then: dict[str, Any]) -> dict[str, Any] | None:
+    """Two assistant chat messages as one, when either has tool calls (else ``None``)."""
+    if not (first.get("tool_calls") or then.get("tool_calls")):
+        return None
+    out = dict(first)
+    for key in ("content", "refusal"):
+        texts = [m[key] for m in (first, then) if isinstance(m.get(key), str)]
+        if texts:
+            out[key] = "\n".join(texts)
+    out["tool_calls"] = [*(first.get("tool_calls") or ()), *(then.get("tool_calls") or ())]
+    return out
+
+
+def _message(rules: Rules, form: dict[str, Any], loc: tuple[str | int, ...]) -> MessageCreate:
+    """``form`` validated as a message, within the content limit."""
+    try:
+        message: MessageCreate = rows.parse(MessageCreate, form)
+    except ValidationError as exc:
+        raise ValidationError(
+            [FieldError((*loc, *e.loc), e.msg, e.type) for e in exc.errors]
+        ) from None
+    _within(rules, message.text_size(), loc)
+    return message
+
+
+def _within(rules: Rules, size: int, loc: tuple[str | int, ...]) -> None:
+    if size > rules.max_content_chars:
+        raise ValidationError(
+            [
+                FieldError(
+                    (*loc, "content"),
+                    f"is {size} characters; the limit is {rules.max_content_chars}",
+                    "too_long",
+                )
+            ]
+        )
 
 
 def _one(rules: Rules, item: Any, loc: tuple[str | int, ...]) -> Parsed:
@@ -121,29 +188,12 @@ def _one(rules: Rules, item: Any, loc: tuple[str | int, ...]) -> Parsed:
     if given_id is not None and (not isinstance(given_id, str) or not given_id):
         raise ValidationError("must be a non-empty string", loc=(*loc, "id"))
     item_id = given_id or f"{MADE_PREFIX}{uuid7().hex}"
-    chat = chat_message(as_json, loc=loc)
-    if chat is None:
-        size = _text_size(as_json)
-        message = _STAND_IN
-    else:
-        try:
-            message = rows.parse(MessageCreate, chat)
-        except ValidationError as exc:
-            raise ValidationError(
-                [FieldError((*loc, *e.loc), e.msg, e.type) for e in exc.errors]
-            ) from None
-        size = message.text_size()
-    if size > rules.max_content_chars:
-        raise ValidationError(
-            [
-                FieldError(
-                    (*loc, "content"),
-                    f"is {size} characters; the limit is {rules.max_content_chars}",
-                    "too_long",
-                )
-            ]
-        )
-    return Parsed(as_json, item_id, given_id is not None, message, chat is not None)
+    form = chat_message(as_json, loc=loc)
+    if form is None:
+        _within(rules, _text_size(as_json), loc)
+        return Parsed(as_json, item_id, given_id is not None, None, _STAND_IN, False)
+    message = _message(rules, form, loc)
+    return Parsed(as_json, item_id, given_id is not None, form, message, True)
 
 
 def _text_size(value: Any) -> int:

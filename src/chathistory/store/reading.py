@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chathistory import pagination
 from chathistory.errors import InvalidCursorError, MessageNotFoundError, ValidationError
-from chathistory.models import messages, utcnow
+from chathistory.models import ITEM_ROLE, messages, utcnow
 from chathistory.schemas import MessagePage, MessageRead
 from chathistory.store import branches, conversations, limits, rows
 from chathistory.store.database import Database
@@ -99,6 +99,7 @@ async def _along_branch(
             found = await branches.read(conn, db.size, owned, branches.linear(count), **bounds)
         else:
             found = await branches.read_active(conn, db.size, user_id, conversation_id, **bounds)
+        found = [row for row in found if row["role"] != ITEM_ROLE]  # in no chat view
         items = await _numbered(conn, user_id, conversation_id, found, db.stale_before(utcnow()))
     return found, items
 

@@ -21,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from chathistory.models import conversations, messages
+from chathistory.models import ITEM_ROLE, conversations, messages
 from chathistory.pagination import ConversationCursor
 from chathistory.schemas import ConversationRead, MessageCreate, MessageRead
 from chathistory.store import limits, rows
@@ -71,6 +71,7 @@ class Sqlite:
             (
                 M.conversation_id == conversation_id,
                 M.user_id == user_id,
+                M.role != ITEM_ROLE,  # items with no chat form are in no chat view
                 exists_live(user_id, conversation_id, now, linear=True),
             ),
             self.size,
