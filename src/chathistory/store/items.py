@@ -326,7 +326,7 @@ async def page(
             conversation_id,
             branched,
             ascending=ascending,
-            limit=limit + 1,
+            limit=limit + 1 + (after is not None),  # a row holds at least one item
             past=start if ascending else None,
             until=None if ascending else start,
         )
