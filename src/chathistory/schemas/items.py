@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from chathistory.errors import FieldError, ValidationError
 
@@ -284,3 +284,14 @@ class ItemPage(BaseModel):
     has_more: bool
     first_id: str | None
     last_id: str | None
+
+
+class ItemsCreate(BaseModel):
+    """A request body adding items: ``{"items": [...]}``, as OpenAI's Conversations API has it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[dict[str, Any]] = Field(
+        min_length=1,
+        description="Items of OpenAI's Responses / Conversations item format, stored whole.",
+    )
