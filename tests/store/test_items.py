@@ -362,3 +362,41 @@ async def test_items_of_another_user_are_not_found(store: ChatHistory, user: str
         await store.list_items(other, conv.id)
     with pytest.raises(Exception, match="not found"):
         await store.get_item(other, conv.id, "x_1")
+
+
+async def test_items_join_the_active_branch(store: ChatHistory, user: str) -> None:
+    """Items are nodes of the tree: they follow the active branch, and the chat views of a
+    branched conversation leave the items with no chat form out."""
+    conv = await store.create_conversation(user)
+    question = await store.add_message(user, conv.id, "user", "q")
+    await store.add_items(
+        user,
+        conv.id,
+        [
+            {"type": "reasoning", "id": "rs_a", "summary": []},
+            {"type": "message", "role": "assistant", "content": "first", "id": "msg_a"},
+        ],
+    )
+    # regenerate: a new answer after the question, on a branch of its own
+    [again] = await store.add_messages(
+        user, conv.id, [{"role": "assistant", "content": "second", "parent_id": question.id}]
+    )
+    await store.add_items(user, conv.id, [{"type": "web_search_call", "id": "ws_b"}])
+    ids = [item["id"] for item in (await store.list_items(user, conv.id)).data]
+    assert ids == [f"msg_{question.id.hex}", f"msg_{again.id.hex}", "ws_b"]
+    history = await store.get_chat_history(user, conv.id)
+    assert [m.content for m in history] == ["q", "second"]
+    newest = await store.get_chat_history(user, conv.id, limit=5)
+    assert [m.content for m in newest] == ["q", "second"]
+    page = await store.list_messages(user, conv.id, order="desc")
+    assert [m.content for m in page.data] == ["second", "q"]
+    window = await store.get_context_window(user, conv.id, 1000)
+    assert [m["content"] for m in window.messages] == ["q", "second"]
+    # back to the first answer: its items are the branch's again
+    first = (await store.get_chat_history(user, conv.id, limit=1))[0]
+    assert first.sibling_count == 2
+    all_messages = await store.list_messages(user, conv.id, branch="all")
+    assert [m.content for m in all_messages.data] == ["q", "first", "second"]
+    await store.update_conversation(user, conv.id, current_message_id=all_messages.data[1].id)
+    ids = [item["id"] for item in (await store.list_items(user, conv.id)).data]
+    assert ids == [f"msg_{question.id.hex}", "rs_a", "msg_a"]
