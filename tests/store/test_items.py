@@ -32,7 +32,13 @@ from openai.types.responses.response_output_item import (
     McpListTools,
 )
 
-from chathistory import ChatHistory, ConflictError, ItemNotFoundError, ValidationError
+from chathistory import (
+    ChatHistory,
+    ConflictError,
+    ItemNotFoundError,
+    MessageNotFoundError,
+    ValidationError,
+)
 
 CHAT = pydantic.TypeAdapter(list[ChatCompletionMessageParam])
 
@@ -400,3 +406,18 @@ async def test_items_join_the_active_branch(store: ChatHistory, user: str) -> No
     await store.update_conversation(user, conv.id, current_message_id=all_messages.data[1].id)
     ids = [item["id"] for item in (await store.list_items(user, conv.id)).data]
     assert ids == [f"msg_{question.id.hex}", "rs_a", "msg_a"]
+
+
+async def test_an_item_row_is_no_message(store: ChatHistory, user: str) -> None:
+    """The row of an item with no chat form is the conversation's current node, but no
+    message: get_message does not find it."""
+    conv = await store.create_conversation(user)
+    await store.add_items(user, conv.id, [{"type": "reasoning", "id": "rs_1", "summary": []}])
+    current = (await store.get_conversation(user, conv.id)).current_message_id
+    assert current is not None
+    with pytest.raises(MessageNotFoundError):
+        await store.get_message(user, conv.id, current)
+    assert await store.get_chat_history(user, conv.id) == []
+    assert (await store.list_messages(user, conv.id)).data == []
+    [message] = await store.add_messages(user, conv.id, [{"role": "user", "content": "after"}])
+    assert message.parent_id == current

@@ -43,13 +43,15 @@ async def locate(
     message_id: uuid.UUID,
     stale_before: datetime | None,
 ) -> MessageRead:
-    """One message of a live conversation, or :class:`MessageNotFoundError`."""
+    """One message of a live conversation, or :class:`MessageNotFoundError` (also for the row
+    of an item with no chat form: it is no message)."""
     row = (
         await conn.execute(
             select(messages).where(
                 M.user_id == user_id,
                 M.conversation_id == conversation_id,
                 M.id == message_id,
+                M.role != ITEM_ROLE,
                 conversations.exists_live(user_id, conversation_id),
             )
         )
