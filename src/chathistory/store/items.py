@@ -310,6 +310,12 @@ async def page(
     if order not in ("asc", "desc"):
         raise ValidationError("must be 'asc' or 'desc'", loc=("order",))
     ascending = order == "asc"
+    if after is None:  # the first page: one statement, unless the conversation branched
+        found = await db.dialect.read_items(
+            user_id, conversation_id, ascending=ascending, limit=limit + 1, now=utcnow()
+        )
+        if found:
+            return _page(found, ascending, [], limit)
     async with db.transaction() as conn:
         branched, _count = await branches.active(conn, user_id, conversation_id)
         skip: list[str] = []
@@ -330,6 +336,13 @@ async def page(
             past=start if ascending else None,
             until=None if ascending else start,
         )
+    return _page(found, ascending, skip, limit)
+
+
+def _page(
+    found: Sequence[Mapping[Any, Any]], ascending: bool, skip: list[str], limit: int
+) -> ItemPage:
+    """The page of the items of ``found`` (rows in list order), less the ``skip`` first."""
     data: list[dict[str, Any]] = []
     for row in found:
         items = row_items(row)

@@ -89,6 +89,29 @@ class Sqlite:
     ) -> list[MessageRead]:
         return [rows.message(row, stale_before) for row in found[:upto]]
 
+    async def read_items(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        *,
+        ascending: bool,
+        limit: int,
+        now: datetime,
+    ) -> Sequence[Mapping[str, Any]]:
+        query = limits.bounded_range(
+            list(messages.c),
+            (
+                M.conversation_id == conversation_id,
+                M.user_id == user_id,
+                exists_live(user_id, conversation_id, now, linear=True),
+            ),
+            self.size,
+            ascending=ascending,
+            limit=limit,
+        )
+        async with self._db.transaction() as conn:
+            return [row._mapping for row in await conn.execute(query)]
+
     async def list_conversations(
         self,
         user_id: str,

@@ -86,7 +86,19 @@ RANGE_SQL: Final = {
 }
 
 
-takes(Read, RANGE_SQL.values())
+# The first page of a conversation's items (SPEC 15): every row, with its item.
+ITEMS_SQL: Final = {
+    ascending: (
+        f"SELECT {MESSAGE_COLUMNS}, item, item_id FROM messages"  # noqa: S608
+        f" WHERE conversation_id = $1 AND user_id = $2"
+        f" AND seq > $3 AND seq < $4{_live('$6')}"
+        f" ORDER BY seq {direction} LIMIT $5"
+    )
+    for ascending, direction in ((True, "ASC"), (False, "DESC"))
+}
+
+
+takes(Read, [*RANGE_SQL.values(), *ITEMS_SQL.values()])
 takes(BudgetedRead, [*PAGE_SQL.values(), *PAGE_SHARE_SQL.values()])
 
 
@@ -145,6 +157,27 @@ class Reads:
                 found = await driver.fetch(PAGE_SQL[ascending], *whole)
             return found
 
+    async def read_items(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        *,
+        ascending: bool,
+        limit: int,
+        now: datetime,
+    ) -> Sequence[Mapping[str, Any]]:
+        """``ITEMS_SQL``: one statement on the pooled asyncpg connection."""
+        read = Read(
+            conversation_id=conversation_id,
+            user_id=user_id,
+            past=0,
+            until=MAX_SEQ,
+            limit=limit,
+            now=now,
+        )
+        async with self._db.driver() as driver:
+            return list(await driver.fetch(ITEMS_SQL[ascending], *read))
+
     def messages(
         self, found: Sequence[Mapping[str, Any]], upto: int, stale_before: datetime
     ) -> list[MessageRead]:
@@ -172,4 +205,4 @@ def _budgeted(read: Read, budget: int) -> BudgetedRead:
     )
 
 
-__all__ = ["PAGE_SHARE_SQL", "PAGE_SQL", "RANGE_SQL", "Reads"]
+__all__ = ["ITEMS_SQL", "PAGE_SHARE_SQL", "PAGE_SQL", "RANGE_SQL", "Reads"]
