@@ -30,6 +30,12 @@ class MessageNotFoundError(NotFoundError):
         self.message_id = message_id
 
 
+class ItemNotFoundError(NotFoundError):
+    def __init__(self, item_id: object) -> None:
+        super().__init__(f"item {item_id} not found")
+        self.item_id = item_id
+
+
 class ConflictError(ChatHistoryError):
     """An id that is already stored was sent again with different content."""
 

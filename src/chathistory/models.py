@@ -37,6 +37,8 @@ from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 ROLES = ("system", "user", "assistant", "tool")
+# The role of a row holding an item with no chat form (SPEC 15): no chat view reads it.
+ITEM_ROLE = "item"
 STATUSES = ("completed", "in_progress", "incomplete")
 
 NAMING_CONVENTION = {
@@ -158,7 +160,7 @@ class Message(Base, table=True):
         # distribution column in every unique key. conversation_id fixes user_id, so the
         # constraint is the same, and the index serves every per-conversation range scan.
         UniqueConstraint("conversation_id", "seq", "user_id"),
-        CheckConstraint("role IN ('system', 'user', 'assistant', 'tool')", name="role"),
+        CheckConstraint("role IN ('system', 'user', 'assistant', 'tool', 'item')", name="role"),
         CheckConstraint("seq >= 1", name="seq_positive"),
         CheckConstraint(
             "(role = 'tool') = (tool_call_id IS NOT NULL)", name="tool_call_id_iff_tool"
@@ -167,11 +169,12 @@ class Message(Base, table=True):
             "tool_calls IS NULL OR role = 'assistant'", name="tool_calls_only_assistant"
         ),
         CheckConstraint(
-            "content IS NOT NULL OR (role = 'assistant' AND "
+            "content IS NOT NULL OR role = 'item' OR (role = 'assistant' AND "
             "(tool_calls IS NOT NULL OR extras IS NOT NULL))",
             name="content_present",
         ),
         CheckConstraint("extras IS NULL OR role = 'assistant'", name="extras_only_assistant"),
+        CheckConstraint("role <> 'item' OR item IS NOT NULL", name="item_present"),
         CheckConstraint(f"status IN {STATUSES!r}", name="status"),
         CheckConstraint("status = 'completed' OR role = 'assistant'", name="status_only_assistant"),
         # Serves "has this tool call been answered yet?" when a tool result is appended.
@@ -181,6 +184,16 @@ class Message(Base, table=True):
             "tool_call_id",
             postgresql_where=text("tool_call_id IS NOT NULL"),
             sqlite_where=text("tool_call_id IS NOT NULL"),
+        ),
+        # An item's id finds it (SPEC 15): unique in its conversation.
+        Index(
+            "ix_messages_conversation_id_item_id_user_id",
+            "conversation_id",
+            "item_id",
+            "user_id",
+            unique=True,
+            postgresql_where=text("item_id IS NOT NULL"),
+            sqlite_where=text("item_id IS NOT NULL"),
         ),
         *(
             Index(
@@ -237,6 +250,10 @@ class Message(Base, table=True):
     # children (NULL: 1, the child that goes straight on is always the first).
     children: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
     sibling: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    # Items (SPEC 15): the item exactly as given (NULL for a message appended the chat way) and
+    # its id, given or made by the store. An item with no chat form has role ``item``.
+    item: dict[str, Any] | None = Field(default=None, sa_column=Column(json_type(), nullable=True))
+    item_id: str | None = Field(default=None, sa_type=Text, nullable=True)
 
 
 class OpenToolCall(Base, table=True):
@@ -370,6 +387,7 @@ Index(
 messages = Message.__table__  # type: ignore[attr-defined]
 
 __all__ = [
+    "ITEM_ROLE",
     "ROLES",
     "STATUSES",
     "Conversation",

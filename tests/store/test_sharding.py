@@ -76,6 +76,20 @@ async def _exercise(store: ChatHistory, user: str) -> None:
     await store.get_chat_history(user, conv.id, limit=2)
     await store.get_context_window(user, conv.id, 1000)
     await store.get_context_window(user, conv.id, 1000, model="gpt-4")
+    turn = [
+        {"type": "reasoning", "id": "rs_x", "summary": []},
+        {"type": "function_call", "call_id": "ic", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "ic", "output": "o"},
+    ]
+    await store.add_items(user, conv.id, turn)
+    await store.add_items(user, conv.id, turn[:1])  # a replay
+    items = await store.list_items(user, conv.id, limit=2, order="desc")
+    await store.list_items(user, conv.id, after=items.last_id)
+    await store.get_item(user, conv.id, "rs_x")
+    await store.get_item(user, conv.id, f"msg_{first.id.hex}")
+    plain = await store.create_conversation(user)
+    await store.add_items(user, plain.id, turn)
+    await store.list_items(user, plain.id, after="rs_x", order="asc")
     found = await store.search_messages(user, "hi", limit=1)
     await store.search_messages(user, "hi", cursor=found.next_cursor)
     await store.search_messages(user, 'hi OR "r" -x', conversation_id=conv.id, role="user")

@@ -158,6 +158,24 @@ _MESSAGE_PAGE_EXAMPLE: Final[dict[str, Any]] = {
 }
 _BATCH_EXAMPLE: Final[dict[str, Any]] = {"object": "list", "data": MESSAGE_EXAMPLES}
 
+_ITEM_EXAMPLES: Final[list[dict[str, Any]]] = [
+    {
+        "type": "function_call",
+        "id": "fc_1",
+        "call_id": "call_1",
+        "name": "weather",
+        "arguments": '{"city": "Lisbon"}',
+    },
+    {"type": "function_call_output", "call_id": "call_1", "output": "22 °C", "id": "item_0a1b"},
+]
+_ITEM_PAGE_EXAMPLE: Final[dict[str, Any]] = {
+    "object": "list",
+    "data": _ITEM_EXAMPLES,
+    "has_more": False,
+    "first_id": "fc_1",
+    "last_id": "item_0a1b",
+}
+
 # Success examples by (operationId, status). They are set into the finished document by
 # finish_openapi: FastAPI drops every null while building it, and a message's nulls matter.
 RESPONSE_EXAMPLES: Final[Mapping[tuple[str, str], dict[str, Any]]] = {
@@ -220,6 +238,9 @@ RESPONSE_EXAMPLES: Final[Mapping[tuple[str, str], dict[str, Any]]] = {
             "next_cursor": "eyJ2IjoxLCJrIjoicyIsInQiOjAsImlkIjoiMDAifQ",
         }
     },
+    ("addItems", "201"): {"example": _ITEM_PAGE_EXAMPLE},
+    ("listItems", "200"): {"example": _ITEM_PAGE_EXAMPLE},
+    ("getItem", "200"): {"example": _ITEM_EXAMPLES[0]},
     ("health", "200"): {"example": {"status": "ok"}},
     ("ready", "200"): {"example": {"status": "ok"}},
 }

@@ -21,6 +21,7 @@ from chathistory.schemas import (
     ConversationUpdate,
     MessageCreate,
 )
+from chathistory.schemas.items import ItemsCreate
 from chathistory.schemas.streaming import MessageUpdate
 
 # -- request bodies ---------------------------------------------------------------------------
@@ -41,6 +42,7 @@ ConversationUpdateBody = Annotated[
     Any, PlainValidator(_as_sent, json_schema_input_type=ConversationUpdate)
 ]
 MessageUpdateBody = Annotated[Any, PlainValidator(_as_sent, json_schema_input_type=MessageUpdate)]
+ItemsBody = Annotated[Any, PlainValidator(_as_sent, json_schema_input_type=ItemsCreate)]
 MessagesBody = Annotated[
     Any, PlainValidator(_as_sent, json_schema_input_type=MessageCreate | list[MessageCreate])
 ]

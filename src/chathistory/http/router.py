@@ -40,6 +40,7 @@ from chathistory.http.routes.conversations import (
     add_conversation_list_routes,
     add_conversation_routes,
 )
+from chathistory.http.routes.items import add_item_routes
 from chathistory.http.routes.messages import (
     add_context_route,
     add_message_list_routes,
@@ -75,6 +76,7 @@ def build_router(
     add_message_list_routes(router, guards)
     add_message_routes(router, guards)
     add_context_route(router, guards)
+    add_item_routes(router, guards)
     add_user_routes(router, guards)
     return router
 

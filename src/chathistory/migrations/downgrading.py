@@ -4,6 +4,9 @@ Every downgrade keeps every row of the tables it leaves (SQLite included: no tab
 reference with ``ON DELETE CASCADE`` is rebuilt). What it cannot keep is what the older schema
 has no place for; :func:`downgrade_losses` counts it on the database at hand, per kind:
 
+- below ``0012_items``: items as they were given (their ids, statuses and the keys the chat
+  format has no place for); an item with no chat form (reasoning, a hosted tool call, an
+  unknown type) keeps its row as an assistant message with empty content;
 - below ``0007_branches``: each branched conversation is flattened into one chain of all its
   messages in ``seq`` order (none is deleted; after an upgrade the last one is current, each
   message's parent is the one before it, and the messages that were off the active branch are
@@ -176,6 +179,24 @@ _P = sa.table(
 )
 
 
+_I = sa.table("messages", sa.column("role", sa.String()), sa.column("item_id", sa.Text()))
+
+
+def _items(connection: Connection) -> list[Loss]:
+    query = sa.select(_I.c.role).where(_I.c.item_id.is_not(None))
+    rows, more = _bounded(connection, query)
+    if not rows:
+        return []
+    bare = sum(row.role == "item" for row in rows)
+    detail = f"{_at_least(len(rows), more)} items would be dropped as items (kept as messages)"
+    if bare:
+        detail += (
+            f"; {bare:,} of them have no chat message of their own and would become "
+            "assistant messages with empty content"
+        )
+    return [Loss("0012_items", "items", len(rows), more, detail)]
+
+
 def _branches(connection: Connection) -> list[Loss]:
     """Branched conversations (the only ones with ``conversation_paths`` rows) and how many of
     their messages lie off the active branch (every message but the path's)."""
@@ -306,6 +327,7 @@ def _everything(connection: Connection) -> list[Loss]:
 
 
 _CHECKS: dict[str, Callable[[Connection], list[Loss]]] = {
+    "0012_items": _items,
     "0007_branches": _branches,
     "0006_streaming_turns": _streaming,
     "0005_conversation_lifecycle": _lifecycle,

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from chathistory.errors import FieldError, ValidationError
 
@@ -271,3 +273,25 @@ def message_id_of(item_id: str) -> uuid.UUID | None:
             except ValueError:
                 return None
     return None
+
+
+class ItemPage(BaseModel):
+    """One page of a conversation's items (SPEC 15), in OpenAI's list shape: ``first_id`` and
+    ``last_id`` name the first and last item of ``data``; ``after=last_id`` continues."""
+
+    object: Literal["list"] = "list"
+    data: list[dict[str, Any]]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+
+class ItemsCreate(BaseModel):
+    """A request body adding items: ``{"items": [...]}``, as OpenAI's Conversations API has it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[dict[str, Any]] = Field(
+        min_length=1,
+        description="Items of OpenAI's Responses / Conversations item format, stored whole.",
+    )

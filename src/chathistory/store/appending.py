@@ -154,10 +154,12 @@ async def append(
     conversation_id: uuid.UUID,
     batch: list[MessageCreate],
     stale_before: datetime,
+    shaped: Sequence[Mapping[str, Any]] | None = None,
 ) -> tuple[list[MessageRead], bool]:
     """Store the batch (``True``), or return the stored rows of a replay (``False``), their
     status settled at ``stale_before`` (:func:`rows.settled`); a branched conversation is
-    added to ``db.branched`` (:class:`~chathistory.store.database.Branched`)."""
+    added to ``db.branched`` (:class:`~chathistory.store.database.Branched`). ``shaped``, one
+    mapping per message, sets columns of its row over the message's own (items, SPEC 15)."""
     now = utcnow()
     # 1. Lock the conversation row and reserve seq numbers: the first statement writes, so
     #    concurrent appenders queue here (PostgreSQL row lock, SQLite write lock).
@@ -210,6 +212,8 @@ async def append(
         row(rules, user_id, conversation_id, message, first_seq + offset, now)
         for offset, message in enumerate(batch)
     ]
+    for stored_row, columns in zip(stored, shaped or (), strict=False):
+        stored_row.update(columns)
     parent_id = placed.parent_id
     for stored_row in stored:
         stored_row["parent_id"], parent_id = parent_id, stored_row["id"]

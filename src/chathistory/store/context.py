@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chathistory import tokens
 from chathistory.errors import ValidationError
+from chathistory.models import ITEM_ROLE
 from chathistory.schemas import ContextWindow, input_message
 from chathistory.store import branches, limits
 from chathistory.store.rows import WINDOW_COLUMNS, M, settled
@@ -115,6 +116,8 @@ class Selection:
     def feed(self, rows: Sequence[Any]) -> bool:
         """Take what fits of ``rows``; ``True`` once a group did not fit (the run is over)."""
         for row in rows:
+            if row.role == ITEM_ROLE:  # an item with no chat form: in no chat view
+                continue
             if row.role == "tool":
                 self._pending.append(row)
                 continue
@@ -214,6 +217,8 @@ async def _system_prefix(read: Read, budget: Budget) -> list[Any]:
         )
         await budget.count(list(itertools.takewhile(lambda row: row.role == "system", rows)))
         for row in rows:
+            if row.role == ITEM_ROLE:
+                continue
             if row.role != "system":
                 return prefix
             if not budget.take([row]):

@@ -20,7 +20,6 @@ from collections.abc import (
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -38,6 +37,7 @@ from chathistory.schemas import (
     Page,
     check_user_id,
 )
+from chathistory.schemas.items import ItemPage
 from chathistory.schemas.lifecycle import Flag, PurgeReport, flag
 from chathistory.schemas.search import SearchPage
 from chathistory.schemas.streaming import MessageUpdate
@@ -46,6 +46,7 @@ from chathistory.store import (
     appending,
     context,
     conversations,
+    items,
     purging,
     reading,
     rows,
@@ -53,6 +54,9 @@ from chathistory.store import (
     streaming,
     transfer,
 )
+from chathistory.store.changes import UNSET as UNSET
+from chathistory.store.changes import Unset as _Unset
+from chathistory.store.changes import merged as _merged
 from chathistory.store.database import DEFAULT_STREAM_TIMEOUT, Database
 from chathistory.store.opening import Opening
 from chathistory.store.reading import Branch, Order
@@ -61,30 +65,6 @@ from chathistory.store.search import turned_off
 DEFAULT_MAX_CONTENT_CHARS: Final = 100_000
 DEFAULT_MAX_BATCH_MESSAGES: Final = 1000
 DEFAULT_MAX_RESPONSE_BYTES: Final = 8 * 1024 * 1024
-
-
-class _Unset:
-    def __repr__(self) -> str:
-        return "UNSET"
-
-
-UNSET: Final = _Unset()
-
-
-def _merged(
-    changes: BaseModel | Mapping[str, Any] | None, model: type[BaseModel], **given: Any
-) -> dict[str, Any]:
-    """A change given as a model, a mapping and/or keyword arguments, as one mapping (a
-    keyword wins over the same key of the mapping; an ``UNSET`` keyword is not given)."""
-    data: dict[str, Any] = {}
-    if isinstance(changes, model):
-        data = changes.model_dump(exclude_unset=True)
-    elif isinstance(changes, Mapping):
-        data = dict(changes)
-    elif changes is not None:
-        raise ValidationError("must be an object", loc=("body",))
-    data.update({name: value for name, value in given.items() if not isinstance(value, _Unset)})
-    return data
 
 
 class ChatHistory:
@@ -488,6 +468,38 @@ class ChatHistory:
         """The newest ``limit`` messages (all when ``None``), oldest first."""
         check_user_id(user_id)
         return await reading.newest(self._db, user_id, conversation_id, limit)
+
+    # -- items (SPEC 15: OpenAI's item format, in the same history) -------------------------
+
+    async def add_items(
+        self, user_id: str, conversation_id: uuid.UUID, new: Sequence[Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Append items atomically, in order, as :mod:`chathistory.store.items` says; ids stored
+        with the same item are a replay (nothing added), with another a ConflictError."""
+        check_user_id(user_id)
+        parsed = items.parse(self._rules, new)
+        return await items.add(self._db, self._rules, user_id, conversation_id, parsed)
+
+    async def list_items(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        *,
+        limit: int = 20,
+        after: str | None = None,
+        order: Order = "asc",
+    ) -> ItemPage:
+        """A page of the active branch's items, messages appended the chat way as theirs."""
+        check_user_id(user_id)
+        return await items.page(
+            self._db, user_id, conversation_id, limit=limit, after=after, order=order
+        )
+
+    async def get_item(
+        self, user_id: str, conversation_id: uuid.UUID, item_id: str
+    ) -> dict[str, Any]:
+        check_user_id(user_id)
+        return await items.one(self._db, user_id, conversation_id, item_id)
 
     async def search_messages(
         self,

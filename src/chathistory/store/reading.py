@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chathistory import pagination
 from chathistory.errors import InvalidCursorError, MessageNotFoundError, ValidationError
-from chathistory.models import messages, utcnow
+from chathistory.models import ITEM_ROLE, messages, utcnow
 from chathistory.schemas import MessagePage, MessageRead
 from chathistory.store import branches, conversations, limits, rows
 from chathistory.store.database import Database
@@ -43,13 +43,15 @@ async def locate(
     message_id: uuid.UUID,
     stale_before: datetime | None,
 ) -> MessageRead:
-    """One message of a live conversation, or :class:`MessageNotFoundError`."""
+    """One message of a live conversation, or :class:`MessageNotFoundError` (also for the row
+    of an item with no chat form: it is no message)."""
     row = (
         await conn.execute(
             select(messages).where(
                 M.user_id == user_id,
                 M.conversation_id == conversation_id,
                 M.id == message_id,
+                M.role != ITEM_ROLE,
                 conversations.exists_live(user_id, conversation_id),
             )
         )
@@ -86,8 +88,8 @@ async def _along_branch(
 ) -> tuple[list[Mapping[Any, Any]], list[MessageRead]] | None:
     """What the one-statement read found nothing for: ``None`` for a conversation that never
     branched (it has no such messages), else the rows read along its active branch (or every
-    message, ``branch="all"``) and their read models with sibling numbers; 404 if the
-    conversation does not exist."""
+    message, ``branch="all"``) and their read models with sibling numbers, rows of items with
+    no chat form included (:func:`_chat`); 404 if the conversation does not exist."""
     async with db.transaction() as conn:
         branched, count = await branches.active(conn, user_id, conversation_id)
         if not branched:
@@ -154,7 +156,7 @@ async def page(
             db, user_id, conversation_id, branch, ascending=scan_ascending, **bounds
         )
         if branched is not None:
-            found, built = branched
+            found, built = _chat(*branched)
     sizes = [row["size"] for row in found]
     total = sum(sizes)
     fitting = (
@@ -191,15 +193,50 @@ async def newest(
     found = await db.dialect.read_range(
         user_id, conversation_id, ascending=limit is None, limit=limit, now=utcnow()
     )
-    branched = None
-    if not found:
-        branched = await _along_branch(
-            db, user_id, conversation_id, "active", ascending=limit is None, limit=limit
+    found, items = await _newest(db, user_id, conversation_id, limit, found)
+    # Along a branch, rows of items with no chat form are left out after the read: read on
+    # (older) until ``limit`` messages, or the branch's start.
+    while limit is not None and len(items) < limit and len(found) == limit:
+        until = found[-1]["seq"]
+        older = await db.dialect.read_range(
+            user_id, conversation_id, ascending=False, limit=limit, now=utcnow(), until=until
         )
-    items = branched[1] if branched is not None else _built(db, found, len(found))
+        found, more = await _newest(db, user_id, conversation_id, limit, older, until=until)
+        items += more
     if limit is not None:
+        items = items[:limit]
         items.reverse()
     return items
+
+
+async def _newest(
+    db: Database,
+    user_id: str,
+    conversation_id: uuid.UUID,
+    limit: int | None,
+    found: Sequence[Mapping[str, Any]],
+    **bounds: Any,
+) -> tuple[Sequence[Mapping[str, Any]], list[MessageRead]]:
+    """The rows a read of the newest messages found (read along the active branch when the
+    one-statement read found none) and their chat messages."""
+    if found:
+        return found, _built(db, found, len(found))
+    branched = await _along_branch(
+        db, user_id, conversation_id, "active", ascending=limit is None, limit=limit, **bounds
+    )
+    if branched is None:
+        return found, []
+    rows, items = branched
+    return rows, [item for item in items if item.role != ITEM_ROLE]
+
+
+def _chat(
+    found: Sequence[Mapping[str, Any]], items: list[MessageRead]
+) -> tuple[list[Mapping[str, Any]], list[MessageRead]]:
+    """Rows read along a branch and their read models, less the rows of items with no chat
+    form (in no chat view)."""
+    kept = [index for index, row in enumerate(found) if row["role"] != ITEM_ROLE]
+    return [found[i] for i in kept], [items[i] for i in kept]
 
 
 def _built(db: Database, found: Sequence[Mapping[Any, Any]], upto: int) -> list[MessageRead]:

@@ -129,6 +129,21 @@ class Dialect(Protocol):
         """Read models of the first ``upto`` rows :meth:`read_range` returned."""
         ...
 
+    async def read_items(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        *,
+        ascending: bool,
+        limit: int,
+        now: datetime,
+    ) -> Sequence[Mapping[str, Any]]:
+        """The first page of a conversation's items (SPEC 15): its first or last ``limit``
+        rows by seq, every column (``item`` and ``item_id`` too, rows of items with no chat
+        form included), in one statement; nothing when the conversation is missing, expired
+        at ``now`` or branched (the caller then reads along the branch, or answers 404)."""
+        ...
+
     async def list_conversations(
         self,
         user_id: str,

@@ -21,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from chathistory.models import conversations, messages
+from chathistory.models import ITEM_ROLE, conversations, messages
 from chathistory.pagination import ConversationCursor
 from chathistory.schemas import ConversationRead, MessageCreate, MessageRead
 from chathistory.store import limits, rows
@@ -71,6 +71,7 @@ class Sqlite:
             (
                 M.conversation_id == conversation_id,
                 M.user_id == user_id,
+                M.role != ITEM_ROLE,  # items with no chat form are in no chat view
                 exists_live(user_id, conversation_id, now, linear=True),
             ),
             self.size,
@@ -87,6 +88,29 @@ class Sqlite:
         self, found: Sequence[Mapping[str, Any]], upto: int, stale_before: datetime
     ) -> list[MessageRead]:
         return [rows.message(row, stale_before) for row in found[:upto]]
+
+    async def read_items(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        *,
+        ascending: bool,
+        limit: int,
+        now: datetime,
+    ) -> Sequence[Mapping[str, Any]]:
+        query = limits.bounded_range(
+            list(messages.c),
+            (
+                M.conversation_id == conversation_id,
+                M.user_id == user_id,
+                exists_live(user_id, conversation_id, now, linear=True),
+            ),
+            self.size,
+            ascending=ascending,
+            limit=limit,
+        )
+        async with self._db.transaction() as conn:
+            return [row._mapping for row in await conn.execute(query)]
 
     async def list_conversations(
         self,

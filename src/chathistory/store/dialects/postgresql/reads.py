@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
+from chathistory.models import ITEM_ROLE
 from chathistory.schemas import MessageRead
 from chathistory.store import limits, rows
 from chathistory.store.dialects.postgresql import branched
@@ -36,6 +37,9 @@ def _live(now: str) -> str:
     )
 
 
+# Rows of items with no chat form (role 'item', SPEC 15) are in no chat view.
+_CHAT: Final = " AND role <> 'item'"
+
 # A page (:class:`BudgetedRead`): messages with past < seq < until, at most limit, stopping at
 # a byte budget inside the database: rows are numbered by the running size of their content
 # and tool calls, and only those starting within the budget come back (so at most one row
@@ -44,7 +48,8 @@ PAGE_SQL: Final = {
     ascending: (
         f"SELECT {MESSAGE_COLUMNS}, size FROM (SELECT {MESSAGE_COLUMNS}, {SIZE} AS size,"  # noqa: S608
         f" sum({SIZE}) OVER (ORDER BY seq {direction}) AS running FROM messages"
-        f" WHERE conversation_id = $1 AND user_id = $2 AND seq > $3 AND seq < $4{_live('$7')}"
+        f" WHERE conversation_id = $1 AND user_id = $2"
+        f" AND seq > $3 AND seq < $4{_CHAT}{_live('$7')}"
         f" ORDER BY seq {direction} LIMIT $5) AS page WHERE running - size <= $6"
     )
     for ascending, direction in ((True, "ASC"), (False, "DESC"))
@@ -62,7 +67,8 @@ PAGE_SHARE_SQL: Final = {
         " token_count, created_at, status, updated_at, parent_id,"
         " CASE WHEN size <= $6 THEN extras END AS extras, size"
         f" FROM (SELECT {MESSAGE_COLUMNS}, {SIZE} AS size FROM messages"
-        f" WHERE conversation_id = $1 AND user_id = $2 AND seq > $3 AND seq < $4{_live('$7')}"
+        f" WHERE conversation_id = $1 AND user_id = $2"
+        f" AND seq > $3 AND seq < $4{_CHAT}{_live('$7')}"
         f" ORDER BY seq {direction} LIMIT $5) AS page"
     )
     for ascending, direction in ((True, "ASC"), (False, "DESC"))
@@ -72,14 +78,27 @@ PAGE_SHARE_SQL: Final = {
 RANGE_SQL: Final = {
     ascending: (
         f"SELECT {MESSAGE_COLUMNS} FROM messages"  # noqa: S608
-        f" WHERE conversation_id = $1 AND user_id = $2 AND seq > $3 AND seq < $4{_live('$6')}"
+        f" WHERE conversation_id = $1 AND user_id = $2"
+        f" AND seq > $3 AND seq < $4{_CHAT}{_live('$6')}"
         f" ORDER BY seq {direction} LIMIT $5"
     )
     for ascending, direction in ((True, "ASC"), (False, "DESC"))
 }
 
 
-takes(Read, RANGE_SQL.values())
+# The first page of a conversation's items (SPEC 15): every row, with its item.
+ITEMS_SQL: Final = {
+    ascending: (
+        f"SELECT {MESSAGE_COLUMNS}, item, item_id FROM messages"  # noqa: S608
+        f" WHERE conversation_id = $1 AND user_id = $2"
+        f" AND seq > $3 AND seq < $4{_live('$6')}"
+        f" ORDER BY seq {direction} LIMIT $5"
+    )
+    for ascending, direction in ((True, "ASC"), (False, "DESC"))
+}
+
+
+takes(Read, [*RANGE_SQL.values(), *ITEMS_SQL.values()])
 takes(BudgetedRead, [*PAGE_SQL.values(), *PAGE_SHARE_SQL.values()])
 
 
@@ -138,6 +157,27 @@ class Reads:
                 found = await driver.fetch(PAGE_SQL[ascending], *whole)
             return found
 
+    async def read_items(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        *,
+        ascending: bool,
+        limit: int,
+        now: datetime,
+    ) -> Sequence[Mapping[str, Any]]:
+        """``ITEMS_SQL``: one statement on the pooled asyncpg connection."""
+        read = Read(
+            conversation_id=conversation_id,
+            user_id=user_id,
+            past=0,
+            until=MAX_SEQ,
+            limit=limit,
+            now=now,
+        )
+        async with self._db.driver() as driver:
+            return list(await driver.fetch(ITEMS_SQL[ascending], *read))
+
     def messages(
         self, found: Sequence[Mapping[str, Any]], upto: int, stale_before: datetime
     ) -> list[MessageRead]:
@@ -148,6 +188,8 @@ class Reads:
             for item, (count, index) in zip(items, found.numbers, strict=False):
                 if count != 1 or index != 1:
                     rows.numbered(item, count, index)
+            # read along the branch by seq: items with no chat form are in no chat view
+            items = [item for item in items if item.role != ITEM_ROLE]
         return items
 
 
@@ -163,4 +205,4 @@ def _budgeted(read: Read, budget: int) -> BudgetedRead:
     )
 
 
-__all__ = ["PAGE_SHARE_SQL", "PAGE_SQL", "RANGE_SQL", "Reads"]
+__all__ = ["ITEMS_SQL", "PAGE_SHARE_SQL", "PAGE_SQL", "RANGE_SQL", "Reads"]
