@@ -29,15 +29,6 @@ from chathistory.models import conversations, message_search, messages
 from chathistory.store import search_syntax
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def fresh_url(
-    request: pytest.FixtureRequest, tmp_path: Path, make_pg_database: Callable[[str], str]
-) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'fresh.db'}"
-    return make_pg_database("chathistory_migration_tests")
-
-
 async def _tables(url: str) -> set[str]:
     engine = create_engine(url)
     try:

@@ -4,9 +4,7 @@ downgrade keeps every row, reporting what it loses."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from sqlalchemy import insert, text
@@ -19,15 +17,6 @@ from chathistory.migrations import downgrading
 from chathistory.models import conversations, messages
 
 BEFORE = "0011_sqlite_search"
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def fresh_url(
-    request: pytest.FixtureRequest, tmp_path: Path, make_pg_database: Callable[[str], str]
-) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'fresh.db'}"
-    return make_pg_database("chathistory_migration_items")
 
 
 async def _stored_before(url: str) -> tuple[uuid.UUID, uuid.UUID]:

@@ -14,7 +14,7 @@ import threading
 import tracemalloc
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,16 +54,7 @@ async def _populate(store: ChatHistory, user: str) -> None:
     await store.update_message(user, third.id, streamed.id, {"append_text": "t"})
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def empty_url(
-    request: pytest.FixtureRequest, tmp_path: Path, make_pg_database: Callable[[str], str]
-) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'import.db'}"
-    return make_pg_database("chathistory_import_tests")
-
-
-async def test_round_trip_is_identical(store: ChatHistory, user: str, empty_url: str) -> None:
+async def test_round_trip_is_identical(store: ChatHistory, user: str, fresh_url: str) -> None:
     await _populate(store, user)
     first = io.StringIO()
     report = await export_jsonl(store, first, user_ids=[user])
@@ -80,7 +71,7 @@ async def test_round_trip_is_identical(store: ChatHistory, user: str, empty_url:
         "content": None,
         "tool_calls": [call("a"), call("b")],
     }
-    async with ChatHistory.open(empty_url) as target:
+    async with ChatHistory.open(fresh_url) as target:
         imported = await import_jsonl(target, first.getvalue().splitlines(keepends=True))
         assert (imported.created, imported.skipped, imported.errors) == (3, 0, [])
         second = io.StringIO()
@@ -98,7 +89,7 @@ async def test_round_trip_is_identical(store: ChatHistory, user: str, empty_url:
 
 
 async def test_bad_lines_are_reported_and_the_rest_imports(
-    store: ChatHistory, user: str, empty_url: str
+    store: ChatHistory, user: str, fresh_url: str
 ) -> None:
     await _populate(store, user)
     out = io.StringIO()
@@ -128,7 +119,7 @@ async def test_bad_lines_are_reported_and_the_rest_imports(
         "[1, 2]",
         *good[1:],
     ]
-    async with ChatHistory.open(empty_url) as target:
+    async with ChatHistory.open(fresh_url) as target:
         report = await import_jsonl(target, lines)
         assert report.created == 3
         assert [number for number, _ in report.errors] == [2, 4, 5, 6, 7]
@@ -428,9 +419,9 @@ def _hostile_lines() -> tuple[list[bytes], list[int]]:
     return lines, [2, 3, 4, 5, 6, 7, 8, 9, 12, 13]
 
 
-async def test_hostile_lines_are_reported_and_the_rest_imports(empty_url: str) -> None:
+async def test_hostile_lines_are_reported_and_the_rest_imports(fresh_url: str) -> None:
     lines, bad = _hostile_lines()
-    async with ChatHistory.open(empty_url) as target:
+    async with ChatHistory.open(fresh_url) as target:
         report = await import_jsonl(target, io.BytesIO(b"".join(lines)))
         assert [number for number, _ in report.errors] == bad, report.errors
         assert (report.created, report.messages) == (3, 3)
@@ -480,7 +471,7 @@ async def _long_conversation(store: ChatHistory, user: str, messages: int) -> No
 
 
 async def test_a_conversation_longer_than_the_line_buffer_round_trips(
-    store: ChatHistory, user: str, empty_url: str
+    store: ChatHistory, user: str, fresh_url: str
 ) -> None:
     """Lines over ``line_buffer_bytes`` (each conversation here) are copied to a temporary file
     in pieces and parsed from there: the file imports whole, and again as already present."""
@@ -491,7 +482,7 @@ async def test_a_conversation_longer_than_the_line_buffer_round_trips(
         await export_jsonl(store, out, user_ids=[user])
         data = first.getvalue()
     assert max(len(line) for line in data.splitlines()) > 80_000
-    async with ChatHistory.open(empty_url) as target:
+    async with ChatHistory.open(fresh_url) as target:
         source = _CountingReader(data)
         report = await import_jsonl(target, source, line_buffer_bytes=4096)
         assert (report.created, report.messages, report.errors) == (4, 408, [])
